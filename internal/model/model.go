@@ -1,0 +1,125 @@
+// Package model holds banger's plain data types: what a VM is (VMRecord, stored
+// in SQLite) and what is currently true about it on the host (VMHandles, never
+// stored). It imports only the standard library.
+package model
+
+import "time"
+
+// VMState is the lifecycle state of a VM as stored. States are strings so the
+// store stays readable and stable across releases.
+type VMState string
+
+// The VM states. Transitional states (starting, stopping, deleting) are written
+// before the first side effect so startup reconcile knows what was half done.
+const (
+	StateCreated  VMState = "created"
+	StateStarting VMState = "starting"
+	StateRunning  VMState = "running"
+	StateStopping VMState = "stopping"
+	StateStopped  VMState = "stopped"
+	StateError    VMState = "error"
+	StateDeleting VMState = "deleting"
+)
+
+// Transitional reports whether s is a state a VM is only in while an operation runs.
+func (s VMState) Transitional() bool {
+	return s == StateStarting || s == StateStopping || s == StateDeleting
+}
+
+// VMSpec is the machine a user asked for.
+type VMSpec struct {
+	VCPUs         int   `json:"vcpus"`
+	MemoryMiB     int   `json:"memory_mib"`
+	DiskSizeBytes int64 `json:"disk_size_bytes"`
+	WorkDiskBytes int64 `json:"work_disk_bytes"`
+}
+
+// VMRuntime is the durable part of a VM's runtime: its state and every path or
+// address derived deterministically from its id. It lives in the vms row.
+type VMRuntime struct {
+	State          VMState `json:"state"`
+	VMM            string  `json:"vmm"`   // "firecracker" or "qemu"
+	Accel          string  `json:"accel"` // "kvm" or "tcg"
+	RootDiskMethod string  `json:"root_disk_method"`
+	GuestIP        string  `json:"guest_ip"`
+	GuestMAC       string  `json:"guest_mac"`
+	APISockPath    string  `json:"api_sock_path"`
+	VSockPath      string  `json:"vsock_path"`
+	VSockCID       uint32  `json:"vsock_cid"`
+	LogPath        string  `json:"log_path"`
+	MetricsPath    string  `json:"metrics_path"`
+	DNSName        string  `json:"dns_name"`
+	VMDir          string  `json:"vm_dir"`
+	SystemOverlay  string  `json:"system_overlay"`
+	WorkDiskPath   string  `json:"work_disk_path"`
+	LastError      string  `json:"last_error,omitempty"`
+}
+
+// VMRecord is what a VM IS: identity, intent and durable runtime.
+type VMRecord struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Image     string    `json:"image"`
+	Spec      VMSpec    `json:"spec"`
+	Runtime   VMRuntime `json:"runtime"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// VMHandles is what is CURRENTLY TRUE about a running VM on this host. It never
+// touches SQLite: the daemon keeps it in memory and in a handles.json scratch
+// file in the VM's directory, and rebuilds it from the OS at startup.
+type VMHandles struct {
+	PID       int    `json:"pid,omitempty"`
+	PIDStart  uint64 `json:"pid_start,omitempty"` // start time in clock ticks since boot (/proc/PID/stat field 22)
+	TapDevice string `json:"tap_device,omitempty"`
+	BaseLoop  string `json:"base_loop,omitempty"`
+	COWLoop   string `json:"cow_loop,omitempty"`
+	DMName    string `json:"dm_name,omitempty"`
+	DMDev     string `json:"dm_dev,omitempty"`
+}
+
+// IsZero reports whether h records nothing.
+func (h VMHandles) IsZero() bool { return h == VMHandles{} }
+
+// Image is a bootable guest image: a kernel, an optional initrd and a root
+// filesystem image shared read-only by every VM made from it.
+type Image struct {
+	Name       string    `json:"name"`
+	KernelPath string    `json:"kernel_path"`
+	VMLinux    string    `json:"vmlinux_path,omitempty"` // uncompressed kernel for Firecracker, when available
+	InitrdPath string    `json:"initrd_path,omitempty"`
+	RootfsPath string    `json:"rootfs_path"`
+	BootArgs   string    `json:"boot_args,omitempty"`
+	Default    bool      `json:"default"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// SessionStatus is the status of a guest session.
+type SessionStatus string
+
+// Guest session statuses.
+const (
+	SessionRunning SessionStatus = "running"
+	SessionExited  SessionStatus = "exited"
+	SessionFailed  SessionStatus = "failed"
+	SessionLost    SessionStatus = "lost"
+)
+
+// GuestSession is a long-running guest process whose logs live on the VM's
+// work disk, so they can be read while the VM runs and after it stopped.
+type GuestSession struct {
+	ID         string        `json:"id"`
+	VMID       string        `json:"vm_id"`
+	Name       string        `json:"name"`
+	Command    []string      `json:"command"`
+	Cwd        string        `json:"cwd,omitempty"`
+	Env        []string      `json:"env,omitempty"`
+	Stdin      bool          `json:"stdin"`
+	Status     SessionStatus `json:"status"`
+	ExitCode   *int          `json:"exit_code,omitempty"`
+	StartedAt  time.Time     `json:"started_at"`
+	EndedAt    *time.Time    `json:"ended_at,omitempty"`
+	StdoutPath string        `json:"stdout_path"` // guest path, on the work disk
+	StderrPath string        `json:"stderr_path"`
+}
