@@ -61,10 +61,10 @@ func (e *CommandError) Unwrap() []error {
 
 // Typed tool errors, parsed from stderr by Classify.
 var (
-	ErrNotFound = errors.New("not found")       // device, file or object does not exist
-	ErrBusy     = errors.New("busy")            // device or resource busy
-	ErrExists   = errors.New("already exists")  // object exists
-	ErrNoTool   = errors.New("tool not found")  // executable missing
+	ErrNotFound = errors.New("not found")      // device, file or object does not exist
+	ErrBusy     = errors.New("busy")           // device or resource busy
+	ErrExists   = errors.New("already exists") // object exists
+	ErrNoTool   = errors.New("tool not found") // executable missing
 	ErrPerm     = errors.New("permission denied")
 )
 
