@@ -1,0 +1,196 @@
+// Package api owns banger's wire: request and response types, route paths,
+// the JSON error envelope and the API version. The daemon serves it over a
+// unix socket; Client speaks it. It imports only the standard library and
+// internal/model.
+package api
+
+import (
+	"banger/internal/model"
+)
+
+// Version is the version of banger's CLI, daemon and API. Set at build time
+// with -ldflags "-X banger/internal/api.Version=...".
+var Version = "0.1.0-dev"
+
+// VersionHeader carries the daemon's version on every response.
+const VersionHeader = "Banger-Version"
+
+// MaxBodyBytes caps request bodies.
+const MaxBodyBytes = 1 << 20
+
+// Routes. Every route the daemon serves is listed here, as Go 1.22 ServeMux
+// patterns, so the whole API is visible in one place.
+const (
+	RouteVersion = "GET /v1/version"
+
+	RouteVMList    = "GET /v1/vms"
+	RouteVMCreate  = "POST /v1/vms"
+	RouteVMShow    = "GET /v1/vms/{name}"
+	RouteVMDelete  = "DELETE /v1/vms/{name}"
+	RouteVMStart   = "POST /v1/vms/{name}/start"
+	RouteVMStop    = "POST /v1/vms/{name}/stop"
+	RouteVMRestart = "POST /v1/vms/{name}/restart"
+	RouteVMLogs    = "GET /v1/vms/{name}/logs"
+	RouteVMExec    = "POST /v1/vms/{name}/exec" // upgrades to the frame protocol (stream.go)
+	RouteVMWait    = "POST /v1/vms/{name}/wait-ssh"
+
+	RouteVMPorts      = "GET /v1/vms/{name}/ports"
+	RouteVMPortAdd    = "POST /v1/vms/{name}/ports"
+	RouteVMPortRemove = "DELETE /v1/vms/{name}/ports/{spec}"
+
+	RouteSessionList  = "GET /v1/vms/{name}/sessions"
+	RouteSessionStart = "POST /v1/vms/{name}/sessions"
+	RouteSessionLogs  = "GET /v1/vms/{name}/sessions/{session}/logs"
+	RouteSessionSend  = "POST /v1/vms/{name}/sessions/{session}/send"
+	RouteSessionStop  = "POST /v1/vms/{name}/sessions/{session}/stop"
+
+	RouteImageList   = "GET /v1/images"
+	RouteImageImport = "POST /v1/images"
+	RouteImageBuild  = "POST /v1/images/build"
+	RouteImageShow   = "GET /v1/images/{name}"
+	RouteImageDelete = "DELETE /v1/images/{name}"
+
+	RouteDoctor   = "GET /v1/doctor"
+	RouteGC       = "POST /v1/gc"
+	RouteShutdown = "POST /v1/daemon/shutdown"
+)
+
+// VersionResponse answers RouteVersion.
+type VersionResponse struct {
+	Version string `json:"version"`
+	PID     int    `json:"pid"`
+	Socket  string `json:"socket"`
+	Config  string `json:"config,omitempty"`
+	Ready   bool   `json:"ready"` // startup reconcile finished
+}
+
+// CreateVMRequest asks for a new VM record.
+type CreateVMRequest struct {
+	Name          string   `json:"name,omitempty"`
+	Image         string   `json:"image,omitempty"`
+	VMM           string   `json:"vmm,omitempty"` // "", "auto", "firecracker", "qemu"
+	VCPUs         int      `json:"vcpus,omitempty"`
+	MemoryMiB     int      `json:"memory_mib,omitempty"`
+	DiskSizeBytes int64    `json:"disk_size_bytes,omitempty"`
+	WorkDiskBytes int64    `json:"work_disk_bytes,omitempty"`
+	Ports         []string `json:"ports,omitempty"`
+}
+
+// VM is a VM as the API shows it: the durable record plus live facts.
+type VM struct {
+	model.VMRecord
+	Live *LiveFacts `json:"live,omitempty"`
+}
+
+// LiveFacts are what is currently true about a VM on the host.
+type LiveFacts struct {
+	Alive   bool            `json:"alive"`
+	Handles model.VMHandles `json:"handles"`
+	Reason  string          `json:"reason,omitempty"` // why not alive, when recorded running
+}
+
+// StopRequest stops a VM.
+type StopRequest struct {
+	Force          bool  `json:"force,omitempty"`
+	TimeoutSeconds int64 `json:"timeout_seconds,omitempty"`
+}
+
+// DeleteRequest deletes a VM.
+type DeleteRequest struct {
+	Force bool `json:"force,omitempty"`
+}
+
+// WaitSSHRequest waits until the guest answers SSH.
+type WaitSSHRequest struct {
+	TimeoutSeconds int64 `json:"timeout_seconds,omitempty"`
+}
+
+// ExecRequest opens a command in a guest. It is sent as the JSON body of
+// RouteVMExec; the connection then carries frames (see stream.go).
+type ExecRequest struct {
+	Argv []string `json:"argv"`
+	TTY  bool     `json:"tty,omitempty"`
+	Term string   `json:"term,omitempty"`
+	Cols int      `json:"cols,omitempty"`
+	Rows int      `json:"rows,omitempty"`
+	// Stdin says whether the client will send stdin frames; without it the
+	// command's stdin is empty.
+	Stdin bool `json:"stdin,omitempty"`
+}
+
+// ImportImageRequest registers an image from existing files.
+type ImportImageRequest struct {
+	Name     string `json:"name"`
+	Kernel   string `json:"kernel"`
+	Initrd   string `json:"initrd,omitempty"`
+	Rootfs   string `json:"rootfs"`
+	BootArgs string `json:"boot_args,omitempty"`
+	VMLinux  string `json:"vmlinux,omitempty"`
+}
+
+// BuildImageRequest builds an image from Debian packages.
+type BuildImageRequest struct {
+	Name     string   `json:"name,omitempty"`
+	Base     string   `json:"base,omitempty"`
+	Packages []string `json:"packages,omitempty"`
+}
+
+// Image is an image as the API shows it.
+type Image struct {
+	model.Image
+	QEMUBootable        bool     `json:"qemu_bootable"`
+	FirecrackerBootable bool     `json:"firecracker_bootable"`
+	Notes               []string `json:"notes,omitempty"`
+	UsedBy              []string `json:"used_by,omitempty"`
+}
+
+// StartSessionRequest starts a guest session.
+type StartSessionRequest struct {
+	Name  string   `json:"name,omitempty"`
+	Argv  []string `json:"argv"`
+	Cwd   string   `json:"cwd,omitempty"`
+	Env   []string `json:"env,omitempty"`
+	Stdin bool     `json:"stdin,omitempty"`
+}
+
+// StopSessionRequest signals a guest session.
+type StopSessionRequest struct {
+	Signal       string `json:"signal,omitempty"`
+	GraceSeconds int64  `json:"grace_seconds,omitempty"`
+}
+
+// PortRequest adds a port forward.
+type PortRequest struct {
+	Spec string `json:"spec"`
+}
+
+// DoctorReport answers RouteDoctor.
+type DoctorReport struct {
+	Checks         []DoctorCheck `json:"checks"`
+	RootDiskMethod string        `json:"root_disk_method"`
+	DefaultVMM     string        `json:"default_vmm"`
+	Objects        []HostObject  `json:"objects"`
+}
+
+// DoctorCheck is one host check.
+type DoctorCheck struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+// HostObject is a kernel or filesystem object banger owns, with its owner.
+type HostObject struct {
+	Kind   string `json:"kind"` // tap, loop, dm, process, socket, vmdir
+	Name   string `json:"name"`
+	VM     string `json:"vm,omitempty"` // owning VM name; "" = orphan
+	Orphan bool   `json:"orphan"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// GCResponse lists what gc removed (or would remove with dry_run).
+type GCResponse struct {
+	DryRun  bool         `json:"dry_run"`
+	Removed []HostObject `json:"removed"`
+	Errors  []string     `json:"errors,omitempty"`
+}

@@ -1,0 +1,149 @@
+// Package config loads banger's settings: defaults, then the optional TOML
+// file (/etc/banger/config.toml or $BANGER_CONFIG), then BANGER_<KEY>
+// environment variables, then flags. Both banger and the bangerd it starts
+// read the same environment, which is how tests run isolated daemons.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultFile is the config file read when BANGER_CONFIG is unset.
+const DefaultFile = "/etc/banger/config.toml"
+
+// Config holds every setting. The toml tag is the key; the environment
+// variable is BANGER_ + the key in upper case.
+type Config struct {
+	StateDir       string `toml:"state_dir"`
+	RunDir         string `toml:"run_dir"`
+	Socket         string `toml:"socket"` // default <run_dir>/bangerd.sock
+	LogLevel       string `toml:"log_level"`
+	VMM            string `toml:"vmm"` // auto, firecracker, qemu
+	FirecrackerBin string `toml:"firecracker_bin"`
+	QEMUBin        string `toml:"qemu_bin"`
+	Accel          string `toml:"accel"` // auto, kvm, tcg (qemu)
+	RootDiskMethod string `toml:"root_disk_method"`
+	Bridge         string `toml:"bridge"`
+	Subnet         string `toml:"subnet"`
+	EgressNAT      bool   `toml:"egress_nat"`
+	DNSZone        string `toml:"dns_zone"`
+	DNSUpstream    string `toml:"dns_upstream"`
+	DNSListen      string `toml:"dns_listen"` // extra listen address, e.g. 127.0.0.1:5353
+	SSHKeyPath     string `toml:"ssh_key_path"`
+	ImageCacheDir  string `toml:"image_cache_dir"`
+	Group          string `toml:"group"` // socket group; default "banger"
+
+	// File is the config file that was read, if any.
+	File string `toml:"-"`
+}
+
+// Defaults returns the built-in settings.
+func Defaults() Config {
+	return Config{
+		StateDir:       "/var/lib/banger",
+		RunDir:         "/run/banger",
+		LogLevel:       "info",
+		VMM:            "auto",
+		FirecrackerBin: "firecracker",
+		QEMUBin:        "qemu-system-x86_64",
+		Accel:          "auto",
+		RootDiskMethod: "auto",
+		Bridge:         "banger0",
+		Subnet:         "172.30.0.0/24",
+		DNSZone:        "banger.internal",
+		Group:          "banger",
+	}
+}
+
+// Load reads defaults, the config file and the environment (getenv; nil
+// means os.Getenv), and fills derived defaults.
+func Load(getenv func(string) string) (Config, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	c := Defaults()
+	file := getenv("BANGER_CONFIG")
+	explicit := file != ""
+	if file == "" {
+		file = DefaultFile
+	}
+	if _, err := toml.DecodeFile(file, &c); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) || explicit {
+			return c, fmt.Errorf("config file %s: %w", file, err)
+		}
+	} else {
+		c.File = file
+	}
+	if err := c.applyEnv(getenv); err != nil {
+		return c, err
+	}
+	c.Finish()
+	return c, nil
+}
+
+// applyEnv sets every field whose BANGER_<KEY> variable is non-empty.
+func (c *Config) applyEnv(getenv func(string) string) error {
+	v := reflect.ValueOf(c).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		key := t.Field(i).Tag.Get("toml")
+		if key == "" || key == "-" {
+			continue
+		}
+		env := "BANGER_" + strings.ToUpper(key)
+		s := getenv(env)
+		if s == "" {
+			continue
+		}
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString(s)
+		case reflect.Bool:
+			b, err := strconv.ParseBool(s)
+			if err != nil {
+				return fmt.Errorf("%s: %w", env, err)
+			}
+			f.SetBool(b)
+		}
+	}
+	return nil
+}
+
+// Finish fills settings derived from others.
+func (c *Config) Finish() {
+	if c.Socket == "" {
+		c.Socket = filepath.Join(c.RunDir, "bangerd.sock")
+	}
+	if c.SSHKeyPath == "" {
+		c.SSHKeyPath = filepath.Join(c.StateDir, "ssh", "id_ed25519")
+	}
+	if c.ImageCacheDir == "" {
+		c.ImageCacheDir = filepath.Join(c.StateDir, "cache")
+	}
+}
+
+// Env renders c as BANGER_<KEY>=value pairs, for starting a daemon that must
+// see the same settings.
+func (c Config) Env() []string {
+	var out []string
+	v := reflect.ValueOf(c)
+	t := v.Type()
+	for i := range t.NumField() {
+		key := t.Field(i).Tag.Get("toml")
+		if key == "" || key == "-" {
+			continue
+		}
+		out = append(out, fmt.Sprintf("BANGER_%s=%v", strings.ToUpper(key), v.Field(i).Interface()))
+	}
+	return out
+}
