@@ -1,0 +1,470 @@
+// Package qemu runs banger VMs under QEMU's microvm machine, with KVM when the
+// host offers it and TCG (pure emulation) when it does not, so banger works on
+// hosts without /dev/kvm. QEMU is controlled through its QMP monitor socket;
+// qemu-rig.md in the design notes records the measurements behind the choices
+// made here.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"banger/internal/system"
+	"banger/internal/vmm"
+)
+
+const (
+	defaultBinary     = "qemu-system-x86_64"
+	defaultQMPTimeout = 5 * time.Second
+	// qmpOpTimeout bounds one QMP conversation after startup (dial, greeting,
+	// command). QMP is served by QEMU's main loop, not the vCPU threads, so it
+	// answers in milliseconds even while a TCG guest is busy.
+	qmpOpTimeout = 2 * time.Second
+	// powerdownInterval: a powerdown sent before the guest's acpid runs is
+	// silently lost (qemu-rig.md, step 6), so Shutdown repeats it this often.
+	powerdownInterval = time.Second
+	// quitWait is how long Shutdown waits after QMP quit (QEMU exits in <10 ms)
+	// before SIGKILL, and how long it waits for SIGKILL to take effect.
+	quitWait = 2 * time.Second
+	killWait = 5 * time.Second
+)
+
+// ErrAlreadyRunning is returned by Launch when a QEMU already serves the
+// machine's QMP socket: launching again would run the same VM twice.
+var ErrAlreadyRunning = errors.New("qemu already running for this qmp socket")
+
+// Driver launches and controls QEMU processes. The zero value is ready to use.
+type Driver struct {
+	Binary     string        // "" = "qemu-system-x86_64" on PATH; vmm.Machine.Binary overrides it
+	Logger     *slog.Logger  // nil = discard
+	QMPTimeout time.Duration // how long Launch waits for the QMP socket; default 5s
+}
+
+func (d *Driver) logger() *slog.Logger {
+	if d.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return d.Logger
+}
+
+func (d *Driver) binary(m vmm.Machine) string {
+	switch {
+	case m.Binary != "":
+		return m.Binary
+	case d.Binary != "":
+		return d.Binary
+	}
+	return defaultBinary
+}
+
+func (d *Driver) qmpTimeout() time.Duration {
+	if d.QMPTimeout > 0 {
+		return d.QMPTimeout
+	}
+	return defaultQMPTimeout
+}
+
+// qmpToken is the value that follows -qmp in QEMU's argv. Identify and
+// FindProcess compare it exactly, so it must never change shape.
+func qmpToken(sock string) string { return "unix:" + sock + ",server=on,wait=off" }
+
+// servesSocket reports whether argv is a QEMU command line whose QMP monitor
+// is sock.
+func servesSocket(argv []string, sock string) bool {
+	return sock != "" && system.ArgvHasPair(argv, "-qmp", qmpToken(sock))
+}
+
+// qemuLogPath is where QEMU's own stdout and stderr go.
+func qemuLogPath(m vmm.Machine) string {
+	if m.LogPath != "" {
+		return m.LogPath
+	}
+	return m.ConsoleLog + ".qemu"
+}
+
+// Launch starts QEMU for m in its own session (it outlives the daemon) and
+// returns once QMP reports the guest running. It does not wait for the guest
+// to boot. On failure nothing is left behind: the process is killed, the
+// socket removed, and the error carries the tail of QEMU's log and of the
+// serial console.
+func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, error) {
+	log := d.logger().With("vm", m.ID)
+	if p, ok := d.FindProcess(m); ok {
+		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w (pid %d)", m.ID, ErrAlreadyRunning, p.PID)
+	}
+	var tscKHz int
+	if m.Accel == "tcg" {
+		khz, err := HostTSCkHz()
+		if err != nil {
+			// Boots may still work on an idle host; the daemon's boot timeout catches a hang.
+			log.Warn("launching qemu without tsc_early_khz; the guest may hang while calibrating its clock", "err", err)
+		}
+		tscKHz = khz
+	}
+	argv, err := buildArgv(m, d.binary(m), tscKHz)
+	if err != nil {
+		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w", m.ID, err)
+	}
+	if err := removeSocket(m.APISock); err != nil {
+		return system.Process{}, fmt.Errorf("launching qemu for vm %s: removing stale qmp socket: %w", m.ID, err)
+	}
+	logPath := qemuLogPath(m)
+	logOffset := fileSize(logPath)
+	start := time.Now()
+	p, err := system.StartDetached(system.DetachedSpec{Argv: argv, LogPath: logPath})
+	if err != nil {
+		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w", m.ID, err)
+	}
+	if err := d.waitRunning(ctx, m, p); err != nil {
+		if kerr := p.Kill(killWait); kerr != nil {
+			log.Error("killing qemu after failed launch", "pid", p.PID, "err", kerr)
+		}
+		_ = removeSocket(m.APISock)
+		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w%s", m.ID, err, diagnostics(logPath, logOffset, m.ConsoleLog))
+	}
+	log.Info("qemu running", "pid", p.PID, "accel", m.Accel, "after", time.Since(start).Round(time.Millisecond))
+	return p, nil
+}
+
+// waitRunning waits for p's QMP socket, then checks that the VM runs.
+func (d *Driver) waitRunning(ctx context.Context, m vmm.Machine, p system.Process) error {
+	deadline := time.Now().Add(d.qmpTimeout())
+	var lastErr error
+	for {
+		if !p.Alive() {
+			return errors.New("qemu exited during startup")
+		}
+		if _, err := os.Stat(m.APISock); err == nil {
+			c, err := dialQMP(ctx, m.APISock, max(time.Until(deadline), 100*time.Millisecond))
+			if err == nil {
+				st, err := c.status()
+				c.Close()
+				if err != nil {
+					return err
+				}
+				if st != "running" {
+					return fmt.Errorf("qemu status is %q, want running", st)
+				}
+				return nil
+			}
+			// The socket file exists a moment before it accepts; retry.
+			lastErr = err
+		}
+		if time.Now().After(deadline) {
+			if lastErr != nil {
+				return fmt.Errorf("qmp socket %s not answering after %s: %w", m.APISock, d.qmpTimeout(), lastErr)
+			}
+			return fmt.Errorf("qmp socket %s did not appear within %s", m.APISock, d.qmpTimeout())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Shutdown stops the VM run by p. With force it kills QEMU at once. Otherwise
+// it presses the ACPI power button (QMP system_powerdown), again every second
+// because a press before the guest's acpid runs is lost, and waits up to
+// timeout for QEMU to exit; then it sends QMP quit, then SIGKILL. A process
+// already gone is success. The QMP socket is removed once QEMU is gone. If ctx
+// ends first, Shutdown returns its error and leaves QEMU as it is.
+func (d *Driver) Shutdown(ctx context.Context, m vmm.Machine, p system.Process, timeout time.Duration, force bool) error {
+	log := d.logger().With("vm", m.ID, "pid", p.PID)
+	if force {
+		return d.kill(m, p)
+	}
+	deadline := time.Now().Add(timeout)
+	for p.Alive() && time.Now().Before(deadline) {
+		pctx, cancel := context.WithDeadline(ctx, deadline)
+		if err := powerdown(pctx, m.APISock); err != nil {
+			log.Debug("qmp system_powerdown", "err", err)
+		}
+		cancel()
+		gone, err := waitGone(ctx, p, min(powerdownInterval, time.Until(deadline)))
+		if err != nil {
+			return fmt.Errorf("shutting down qemu for vm %s: %w", m.ID, err)
+		}
+		if gone {
+			break
+		}
+	}
+	if p.Alive() {
+		log.Warn("guest did not power off; sending qmp quit", "timeout", timeout)
+		if err := quit(ctx, m.APISock); err != nil {
+			log.Debug("qmp quit", "err", err)
+		}
+		if _, err := waitGone(ctx, p, quitWait); err != nil {
+			return fmt.Errorf("shutting down qemu for vm %s: %w", m.ID, err)
+		}
+	}
+	return d.kill(m, p)
+}
+
+// kill SIGKILLs p if it still runs and removes the QMP socket it leaves.
+func (d *Driver) kill(m vmm.Machine, p system.Process) error {
+	if err := p.Kill(killWait); err != nil && !errors.Is(err, system.ErrNotSameProcess) {
+		return fmt.Errorf("killing qemu for vm %s: %w", m.ID, err)
+	}
+	if err := removeSocket(m.APISock); err != nil {
+		return fmt.Errorf("removing qmp socket of vm %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// Identify checks that p is the QEMU running m: it is alive, its argv names
+// exactly m's QMP socket, and QMP answers that the VM is running. It guards
+// every signal the daemon sends to a PID it learnt before a restart.
+func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) error {
+	if !p.Alive() {
+		return fmt.Errorf("identifying qemu for vm %s: pid %d: %w", m.ID, p.PID, os.ErrProcessDone)
+	}
+	argv, err := system.ProcCmdline(p.PID)
+	if err != nil {
+		return fmt.Errorf("identifying qemu for vm %s: %w", m.ID, err)
+	}
+	// Re-check after reading argv: the PID could have been reused in between.
+	if !p.Alive() {
+		return fmt.Errorf("identifying qemu for vm %s: pid %d: %w", m.ID, p.PID, os.ErrProcessDone)
+	}
+	if !servesSocket(argv, m.APISock) {
+		return fmt.Errorf("identifying qemu for vm %s: pid %d does not serve qmp socket %s", m.ID, p.PID, m.APISock)
+	}
+	c, err := dialQMP(ctx, m.APISock, qmpOpTimeout)
+	if err != nil {
+		return fmt.Errorf("identifying qemu for vm %s: %w", m.ID, err)
+	}
+	defer c.Close()
+	st, err := c.status()
+	if err != nil {
+		return fmt.Errorf("identifying qemu for vm %s: %w", m.ID, err)
+	}
+	if st != "running" {
+		return fmt.Errorf("identifying qemu for vm %s: status %q, want running", m.ID, st)
+	}
+	return nil
+}
+
+// FindProcess finds the QEMU whose argv names m's QMP socket exactly, so the
+// daemon can pick up a VM it lost track of (its handles file was lost).
+func (d *Driver) FindProcess(m vmm.Machine) (system.Process, bool) {
+	if m.APISock == "" {
+		return system.Process{}, false
+	}
+	return system.FindProcess(func(argv []string) bool { return servesSocket(argv, m.APISock) })
+}
+
+// powerdown presses the guest's ACPI power button in one short QMP session.
+func powerdown(ctx context.Context, sock string) error {
+	c, err := dialQMP(ctx, sock, qmpOpTimeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.execute("system_powerdown", nil)
+	return err
+}
+
+// quit tells QEMU to exit at once in one short QMP session.
+func quit(ctx context.Context, sock string) error {
+	c, err := dialQMP(ctx, sock, qmpOpTimeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.quit()
+}
+
+// waitGone polls until p exits, wait passes (false, nil) or ctx ends.
+func waitGone(ctx context.Context, p system.Process, wait time.Duration) (bool, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		if !p.Alive() {
+			return true, nil
+		}
+		if !time.Now().Before(deadline) {
+			return false, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// removeSocket removes a QMP socket path; a missing one is fine. It refuses
+// to remove anything that is not a socket, so a wrong path cannot cost a file.
+func removeSocket(path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// buildArgv renders QEMU's command line for m. tscKHz > 0 adds tsc_early_khz
+// to the kernel arguments (only meaningful under TCG).
+func buildArgv(m vmm.Machine, binary string, tscKHz int) ([]string, error) {
+	if err := validate(m); err != nil {
+		return nil, err
+	}
+	cpu := "host"
+	if m.Accel == "tcg" {
+		// -cpu max exposes RDRAND under TCG: the guest CRNG is ready at once (qemu-rig.md, Gotcha 2).
+		cpu = "max"
+	}
+	argv := []string{
+		binary,
+		"-name", "banger-" + m.ID,
+		"-M", "microvm",
+		"-accel", m.Accel,
+		"-cpu", cpu,
+		"-m", strconv.Itoa(m.MemoryMiB),
+		"-smp", strconv.Itoa(m.VCPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-serial", "file:" + m.ConsoleLog,
+		"-qmp", qmpToken(m.APISock),
+		"-kernel", m.Kernel,
+	}
+	if m.Initrd != "" {
+		argv = append(argv, "-initrd", m.Initrd)
+	}
+	argv = append(argv, "-append", kernelCmdline(m, tscKHz))
+	// Disks appear in command-line order: root is vda, work is vdb.
+	argv = append(argv,
+		"-drive", "id=root,file="+m.RootDisk+",format=raw,if=none,cache=writeback,discard=unmap",
+		"-device", "virtio-blk-device,drive=root")
+	if m.WorkDisk != "" {
+		argv = append(argv,
+			"-drive", "id=work,file="+m.WorkDisk+",format=raw,if=none,cache=writeback,discard=unmap",
+			"-device", "virtio-blk-device,drive=work")
+	}
+	if m.TapDevice != "" {
+		argv = append(argv,
+			"-netdev", "tap,id=n0,ifname="+m.TapDevice+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev=n0,mac="+m.GuestMAC)
+	}
+	return argv, nil
+}
+
+// kernelCmdline renders the guest kernel's arguments. reboot=t makes a guest
+// reboot reach QEMU (which -no-reboot turns into an exit), panic=-1 turns a
+// panic into a reboot, and tsc_early_khz avoids the TCG clock hang
+// (qemu-rig.md, Gotchas 1 and 3).
+func kernelCmdline(m vmm.Machine, tscKHz int) string {
+	parts := []string{"console=ttyS0", m.BootArgs, "reboot=t", "panic=-1"}
+	if tscKHz > 0 {
+		parts = append(parts, "tsc_early_khz="+strconv.Itoa(tscKHz))
+	}
+	parts = append(parts, m.KernelIPArg())
+	return strings.Join(strings.Fields(strings.Join(parts, " ")), " ")
+}
+
+// validate rejects a Machine QEMU would misread. Commas separate QEMU
+// sub-options, so no value that lands inside an option list may hold one.
+func validate(m vmm.Machine) error {
+	switch m.Accel {
+	case "kvm", "tcg":
+	default:
+		return fmt.Errorf("accelerator %q: want kvm or tcg", m.Accel)
+	}
+	if m.ID == "" || strings.ContainsFunc(m.ID, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}) {
+		return fmt.Errorf("vm id %q: want lowercase letters, digits, - or _", m.ID)
+	}
+	if m.VCPUs < 1 || m.MemoryMiB < 1 {
+		return fmt.Errorf("vcpus %d, memory %d MiB: both must be positive", m.VCPUs, m.MemoryMiB)
+	}
+	required := []struct{ name, val string }{
+		{"kernel", m.Kernel}, {"root disk", m.RootDisk}, {"qmp socket", m.APISock}, {"console log", m.ConsoleLog},
+	}
+	for _, f := range required {
+		if f.val == "" {
+			return fmt.Errorf("%s path is empty", f.name)
+		}
+	}
+	if m.TapDevice != "" && m.GuestMAC == "" {
+		return fmt.Errorf("tap %s without a guest mac", m.TapDevice)
+	}
+	noCommas := []struct{ name, val string }{
+		{"kernel", m.Kernel}, {"initrd", m.Initrd}, {"root disk", m.RootDisk}, {"work disk", m.WorkDisk},
+		{"qmp socket", m.APISock}, {"console log", m.ConsoleLog}, {"tap device", m.TapDevice}, {"guest mac", m.GuestMAC},
+	}
+	for _, f := range noCommas {
+		if strings.ContainsAny(f.val, ",\n") {
+			return fmt.Errorf("%s %q: commas and newlines are not allowed", f.name, f.val)
+		}
+	}
+	return nil
+}
+
+// fileSize returns the size of path, or 0 when it cannot be read.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// diagnostics renders the last lines QEMU and the guest wrote, for a launch
+// error: QEMU's own log from offset on, then the serial console.
+func diagnostics(qemuLog string, offset int64, consoleLog string) string {
+	var b strings.Builder
+	if t := tailLines(qemuLog, offset, 8); t != "" {
+		fmt.Fprintf(&b, "; qemu log %s: %s", qemuLog, t)
+	}
+	if t := tailLines(consoleLog, 0, 8); t != "" {
+		fmt.Fprintf(&b, "; console %s: %s", consoleLog, t)
+	}
+	return b.String()
+}
+
+// tailLines returns up to n last non-empty lines of path from offset on,
+// joined by " | ", reading at most the last 4 KiB.
+func tailLines(path string, offset int64, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const maxTail = 4096
+	size := fileSize(path)
+	if size-offset > maxTail {
+		offset = size - maxTail
+	}
+	buf := make([]byte, max(size-offset, 0))
+	k, _ := f.ReadAt(buf, offset)
+	var lines []string
+	for _, l := range strings.Split(string(buf[:k]), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
