@@ -65,7 +65,7 @@ func requireNetNS(t *testing.T) {
 		t.Skip("needs root (creates bridges and taps in a private network namespace)")
 	}
 	if !system.InPrivateNetNS() {
-		t.Skip("not in a private network namespace (re-exec into one failed); refusing to touch host links")
+		t.Skip("not in the private network namespace TestMain makes; refusing to touch host links")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +30,10 @@ const NetNSEnv = "BANGER_TEST_NETNS"
 // place and InPrivateNetNS reports false, so netns tests skip.
 func ReexecInNewNetNS(m interface{ Run() int }) int {
 	if os.Getenv(NetNSEnv) == "1" {
+		if !InPrivateNetNS() {
+			// Set by hand outside a re-exec: never touch the host's loopback.
+			return m.Run()
+		}
 		if err := bringUpLoopback(); err != nil {
 			fmt.Fprintf(os.Stderr, "netns re-exec: %v\n", err)
 			return 1
@@ -64,6 +69,9 @@ func runInNewNetNS() (int, error) {
 	}
 	// Forward the signals `go test` uses (SIGQUIT on timeout: the child's
 	// goroutine dump is the useful one).
+	// Pdeathsig fires when the forking thread exits; keep it for the wait.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT)
 	defer signal.Stop(sigs)

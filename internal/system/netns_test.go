@@ -154,4 +154,8 @@ func TestInPrivateNetNSNeedsEnv(t *testing.T) {
 	if InPrivateNetNS() {
 		t.Fatal("InPrivateNetNS() = true in the namespace recorded as the parent's")
 	}
+	// A hand-set env in the host namespace runs in place, without re-exec.
+	if got := ReexecInNewNetNS(runFunc(func() int { return 7 })); got != 7 {
+		t.Fatalf("ReexecInNewNetNS with a hand-set %s = %d, want m.Run()'s 7", NetNSEnv, got)
+	}
 }
