@@ -1,0 +1,110 @@
+package image
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"banger/internal/system"
+)
+
+// testCacheDir keeps the .debs between test runs so that repeated privileged
+// runs download nothing.
+const testCacheDir = "/var/cache/banger/debs"
+
+// prefetchEnv carries the outcome of the package prefetch ("ok" or why not)
+// from TestMain's host-side process to its re-executed child.
+const prefetchEnv = "BANGER_TEST_IMAGE_PREFETCH"
+
+// TestMain fills the package cache while still in the host's network
+// namespace (the Debian mirror is not reachable from the private one), then
+// re-runs the tests in a private network namespace because the boot test
+// starts a guest. Builds in the child find every package cached.
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 && os.Getenv(system.NetNSEnv) != "1" && os.Getenv(prefetchEnv) == "" {
+		os.Setenv(prefetchEnv, prefetchDebs())
+	}
+	code := system.ReexecInNewNetNS(m)
+	sharedImage.cleanup()
+	os.Exit(code)
+}
+
+// prefetchDebs downloads the minimal base's packages into testCacheDir.
+func prefetchDebs() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	r := system.ExecRunner{}
+	kernel, err := resolveKernelPackage(ctx, r)
+	if err != nil {
+		return fmt.Sprintf("debian packages unavailable: %v", err)
+	}
+	scratch, err := os.MkdirTemp("", "banger-prefetch-")
+	if err != nil {
+		return err.Error()
+	}
+	defer os.RemoveAll(scratch)
+	names := append([]string{kernel}, minimalPackages...)
+	if _, err := fetchDebs(ctx, r, scratch, testCacheDir, names, func() error { return nil }); err != nil {
+		return fmt.Sprintf("debian packages unavailable (mirror unreachable?): %v", err)
+	}
+	return "ok"
+}
+
+// requireRoot skips tests that need root.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (run as root, e.g. make test)")
+	}
+}
+
+// sharedImage is one minimal image built for all the integration tests.
+var sharedImage builtImage
+
+type builtImage struct {
+	once     sync.Once
+	dir      string
+	res      Result
+	steps    []string
+	duration time.Duration
+	err      error
+}
+
+// minimalImage builds (once) and returns the shared minimal image, or skips
+// when the build cannot run here: not root, or packages not downloadable.
+func minimalImage(t *testing.T) Result {
+	t.Helper()
+	requireRoot(t)
+	if s := os.Getenv(prefetchEnv); s != "ok" {
+		t.Skipf("integration test needs the Debian mirror: %s", s)
+	}
+	s := &sharedImage
+	s.once.Do(func() {
+		s.dir, s.err = os.MkdirTemp("", "banger-image-test-")
+		if s.err != nil {
+			return
+		}
+		start := time.Now()
+		s.res, s.err = Build(context.Background(), BuildOptions{
+			Dir:      filepath.Join(s.dir, "minimal"),
+			CacheDir: testCacheDir,
+			Runner:   system.ExecRunner{},
+			Progress: func(step string) { s.steps = append(s.steps, step) },
+		})
+		s.duration = time.Since(start)
+	})
+	if s.err != nil {
+		t.Fatalf("building minimal image: %v", s.err)
+	}
+	return s.res
+}
+
+func (s *builtImage) cleanup() {
+	if s.dir != "" {
+		os.RemoveAll(s.dir)
+	}
+}
