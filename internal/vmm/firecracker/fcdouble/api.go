@@ -678,11 +678,10 @@ func (vm *VM) putVsock(_ string, m map[string]json.RawMessage) response {
 	cid, _ := number(m, "guest_cid")
 	c.GuestCID = uint32(cid)
 	c.UdsPath, _ = str(m, "uds_path")
-	if vm.vsockLn != nil {
-		// A second PUT replaces the device: the old socket is unlinked first.
-		vm.vsockLn.Close()
-		os.Remove(vm.vsock.UdsPath)
-		vm.vsockLn, vm.vsock = nil, nil
+	// A second PUT replaces the device and unlinks the old socket; on the
+	// same path that must happen before binding.
+	if vm.vsockLn != nil && vm.vsock.UdsPath == c.UdsPath {
+		vm.dropVsock()
 	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: c.UdsPath, Net: "unix"})
 	if err != nil {
@@ -694,9 +693,18 @@ func (vm *VM) putVsock(_ string, m map[string]json.RawMessage) response {
 	}
 	// Firecracker never unlinks the vsock UDS, not even at exit.
 	ln.SetUnlinkOnClose(false)
+	if vm.vsockLn != nil {
+		vm.dropVsock()
+	}
 	vm.vsock, vm.vsockLn = &c, ln
 	go vm.serveVsock(ln)
 	return ok()
+}
+
+func (vm *VM) dropVsock() {
+	vm.vsockLn.Close()
+	os.Remove(vm.vsock.UdsPath)
+	vm.vsockLn, vm.vsock = nil, nil
 }
 
 func openSink(path string) (*os.File, error) {
@@ -747,12 +755,10 @@ func (vm *VM) flushMetrics() {
 	if vm.metricsFile == nil {
 		return
 	}
-	line, _ := json.Marshal(map[string]any{
-		"utc_timestamp_ms": time.Now().UnixMilli(),
-		"api_server":       map[string]int{"process_startup_time_us": 0},
-		"vmm":              map[string]int{"panic_count": 0},
-	})
-	_, _ = vm.metricsFile.Write(append(line, '\n'))
+	// utc_timestamp_ms comes first, as in Firecracker: build the line by hand
+	// because encoding/json sorts map keys.
+	line := fmt.Sprintf(`{"utc_timestamp_ms":%d,"api_server":{"process_startup_time_us":0},"vmm":{"panic_count":0}}`+"\n", time.Now().UnixMilli())
+	_, _ = vm.metricsFile.WriteString(line)
 }
 
 func (vm *VM) putAction(_ string, m map[string]json.RawMessage) response {
