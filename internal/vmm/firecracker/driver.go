@@ -147,7 +147,7 @@ type apiCall struct {
 	body any
 }
 
-// BootArgs renders the kernel command line the driver gives Firecracker.
+// bootArgs renders the kernel command line the driver gives Firecracker.
 // boot_args replaces Firecracker's default entirely, hence console and
 // reboot=k panic=1 here; root= is added by Firecracker itself.
 func bootArgs(m vmm.Machine) string {

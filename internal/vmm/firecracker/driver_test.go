@@ -230,3 +230,21 @@ func TestBootArgs(t *testing.T) {
 		t.Fatalf("bootArgs without network = %q, want %q", got, want)
 	}
 }
+
+func TestShutdownRespectsContext(t *testing.T) {
+	d, m := newMachine(t)
+	t.Setenv(fcdouble.EnvIgnoreCAD, "1")
+	p, err := d.Launch(context.Background(), m)
+	if err != nil {
+		t.Fatalf("Launch: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	// With the context gone the wait is cut short and the VMM killed, not left running.
+	if err := d.Shutdown(ctx, m, p, time.Hour, false); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if p.Alive() {
+		t.Fatal("firecracker still alive")
+	}
+}

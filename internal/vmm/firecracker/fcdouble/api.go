@@ -42,15 +42,16 @@ const (
 
 // Config is how one double behaves; Main fills it from flags and environment.
 type Config struct {
-	ID         string
-	EnablePCI  bool
-	Console    io.Writer // guest serial output (firecracker's stdout)
-	Log        io.Writer // firecracker's own log without a logger target
-	CADDelay   time.Duration
-	IgnoreCAD  bool   // the guest has no i8042: Ctrl-Alt-Del does nothing
-	VsockEcho  uint32 // guest port that accepts vsock connections and echoes; 0 = none
-	RequestLog string // append one JSON line per request here; "" = off
-	NetSysDir  string // where taps are looked up; default /sys/class/net
+	ID          string
+	EnablePCI   bool
+	Console     io.Writer // guest serial output (firecracker's stdout)
+	Log         io.Writer // firecracker's own log without a logger target
+	CADDelay    time.Duration
+	IgnoreCAD   bool          // the guest has no i8042: Ctrl-Alt-Del does nothing
+	RebootAfter time.Duration // >0: the guest reboots by itself this long after InstanceStart
+	VsockEcho   uint32        // guest port that accepts vsock connections and echoes; 0 = none
+	RequestLog  string        // append one JSON line per request here; "" = off
+	NetSysDir   string        // where taps are looked up; default /sys/class/net
 }
 
 // VM is the double's simulated microVM: the configuration the API built and
@@ -834,6 +835,13 @@ func (vm *VM) instanceStart() response {
 	}
 	fmt.Fprintf(c, "[    0.020000] Run /sbin/init as init process\n")
 	fmt.Fprintf(c, "fc-double: guest running\n")
+	if d := vm.cfg.RebootAfter; d > 0 {
+		go func() {
+			time.Sleep(d)
+			fmt.Fprintln(c, "reboot: Restarting system")
+			vm.exit(0)
+		}()
+	}
 	return ok()
 }
 

@@ -308,3 +308,28 @@ func TestSnapshotCreateAndLoad(t *testing.T) {
 		t.Fatalf("state after load: %s", r.body)
 	}
 }
+
+func TestMMDSNeedsConfigAfterBoot(t *testing.T) {
+	_, sock, dir := startDouble(t, Config{})
+	mustNoContent(t, call(t, sock, "PUT", "/mmds", `{"latest":{"meta-data":{"id":"x"}}}`), "mmds pre-boot")
+	if r := call(t, sock, "GET", "/mmds", ""); r.body != `{"latest":{"meta-data":{"id":"x"}}}` {
+		t.Fatalf("GET /mmds: %s", r.body)
+	}
+	if msg := faultOf(t, call(t, sock, "PUT", "/mmds/config", `{"network_interfaces":["eth9"]}`)); !strings.HasPrefix(msg, "MMDS config error") {
+		t.Fatalf("mmds config with an unknown NIC: %q", msg)
+	}
+	bootable(t, sock, dir)
+	start(t, sock)
+	if msg := faultOf(t, call(t, sock, "GET", "/mmds", "")); msg != "The MMDS data store is not initialized." {
+		t.Fatalf("post-boot mmds without config: %q", msg)
+	}
+}
+
+func TestGuestRebootsByItself(t *testing.T) {
+	vm, sock, dir := startDouble(t, Config{RebootAfter: time.Millisecond})
+	bootable(t, sock, dir)
+	start(t, sock)
+	if code := <-vm.Exit; code != 0 {
+		t.Fatalf("exit code %d after a guest reboot", code)
+	}
+}

@@ -37,7 +37,7 @@ func startDouble(t *testing.T, cfg Config) (vm *VM, sock, dir string) {
 		cfg.ID = "test-vm"
 	}
 	vm = NewVM(cfg)
-	go serveHTTP(ln, vm.Handle)
+	go serveHTTP(ln, defaultMaxPayload, vm.Handle)
 	t.Cleanup(func() { ln.Close() })
 	return vm, sock, dir
 }

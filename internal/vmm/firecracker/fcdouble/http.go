@@ -15,9 +15,9 @@ import (
 
 // micro-http's limits (micro-http server.rs, Firecracker main.rs defaults).
 const (
-	maxConnections = 10
-	maxPayload     = 51200
-	maxHeaderBytes = 8192
+	maxConnections    = 10
+	defaultMaxPayload = 51200 // --http-api-max-payload-size
+	maxHeaderBytes    = 8192
 )
 
 // request is one parsed HTTP request, as micro-http would hand it over.
@@ -46,7 +46,7 @@ func (e *httpError) Error() string { return e.msg }
 // serveHTTP accepts connections on l until it is closed. handle is called for
 // each request while holding mu, so requests are answered one at a time like
 // Firecracker's single API thread.
-func serveHTTP(l net.Listener, handle func(*request) response) error {
+func serveHTTP(l net.Listener, maxPayload int64, handle func(*request) response) error {
 	var (
 		mu     sync.Mutex // one request at a time
 		connMu sync.Mutex
@@ -78,15 +78,15 @@ func serveHTTP(l net.Listener, handle func(*request) response) error {
 				conns--
 				connMu.Unlock()
 			}()
-			serveConn(c, &mu, handle)
+			serveConn(c, &mu, maxPayload, handle)
 		}()
 	}
 }
 
-func serveConn(c net.Conn, mu *sync.Mutex, handle func(*request) response) {
+func serveConn(c net.Conn, mu *sync.Mutex, maxPayload int64, handle func(*request) response) {
 	br := bufio.NewReader(c)
 	for {
-		req, err := readRequest(br, c)
+		req, err := readRequest(br, c, maxPayload)
 		if err != nil {
 			var he *httpError
 			if errors.As(err, &he) {
@@ -115,7 +115,7 @@ func faultBody(msg string) []byte {
 
 // readRequest parses one request. io errors (peer gone) come back as is;
 // malformed requests as *httpError.
-func readRequest(br *bufio.Reader, w io.Writer) (*request, error) {
+func readRequest(br *bufio.Reader, w io.Writer, maxPayload int64) (*request, error) {
 	line, err := readLine(br)
 	if err != nil {
 		return nil, err

@@ -2,9 +2,11 @@ package fcdouble
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -147,5 +149,19 @@ func TestEleventhConnectionGets503(t *testing.T) {
 	}
 	if last.status != 200 {
 		t.Fatalf("after a close: status %d", last.status)
+	}
+}
+
+func TestPayloadLimitFlag(t *testing.T) {
+	dir := shortDir(t)
+	sock := filepath.Join(dir, "api.sock")
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(context.Background(), []string{"--api-sock", sock, "--http-api-max-payload-size", "16"}, io.Discard, io.Discard)
+	}()
+	waitSocket(t, sock)
+	r := call(t, sock, "PUT", "/machine-config", `{"vcpu_count":1,"mem_size_mib":64}`)
+	if r.status != 400 || !strings.Contains(r.body, "larger than the limit of 16 allowed by server") {
+		t.Fatalf("body above --http-api-max-payload-size: %d %s", r.status, r.body)
 	}
 }

@@ -36,11 +36,12 @@ const (
 
 // Environment variables that tune the double (never read by Firecracker).
 const (
-	EnvCADDelay   = "FC_DOUBLE_CAD_DELAY"       // Go duration before a honoured Ctrl-Alt-Del exits 0; default 50ms
-	EnvIgnoreCAD  = "FC_DOUBLE_IGNORE_CAD"      // "1": guest without i8042, Ctrl-Alt-Del is ignored
-	EnvVsockEcho  = "FC_DOUBLE_VSOCK_ECHO_PORT" // guest vsock port that accepts and echoes
-	EnvRequestLog = "FC_DOUBLE_REQUEST_LOG"     // append one JSON line per API request to this file
-	EnvNetSysDir  = "FC_DOUBLE_NET_SYS_DIR"     // where taps are looked up; default /sys/class/net
+	EnvCADDelay    = "FC_DOUBLE_CAD_DELAY"       // Go duration before a honoured Ctrl-Alt-Del exits 0; default 50ms
+	EnvIgnoreCAD   = "FC_DOUBLE_IGNORE_CAD"      // "1": guest without i8042, Ctrl-Alt-Del is ignored
+	EnvVsockEcho   = "FC_DOUBLE_VSOCK_ECHO_PORT" // guest vsock port that accepts and echoes
+	EnvRequestLog  = "FC_DOUBLE_REQUEST_LOG"     // append one JSON line per API request to this file
+	EnvNetSysDir   = "FC_DOUBLE_NET_SYS_DIR"     // where taps are looked up; default /sys/class/net
+	EnvRebootAfter = "FC_DOUBLE_REBOOT_AFTER"    // Go duration: the guest reboots (exit 0) this long after InstanceStart
 )
 
 var valueFlags = map[string]bool{
@@ -166,6 +167,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if d, err := time.ParseDuration(os.Getenv(EnvCADDelay)); err == nil {
 		cfg.CADDelay = d
 	}
+	if d, err := time.ParseDuration(os.Getenv(EnvRebootAfter)); err == nil {
+		cfg.RebootAfter = d
+	}
 	if p, err := strconv.ParseUint(os.Getenv(EnvVsockEcho), 10, 32); err == nil {
 		cfg.VsockEcho = uint32(p)
 	}
@@ -214,7 +218,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	serveErr := make(chan error, 1)
 	if ln != nil {
-		go func() { serveErr <- serveHTTP(ln, vm.Handle) }()
+		limit := int64(defaultMaxPayload)
+		if v, ok := flags["http-api-max-payload-size"]; ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				fmt.Fprintf(stderr, "Arguments parsing error: invalid --http-api-max-payload-size %q\n", v)
+				return exitArgParsing
+			}
+			limit = n
+		}
+		go func() { serveErr <- serveHTTP(ln, limit, vm.Handle) }()
 	}
 	select {
 	case code := <-vm.Exit:

@@ -68,17 +68,7 @@ func TestMainServesAPIAndExitsZeroOnCtrlAltDel(t *testing.T) {
 	out := &lockedWriter{w: &bytes.Buffer{}}
 	done := make(chan int, 1)
 	go func() { done <- Main(context.Background(), []string{"--api-sock", sock, "--id", "vm1"}, out, out) }()
-	for i := 0; ; i++ {
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if i == 1000 {
-			t.Fatalf("API socket never came up: %v", err)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	waitSocket(t, sock)
 	if r := call(t, sock, "GET", "/", ""); !strings.Contains(r.body, `"id":"vm1"`) {
 		t.Fatalf("GET /: %s", r.body)
 	}
@@ -116,5 +106,21 @@ func TestMainBootsConfigFileWithoutAPI(t *testing.T) {
 	os.WriteFile(cfg, []byte(`{"boot-source": {"kernel_image_path": "`+dir+`/none"}, "drives": []}`), 0o644)
 	if code := Main(context.Background(), []string{"--no-api", "--config-file", cfg}, &out, &out); code != exitGeneric {
 		t.Fatalf("bad config file: exit %d, want 1", code)
+	}
+}
+
+// waitSocket polls until the API socket of a Main running in a goroutine accepts.
+func waitSocket(t *testing.T, sock string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if i == 1000 {
+			t.Fatalf("API socket never came up: %v", err)
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }
