@@ -150,10 +150,9 @@ func readRequest(br *bufio.Reader, w io.Writer, maxPayload int64) (*request, err
 	req.path = uri
 
 	var (
-		length  int64
-		expect  bool
-		chunked bool
-		total   int
+		length int64
+		expect bool
+		total  int
 	)
 	for {
 		h, err := readLine(br)
@@ -188,10 +187,11 @@ func readRequest(br *bufio.Reader, w io.Writer, maxPayload int64) (*request, err
 				return nil, &httpError{fmt.Sprintf("Invalid header. Reason: Unsupported value. Key:%s; Value:%s", name, value)}
 			}
 		case "transfer-encoding":
+			// micro-http accepts "chunked" but never reads chunked bodies:
+			// the length comes from Content-Length only, so such a PUT
+			// arrives body-less.
 			switch strings.TrimSpace(value) {
-			case "chunked":
-				chunked = true
-			case "identity":
+			case "chunked", "identity":
 			default:
 				return nil, &httpError{fmt.Sprintf("Invalid header. Reason: Unsupported value. Key:%s; Value:%s", name, value)}
 			}
@@ -205,9 +205,6 @@ func readRequest(br *bufio.Reader, w io.Writer, maxPayload int64) (*request, err
 	if length > maxPayload {
 		return nil, &httpError{fmt.Sprintf("Request payload with size %d is larger than the limit of %d allowed by server.", length, maxPayload)}
 	}
-	// micro-http never reads chunked bodies: the length comes from
-	// Content-Length only, so a chunked PUT arrives body-less.
-	_ = chunked
 	if length > 0 {
 		if expect {
 			if err := writeResponse(w, req.version, response{status: 100}); err != nil {
