@@ -1,0 +1,68 @@
+package storage
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"banger/internal/system"
+)
+
+// ListLoopDevices returns every loop device bound on the host, mapped to its
+// backing file as losetup reports it (with " (deleted)" appended when the
+// file was removed), so doctor and gc can find devices left behind.
+func (m *Manager) ListLoopDevices(ctx context.Context) (map[string]string, error) {
+	out, err := m.Runner.Run(ctx, "losetup", "--list", "--json", "-O", "NAME,BACK-FILE")
+	if err != nil {
+		return nil, fmt.Errorf("listing loop devices: %w", err)
+	}
+	devs := map[string]string{}
+	if len(bytes.TrimSpace(out)) == 0 {
+		return devs, nil // older losetup prints nothing when there are none
+	}
+	var doc struct {
+		LoopDevices []struct {
+			Name     string  `json:"name"`
+			BackFile *string `json:"back-file"`
+		} `json:"loopdevices"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return nil, fmt.Errorf("listing loop devices: parsing losetup output: %w", err)
+	}
+	for _, d := range doc.LoopDevices {
+		back := ""
+		if d.BackFile != nil {
+			back = *d.BackFile
+		}
+		devs[d.Name] = back
+	}
+	return devs, nil
+}
+
+// ListDMDevices returns the names of banger's device-mapper devices (those
+// starting with "banger-"), sorted as dmsetup lists them. It returns none,
+// without error, on a host without device-mapper.
+func (m *Manager) ListDMDevices(ctx context.Context) ([]string, error) {
+	out, err := m.Runner.Run(ctx, "dmsetup", "ls")
+	if err != nil {
+		// No dmsetup, or no driver behind /dev/mapper/control.
+		if errors.Is(err, system.ErrNoTool) || errors.Is(err, system.ErrNotFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("listing dm devices: %w", err)
+	}
+	var names []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		// "banger-x\t(253:0)", or "No devices found".
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 0 && strings.HasPrefix(fields[0], dmPrefix) {
+			names = append(names, fields[0])
+		}
+	}
+	return names, nil
+}
