@@ -87,6 +87,9 @@ func TestArgvGolden(t *testing.T) {
 			if servesSocket(argv, tc.m.APISock+"x") || servesSocket(argv, "") {
 				t.Error("servesSocket matched a different socket")
 			}
+			if !runsMachine(argv, tc.m) {
+				t.Error("runsMachine does not recognise the argv it was built from")
+			}
 		})
 	}
 }

@@ -24,6 +24,7 @@ type fakeQMP struct {
 	ignoreQuit      bool   // reply to quit but keep running (a wedged QEMU)
 	quitNoReply     bool   // close the socket on quit without replying
 	silent          bool   // accept connections but never speak
+	name            string // what query-name reports
 
 	mu       sync.Mutex
 	status   string
@@ -40,7 +41,7 @@ func newFakeQMP(path string) (*fakeQMP, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fakeQMP{ln: ln, status: "running", done: make(chan struct{})}, nil
+	return &fakeQMP{ln: ln, status: "running", name: guestName(baseMachine().ID), done: make(chan struct{})}, nil
 }
 
 // serve answers clients one after the other until the listener closes or
@@ -117,6 +118,8 @@ func (f *fakeQMP) session(conn net.Conn) bool {
 			}
 			negotiated = true
 			reply(struct{}{})
+		case "query-name":
+			reply(map[string]string{"name": f.name})
 		case "query-status":
 			f.mu.Lock()
 			st := f.status
@@ -163,15 +166,18 @@ const (
 	fakeQEMUStateEnv = "BANGER_FAKE_QEMU_STATE" // file receiving the command log
 )
 
-// fakeQEMUMain runs as a separate process. Its argv is "-qmp <token>" like
-// QEMU's. Modes: "sleep" (no monitor at all), "acpid-late" (the first power
+// fakeQEMUMain runs as a separate process. Its argv is "-name <name> -qmp
+// <token>" like QEMU's. Modes: "sleep" (no monitor at all), "acpid-late" (the first power
 // button press is lost, the second powers off), "no-acpid" (presses ignored,
 // quit honoured), "wedged" (presses and quit ignored: only SIGKILL works).
 func fakeQEMUMain(mode string) int {
-	var sock string
+	var sock, name string
 	for i := 1; i+1 < len(os.Args); i++ {
-		if os.Args[i] == "-qmp" {
+		switch os.Args[i] {
+		case "-qmp":
 			sock, _, _ = strings.Cut(strings.TrimPrefix(os.Args[i+1], "unix:"), ",")
+		case "-name":
+			name = os.Args[i+1]
 		}
 	}
 	if mode == "sleep" || sock == "" {
@@ -183,6 +189,7 @@ func fakeQEMUMain(mode string) int {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
 	}
+	f.name = name
 	switch mode {
 	case "acpid-late":
 		f.offAfterPresses = 2

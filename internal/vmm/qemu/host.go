@@ -23,9 +23,25 @@ const (
 )
 
 // KVMUsable reports whether this process can run guests with -accel kvm:
-// /dev/kvm opens read-write and speaks the stable KVM API. The daemon uses it
-// to choose between "kvm" and "tcg".
+// /dev/kvm opens read-write, speaks the stable KVM API, and the CPU offers
+// hardware virtualization (vmx or svm in /proc/cpuinfo). The last check
+// matters on hosts whose /dev/kvm is served without it, such as the kvm_pvm
+// module of some sandboxes: there QEMU opens /dev/kvm, but a stock guest
+// kernel hangs right after "Probing EDD" (measured), while TCG boots it. The
+// daemon uses KVMUsable to choose between "kvm" and "tcg".
 func KVMUsable() bool {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return false
+	}
+	hw := hasHardwareVirt(f)
+	f.Close()
+	return hw && kvmDeviceUsable()
+}
+
+// kvmDeviceUsable reports whether /dev/kvm opens read-write and reports KVM
+// API version 12.
+func kvmDeviceUsable() bool {
 	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
@@ -33,6 +49,26 @@ func KVMUsable() bool {
 	defer unix.Close(fd)
 	v, err := unix.IoctlRetInt(fd, kvmGetAPIVersion)
 	return err == nil && v == kvmAPIVersion
+}
+
+// hasHardwareVirt reports whether the first "flags" line of a cpuinfo text
+// lists vmx (Intel VT-x) or svm (AMD-V).
+func hasHardwareVirt(r io.Reader) bool {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		key, val, ok := strings.Cut(sc.Text(), ":")
+		if !ok || strings.TrimSpace(key) != "flags" {
+			continue
+		}
+		for _, flag := range strings.Fields(val) {
+			if flag == "vmx" || flag == "svm" {
+				return true
+			}
+		}
+		return false
+	}
+	return false
 }
 
 // HostTSCkHz returns the host's TSC frequency in kHz, estimated from the first

@@ -43,19 +43,39 @@ func TestHostTSCkHz(t *testing.T) {
 	}
 }
 
-func TestKVMUsableMatchesDevice(t *testing.T) {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+func TestHasHardwareVirt(t *testing.T) {
+	f, err := os.Open("testdata/cpuinfo")
 	if err != nil {
-		if KVMUsable() {
-			t.Errorf("KVMUsable() = true but /dev/kvm does not open read-write: %v", err)
-		}
-		return
+		t.Fatal(err)
 	}
-	f.Close()
-	// /dev/kvm opens: KVMUsable must agree unless the API version is odd,
-	// which no kernel since 2.6.22 reports.
-	if !KVMUsable() {
-		t.Error("KVMUsable() = false although /dev/kvm opens read-write")
+	defer f.Close()
+	if hasHardwareVirt(f) {
+		t.Error("hasHardwareVirt = true for a cpuinfo without vmx/svm")
+	}
+	for _, flags := range []string{"flags : fpu vmx sse\n", "flags\t\t: svm lm\n"} {
+		if !hasHardwareVirt(strings.NewReader(flags)) {
+			t.Errorf("hasHardwareVirt(%q) = false", flags)
+		}
+	}
+	if hasHardwareVirt(strings.NewReader("flags : vmxnet\n")) {
+		t.Error("hasHardwareVirt matched a flag that only starts with vmx")
+	}
+}
+
+func TestKVMUsableMatchesHost(t *testing.T) {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		t.Skip("no /proc/cpuinfo")
+	}
+	hw := hasHardwareVirt(strings.NewReader(string(b)))
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	dev := err == nil
+	if dev {
+		f.Close()
+	}
+	// Any kernel since 2.6.22 reports API version 12 once /dev/kvm opens.
+	if got, want := KVMUsable(), hw && dev; got != want {
+		t.Errorf("KVMUsable() = %v; /dev/kvm opens: %v, cpu has vmx/svm: %v", got, dev, hw)
 	}
 }
 

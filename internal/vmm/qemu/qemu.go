@@ -42,7 +42,7 @@ var ErrAlreadyRunning = errors.New("qemu already running for this qmp socket")
 
 // Driver launches and controls QEMU processes. The zero value is ready to use.
 type Driver struct {
-	Binary     string        // "" = "qemu-system-x86_64" on PATH; vmm.Machine.Binary overrides it
+	Binary     string        // "" = vmm.Machine.Binary, else "qemu-system-x86_64" on PATH
 	Logger     *slog.Logger  // nil = discard
 	QMPTimeout time.Duration // how long Launch waits for the QMP socket; default 5s
 }
@@ -55,11 +55,12 @@ func (d *Driver) logger() *slog.Logger {
 }
 
 func (d *Driver) binary(m vmm.Machine) string {
+	// Same precedence as the Firecracker driver: the daemon's setting wins.
 	switch {
-	case m.Binary != "":
-		return m.Binary
 	case d.Binary != "":
 		return d.Binary
+	case m.Binary != "":
+		return m.Binary
 	}
 	return defaultBinary
 }
@@ -75,10 +76,19 @@ func (d *Driver) qmpTimeout() time.Duration {
 // FindProcess compare it exactly, so it must never change shape.
 func qmpToken(sock string) string { return "unix:" + sock + ",server=on,wait=off" }
 
+// guestName is QEMU's -name for VM id, which QMP query-name reports back.
+func guestName(id string) string { return "banger-" + id }
+
 // servesSocket reports whether argv is a QEMU command line whose QMP monitor
 // is sock.
 func servesSocket(argv []string, sock string) bool {
 	return sock != "" && system.ArgvHasPair(argv, "-qmp", qmpToken(sock))
+}
+
+// runsMachine reports whether argv is the QEMU command line of m: its QMP
+// monitor is m's socket and its -name is m's id, both compared exactly.
+func runsMachine(argv []string, m vmm.Machine) bool {
+	return m.ID != "" && servesSocket(argv, m.APISock) && system.ArgvHasPair(argv, "-name", guestName(m.ID))
 }
 
 // qemuLogPath is where QEMU's own stdout and stderr go.
@@ -96,7 +106,9 @@ func qemuLogPath(m vmm.Machine) string {
 // serial console.
 func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, error) {
 	log := d.logger().With("vm", m.ID)
-	if p, ok := d.FindProcess(m); ok {
+	// Any process claiming the socket counts, whatever its -name: the stale
+	// socket removal below would cut it off.
+	if p, ok := system.FindProcess(func(argv []string) bool { return servesSocket(argv, m.APISock) }); ok {
 		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w (pid %d)", m.ID, ErrAlreadyRunning, p.PID)
 	}
 	var tscKHz int
@@ -175,36 +187,32 @@ func (d *Driver) waitRunning(ctx context.Context, m vmm.Machine, p system.Proces
 // it presses the ACPI power button (QMP system_powerdown), again every second
 // because a press before the guest's acpid runs is lost, and waits up to
 // timeout for QEMU to exit; then it sends QMP quit, then SIGKILL. A process
-// already gone is success. The QMP socket is removed once QEMU is gone. If ctx
-// ends first, Shutdown returns its error and leaves QEMU as it is.
+// already gone is success, so Shutdown is idempotent. If ctx ends during the
+// wait, the wait is cut short and QEMU killed (as the Firecracker driver
+// does). The QMP socket is removed once QEMU is gone.
 func (d *Driver) Shutdown(ctx context.Context, m vmm.Machine, p system.Process, timeout time.Duration, force bool) error {
 	log := d.logger().With("vm", m.ID, "pid", p.PID)
 	if force {
 		return d.kill(m, p)
 	}
 	deadline := time.Now().Add(timeout)
-	for p.Alive() && time.Now().Before(deadline) {
+	for p.Alive() && time.Now().Before(deadline) && ctx.Err() == nil {
 		pctx, cancel := context.WithDeadline(ctx, deadline)
 		if err := powerdown(pctx, m.APISock); err != nil {
 			log.Debug("qmp system_powerdown", "err", err)
 		}
 		cancel()
-		gone, err := waitGone(ctx, p, min(powerdownInterval, time.Until(deadline)))
-		if err != nil {
-			return fmt.Errorf("shutting down qemu for vm %s: %w", m.ID, err)
-		}
-		if gone {
-			break
-		}
+		waitGone(ctx, p, min(powerdownInterval, time.Until(deadline)))
 	}
-	if p.Alive() {
+	if p.Alive() && ctx.Err() == nil {
 		log.Warn("guest did not power off; sending qmp quit", "timeout", timeout)
 		if err := quit(ctx, m.APISock); err != nil {
 			log.Debug("qmp quit", "err", err)
 		}
-		if _, err := waitGone(ctx, p, quitWait); err != nil {
-			return fmt.Errorf("shutting down qemu for vm %s: %w", m.ID, err)
-		}
+		waitGone(ctx, p, quitWait)
+	}
+	if p.Alive() {
+		log.Warn("killing qemu", "ctx_err", ctx.Err())
 	}
 	return d.kill(m, p)
 }
@@ -235,14 +243,22 @@ func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) 
 	if !p.Alive() {
 		return fmt.Errorf("identifying qemu for vm %s: pid %d: %w", m.ID, p.PID, os.ErrProcessDone)
 	}
-	if !servesSocket(argv, m.APISock) {
-		return fmt.Errorf("identifying qemu for vm %s: pid %d does not serve qmp socket %s", m.ID, p.PID, m.APISock)
+	if !runsMachine(argv, m) {
+		return fmt.Errorf("identifying qemu for vm %s: pid %d has no \"-qmp %s\" and \"-name %s\" in its argv",
+			m.ID, p.PID, qmpToken(m.APISock), guestName(m.ID))
 	}
 	c, err := dialQMP(ctx, m.APISock, qmpOpTimeout)
 	if err != nil {
 		return fmt.Errorf("identifying qemu for vm %s: %w", m.ID, err)
 	}
 	defer c.Close()
+	name, err := c.name()
+	if err != nil {
+		return fmt.Errorf("identifying qemu for vm %s: %w", m.ID, err)
+	}
+	if name != guestName(m.ID) {
+		return fmt.Errorf("identifying qemu for vm %s: qmp socket %s answers for %q", m.ID, m.APISock, name)
+	}
 	st, err := c.status()
 	if err != nil {
 		return fmt.Errorf("identifying qemu for vm %s: %w", m.ID, err)
@@ -253,13 +269,14 @@ func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) 
 	return nil
 }
 
-// FindProcess finds the QEMU whose argv names m's QMP socket exactly, so the
-// daemon can pick up a VM it lost track of (its handles file was lost).
+// FindProcess finds the QEMU of m by the exact argv pairs "-qmp
+// unix:<m.APISock>,server=on,wait=off" and "-name banger-<m.ID>", so the
+// daemon can pick up a VM it lost track of after a restart.
 func (d *Driver) FindProcess(m vmm.Machine) (system.Process, bool) {
-	if m.APISock == "" {
+	if m.APISock == "" || m.ID == "" {
 		return system.Process{}, false
 	}
-	return system.FindProcess(func(argv []string) bool { return servesSocket(argv, m.APISock) })
+	return system.FindProcess(func(argv []string) bool { return runsMachine(argv, m) })
 }
 
 // powerdown presses the guest's ACPI power button in one short QMP session.
@@ -283,19 +300,20 @@ func quit(ctx context.Context, sock string) error {
 	return c.quit()
 }
 
-// waitGone polls until p exits, wait passes (false, nil) or ctx ends.
-func waitGone(ctx context.Context, p system.Process, wait time.Duration) (bool, error) {
+// waitGone polls until p exits, wait passes or ctx ends; it reports whether
+// p exited.
+func waitGone(ctx context.Context, p system.Process, wait time.Duration) bool {
 	deadline := time.Now().Add(wait)
 	for {
 		if !p.Alive() {
-			return true, nil
+			return true
 		}
 		if !time.Now().Before(deadline) {
-			return false, nil
+			return false
 		}
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return !p.Alive()
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -336,13 +354,15 @@ func buildArgv(m vmm.Machine, binary string, tscKHz int) ([]string, error) {
 	}
 	argv := []string{
 		binary,
-		"-name", "banger-" + m.ID,
+		"-name", guestName(m.ID),
 		"-M", "microvm",
 		"-accel", m.Accel,
 		"-cpu", cpu,
 		"-m", strconv.Itoa(m.MemoryMiB),
 		"-smp", strconv.Itoa(m.VCPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// seccomp: the guest is untrusted and, under TCG, runs inside QEMU's own code.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-serial", "file:" + m.ConsoleLog,
 		"-qmp", qmpToken(m.APISock),
 		"-kernel", m.Kernel,

@@ -132,6 +132,21 @@ func (c *qmpClient) status() (string, error) {
 	return st.Status, nil
 }
 
+// name runs query-name and returns QEMU's -name.
+func (c *qmpClient) name() (string, error) {
+	raw, err := c.execute("query-name", nil)
+	if err != nil {
+		return "", err
+	}
+	var n struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return "", fmt.Errorf("qmp query-name: %w", err)
+	}
+	return n.Name, nil
+}
+
 // quit asks QEMU to exit at once. QEMU may close the socket before its reply
 // reaches us; that counts as success.
 func (c *qmpClient) quit() error {
