@@ -40,7 +40,8 @@ type Config struct {
 	DNSListen      string `toml:"dns_listen"` // extra listen address, e.g. 127.0.0.1:5353
 	SSHKeyPath     string `toml:"ssh_key_path"`
 	ImageCacheDir  string `toml:"image_cache_dir"`
-	Group          string `toml:"group"` // socket group; default "banger"
+	Group          string `toml:"group"`   // socket group; default "banger"
+	Network        string `toml:"network"` // "auto" (needs root) or "off": VMs without a network device
 
 	// File is the config file that was read, if any.
 	File string `toml:"-"`
@@ -61,6 +62,7 @@ func Defaults() Config {
 		Subnet:         "172.30.0.0/24",
 		DNSZone:        "banger.internal",
 		Group:          "banger",
+		Network:        "auto",
 	}
 }
 

@@ -1,0 +1,398 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/storage"
+
+	"github.com/spf13/cobra"
+)
+
+func (a *app) vmCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage VMs"}
+	cmd.AddCommand(a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmStartCmd(), a.vmStopCmd(), a.vmRestartCmd(),
+		a.vmDeleteCmd(), a.vmLogsCmd(), a.vmPortCmd(), a.vmRunCmd(), a.vmExecCmd(), a.vmSSHCmd(), a.vmCpCmd(), a.sessionCmd())
+	return cmd
+}
+
+// createFlags are shared by vm create and vm run.
+type createFlags struct {
+	name, image, vmm, disk, work string
+	vcpus, memory                int
+	ports                        []string
+}
+
+func (f *createFlags) add(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.name, "name", "", "VM name (lowercase letters, digits, inner hyphens; generated when empty)")
+	fl.StringVar(&f.image, "image", "", "image name (default: the default image)")
+	fl.StringVar(&f.vmm, "vmm", "", "VMM: auto, firecracker or qemu (default: config vmm)")
+	fl.IntVar(&f.vcpus, "vcpus", 2, "virtual CPUs (1 to 32)")
+	fl.IntVar(&f.memory, "memory", 1024, "memory in MiB")
+	fl.StringVar(&f.disk, "disk-size", "8G", "root disk size")
+	fl.StringVar(&f.work, "work-disk-size", "4G", "work disk size")
+	fl.StringArrayVarP(&f.ports, "publish", "p", nil, "forward a host port: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp] (repeatable)")
+}
+
+func (f *createFlags) request() (api.CreateVMRequest, error) {
+	req := api.CreateVMRequest{Name: f.name, Image: f.image, VMM: f.vmm, VCPUs: f.vcpus, MemoryMiB: f.memory, Ports: f.ports}
+	if f.vcpus < 1 || f.vcpus > 32 {
+		return req, usageError{fmt.Errorf("invalid --vcpus %d: want 1 to 32", f.vcpus)}
+	}
+	if f.memory < 64 {
+		return req, usageError{fmt.Errorf("invalid --memory %d: want at least 64 (MiB)", f.memory)}
+	}
+	var err error
+	if req.DiskSizeBytes, err = storage.ParseSize(f.disk); err != nil {
+		return req, usageError{fmt.Errorf("invalid --disk-size: %w", err)}
+	}
+	if req.WorkDiskBytes, err = storage.ParseSize(f.work); err != nil {
+		return req, usageError{fmt.Errorf("invalid --work-disk-size: %w", err)}
+	}
+	return req, nil
+}
+
+func (a *app) vmCreateCmd() *cobra.Command {
+	var f createFlags
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Record a new VM (disks are made at first start)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req, err := f.request()
+			if err != nil {
+				return err
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			vm, err := c.CreateVM(a.ctx, req)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, vm.Name)
+			return nil
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func (a *app) vmListCmd() *cobra.Command {
+	var output string
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				// The daemon's JSON is the output: stream it as is.
+				body, err := c.Stream(a.ctx, "GET", "/v1/vms", nil)
+				if err != nil {
+					return err
+				}
+				defer body.Close()
+				_, err = io.Copy(a.stdout, body)
+				return err
+			}
+			vms, err := c.ListVMs(a.ctx)
+			if err != nil {
+				return err
+			}
+			if quiet {
+				for _, vm := range vms {
+					fmt.Fprintln(a.stdout, vm.Name)
+				}
+				return nil
+			}
+			tw := a.table()
+			fmt.Fprintln(tw, "NAME\tSTATE\tVMM\tIP\tIMAGE\tVCPUS\tMEMORY\tCREATED")
+			for _, vm := range vms {
+				state := string(vm.Runtime.State)
+				if vm.Runtime.State == "running" && vm.Live != nil && !vm.Live.Alive {
+					state = "running (dead)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\n", vm.Name, state, dash(vm.Runtime.VMM), dash(vm.Runtime.GuestIP),
+					dash(vm.Image), vm.Spec.VCPUs, vm.Spec.MemoryMiB, ago(vm.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print names only")
+	return cmd
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (a *app) vmShowCmd() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a VM: its record and what is live on the host",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			vm, err := c.GetVM(a.ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return a.printJSON(vm)
+			}
+			r := vm.Runtime
+			tw := a.table()
+			row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+			row("Name", vm.Name)
+			row("ID", vm.ID)
+			row("State", string(r.State))
+			if r.LastError != "" {
+				row("Last error", r.LastError)
+			}
+			row("Image", dash(vm.Image))
+			vmm := dash(r.VMM)
+			if r.Accel != "" {
+				vmm += " (" + r.Accel + ")"
+			}
+			row("VMM", vmm)
+			row("Spec", fmt.Sprintf("%d vCPU, %d MiB, disk %s, work disk %s", vm.Spec.VCPUs, vm.Spec.MemoryMiB, human(vm.Spec.DiskSizeBytes), human(vm.Spec.WorkDiskBytes)))
+			row("Root disk method", r.RootDiskMethod)
+			row("Guest IP", r.GuestIP)
+			row("DNS name", r.DNSName)
+			row("MAC", r.GuestMAC)
+			row("Vsock", fmt.Sprintf("cid %d, %s", r.VSockCID, r.VSockPath))
+			row("API socket", r.APISockPath)
+			row("VM dir", r.VMDir)
+			row("Console log", r.LogPath)
+			row("Work disk", r.WorkDiskPath)
+			row("Created", vm.CreatedAt.Format(time.RFC3339))
+			if vm.Live != nil {
+				h := vm.Live.Handles
+				alive := "yes"
+				if !vm.Live.Alive {
+					alive = "no (" + vm.Live.Reason + ")"
+				}
+				row("Alive", alive)
+				row("PID", fmt.Sprint(h.PID))
+				row("Tap", dash(h.TapDevice))
+				row("Loops", dash(strings.Trim(h.BaseLoop+" "+h.COWLoop, " ")))
+				row("DM device", dash(h.DMDev))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func human(b int64) string {
+	switch {
+	case b >= 1<<30 && b%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", b>>30)
+	case b >= 1<<20:
+		return fmt.Sprintf("%dMiB", b>>20)
+	}
+	return fmt.Sprintf("%dB", b)
+}
+
+func (a *app) vmStartCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "start NAME...",
+		Short: "Start VMs",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, n := range args {
+				if _, err := c.StartVM(a.ctx, n); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(a.stdout, n)
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func (a *app) vmStopCmd() *cobra.Command {
+	var force bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "stop NAME...",
+		Short: "Stop VMs (Ctrl-Alt-Del or power button, then kill after --timeout)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if timeout < 0 {
+				return usageError{fmt.Errorf("invalid --timeout %s", timeout)}
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, n := range args {
+				if _, err := c.StopVM(a.ctx, n, api.StopRequest{Force: force, TimeoutSeconds: int64(timeout.Seconds())}); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(a.stdout, n)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "kill the VMM at once")
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the guest to shut down")
+	return cmd
+}
+
+func (a *app) vmRestartCmd() *cobra.Command {
+	var force bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "restart NAME",
+		Short: "Stop then start a VM",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			if _, err := c.RestartVM(a.ctx, args[0], api.StopRequest{Force: force, TimeoutSeconds: int64(timeout.Seconds())}); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, args[0])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "kill the VMM at once")
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the guest to shut down")
+	return cmd
+}
+
+func (a *app) vmDeleteCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:     "delete NAME...",
+		Aliases: []string{"rm"},
+		Short:   "Delete VMs (a running VM is stopped first; --force kills it and ignores unknown names)",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, n := range args {
+				if err := c.DeleteVM(a.ctx, n, force); err != nil {
+					if force && api.IsNotFound(err) {
+						continue
+					}
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(a.stdout, n)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running VM at once; unknown names are not an error")
+	return cmd
+}
+
+func (a *app) vmLogsCmd() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print the guest console log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			body, err := c.Logs(a.ctx, args[0], follow)
+			if err != nil {
+				return err
+			}
+			defer body.Close()
+			_, err = io.Copy(a.stdout, body)
+			if a.ctx.Err() != nil {
+				return nil
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	return cmd
+}
+
+func (a *app) vmPortCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "port NAME [add|remove SPEC]",
+		Short: "List, add or remove port forwards ([HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp])",
+		Args:  cobra.RangeArgs(1, 3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			name := url.PathEscape(args[0])
+			switch {
+			case len(args) == 1:
+				var ports []string
+				if err := c.Do(a.ctx, "GET", "/v1/vms/"+name+"/ports", nil, &ports); err != nil {
+					return err
+				}
+				for _, p := range ports {
+					fmt.Fprintln(a.stdout, p)
+				}
+				return nil
+			case len(args) == 3 && args[1] == "add":
+				var ports []string
+				if err := c.Do(a.ctx, "POST", "/v1/vms/"+name+"/ports", api.PortRequest{Spec: args[2]}, &ports); err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, strings.Join(ports, "\n"))
+				return nil
+			case len(args) == 3 && args[1] == "remove":
+				return c.Do(a.ctx, "DELETE", "/v1/vms/"+name+"/ports/"+url.PathEscape(args[2]), nil, nil)
+			}
+			return usageError{fmt.Errorf("usage: banger vm port NAME [add|remove SPEC]")}
+		},
+	}
+	return cmd
+}
+
+var _ = os.Stdin

@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/guest"
+)
+
+// handleVMWaitSSH waits until the guest answers SSH (connecting the pool).
+func (d *Daemon) handleVMWaitSSH(w http.ResponseWriter, r *http.Request) error {
+	var req api.WaitSSHRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	wait := time.Duration(req.TimeoutSeconds) * time.Second
+	if wait <= 0 {
+		wait = 60 * time.Second
+	}
+	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	if _, err := d.guests.get(r.Context(), vm, wait); err != nil {
+		return err
+	}
+	return writeJSON(w, struct{}{})
+}
+
+// handleVMExec runs a command in a guest. Errors found before the command
+// starts are ordinary JSON errors; then the connection is upgraded and
+// carries frames (api/stream.go) until the command's exit code.
+func (d *Daemon) handleVMExec(w http.ResponseWriter, r *http.Request) error {
+	var req api.ExecRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if len(req.Argv) == 0 && !req.TTY {
+		return api.Errorf(api.CodeInvalidArgument, "no command given")
+	}
+	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	gc, err := d.guests.get(r.Context(), vm, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		return fmt.Errorf("exec: connection cannot be upgraded")
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n%s: %s\r\n\r\n", api.UpgradeProtocol, api.VersionHeader, api.Version)
+	if err := brw.Flush(); err != nil {
+		return nil
+	}
+	// The command outlives the HTTP request's context, which ends at hijack.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer cancel()
+	fw := api.NewFrameWriter(conn)
+	var stdin io.Reader
+	stdinR, stdinW := io.Pipe()
+	if req.Stdin || req.TTY {
+		stdin = stdinR
+	}
+	resize := make(chan guest.Size, 4)
+	go d.readExecFrames(brw.Reader, conn, stdinW, resize, cancel)
+
+	var code int
+	if req.TTY {
+		code, err = gc.RunPTY(ctx, req.Argv, req.Term, guest.Size{Cols: req.Cols, Rows: req.Rows}, stdin, fw.StreamWriter(api.FrameStdout), resize)
+	} else {
+		code, err = gc.Run(ctx, req.Argv, stdin, fw.StreamWriter(api.FrameStdout), fw.StreamWriter(api.FrameStderr))
+	}
+	stdinR.Close()
+	if err != nil && ctx.Err() == nil {
+		b, _ := json.Marshal(api.Errorf(api.CodeInternal, "exec in vm %q: %v", vm.Name, err))
+		fw.WriteFrame(api.FrameError, b)
+		return nil
+	}
+	fw.WriteFrame(api.FrameExit, api.ExitPayload(code))
+	return nil
+}
+
+// readExecFrames feeds client frames to the running command. A client that
+// goes away cancels the command.
+func (d *Daemon) readExecFrames(r *bufio.Reader, conn net.Conn, stdin *io.PipeWriter, resize chan<- guest.Size, cancel context.CancelFunc) {
+	defer stdin.Close()
+	for {
+		t, p, err := api.ReadFrame(r)
+		if err != nil {
+			cancel()
+			return
+		}
+		switch t {
+		case api.FrameStdin:
+			if _, err := stdin.Write(p); err != nil {
+				// The command stopped reading; keep draining frames.
+				continue
+			}
+		case api.FrameStdinEOF:
+			stdin.Close()
+		case api.FrameSignal:
+			// guest.Run turns cancellation into SIGINT for the remote command.
+			cancel()
+		case api.FrameResize:
+			if cols, rows, err := api.ParseResize(p); err == nil {
+				select {
+				case resize <- guest.Size{Cols: cols, Rows: rows}:
+				default:
+				}
+			}
+		}
+	}
+}

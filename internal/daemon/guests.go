@@ -1,0 +1,139 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/guest"
+	"banger/internal/model"
+	"golang.org/x/crypto/ssh"
+)
+
+// guestPool keeps one SSH connection per running VM, reused by exec, cp and
+// sessions so a command costs one SSH channel, not a handshake.
+type guestPool struct {
+	d  *Daemon
+	mu sync.Mutex
+	m  map[string]*guest.Client
+
+	keyOnce sync.Once
+	signer  ssh.Signer
+	keyErr  error
+}
+
+func newGuestPool(d *Daemon) *guestPool { return &guestPool{d: d, m: make(map[string]*guest.Client)} }
+
+// signerKey loads or creates the daemon's SSH key (0600 in the state dir).
+func (p *guestPool) signerKey() (ssh.Signer, error) {
+	p.keyOnce.Do(func() {
+		if err := os.MkdirAll(dirOf(p.d.cfg.SSHKeyPath), 0o700); err != nil {
+			p.keyErr = err
+			return
+		}
+		p.signer, p.keyErr = guest.Keygen(p.d.cfg.SSHKeyPath)
+	})
+	return p.signer, p.keyErr
+}
+
+func dirOf(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i > 0 {
+		return p[:i]
+	}
+	return "."
+}
+
+func (d *Daemon) sshPublicKey() ([]byte, error) {
+	s, err := d.guests.signerKey()
+	if err != nil {
+		return nil, fmt.Errorf("loading ssh key %s: %w", d.cfg.SSHKeyPath, err)
+	}
+	return ssh.MarshalAuthorizedKey(s.PublicKey()), nil
+}
+
+// guestAddr is where a VM's SSH server answers.
+func (d *Daemon) guestAddr(vm model.VMRecord) string {
+	if d.deps.GuestAddr != nil {
+		return d.deps.GuestAddr(vm)
+	}
+	return net.JoinHostPort(vm.Runtime.GuestIP, "22")
+}
+
+// get returns a connected client for vm, dialing (and retrying up to wait)
+// when there is none. The VM must be alive.
+func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Duration) (*guest.Client, error) {
+	if alive, reason := p.d.vmAlive(ctx, vm); !alive {
+		return nil, api.Errorf(api.CodeConflict, "vm %q is not running (%s): start it with banger vm start %s", vm.Name, reason, vm.Name)
+	}
+	p.mu.Lock()
+	c, ok := p.m[vm.ID]
+	p.mu.Unlock()
+	if ok {
+		// A cheap liveness probe: a dead connection fails at once.
+		if c.Ping() == nil {
+			return c, nil
+		}
+		p.drop(vm.ID)
+	}
+	signer, err := p.signerKey()
+	if err != nil {
+		return nil, err
+	}
+	cfg := guest.Config{Addr: p.d.guestAddr(vm), Signer: signer, KnownHostsFile: knownHostsPath(vm), DialTimeout: 2 * time.Second}
+	start := time.Now()
+	c, err = guest.DialRetry(ctx, cfg, wait)
+	if err != nil {
+		if errors.Is(err, guest.ErrHostKeyChanged) {
+			return nil, api.Errorf(api.CodeConflict, "vm %q: %v", vm.Name, err)
+		}
+		return nil, api.Errorf(api.CodeUnavailable, "vm %q did not answer ssh at %s after %s: %v%s", vm.Name, cfg.Addr,
+			time.Since(start).Round(time.Millisecond), err, consoleTail(vm.Runtime.LogPath))
+	}
+	p.mu.Lock()
+	if old, ok := p.m[vm.ID]; ok {
+		p.mu.Unlock()
+		c.Close()
+		return old, nil
+	}
+	p.m[vm.ID] = c
+	p.mu.Unlock()
+	return c, nil
+}
+
+func (p *guestPool) drop(id string) {
+	p.mu.Lock()
+	c, ok := p.m[id]
+	delete(p.m, id)
+	p.mu.Unlock()
+	if ok {
+		c.Close()
+	}
+}
+
+func (p *guestPool) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, c := range p.m {
+		c.Close()
+		delete(p.m, id)
+	}
+}
+
+// consoleTail renders the last lines of a console log for error messages.
+func consoleTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return "\nlast console output (" + path + "):\n  " + strings.Join(lines, "\n  ")
+}

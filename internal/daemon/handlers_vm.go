@@ -1,0 +1,202 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/model"
+	"banger/internal/system"
+)
+
+// view shows a VM with its live facts. full asks the VMM to confirm identity
+// (vmAlive); list views only check the recorded process, to stay cheap.
+func (d *Daemon) view(ctx context.Context, vm model.VMRecord, full bool) api.VM {
+	out := api.VM{VMRecord: vm}
+	h, ok := d.handles.get(vm.ID)
+	if !ok && vm.Runtime.State != model.StateRunning {
+		return out
+	}
+	live := &api.LiveFacts{Handles: h}
+	if full {
+		live.Alive, live.Reason = d.vmAlive(ctx, vm)
+	} else {
+		live.Alive = vm.Runtime.State == model.StateRunning && h.PID != 0 && (system.Process{PID: h.PID, Start: h.PIDStart}).Alive()
+	}
+	out.Live = live
+	return out
+}
+
+func (d *Daemon) handleVMList(w http.ResponseWriter, r *http.Request) error {
+	vms, err := d.store.ListVMs(r.Context())
+	if err != nil {
+		return err
+	}
+	out := make([]api.VM, 0, len(vms))
+	for _, vm := range vms {
+		out = append(out, d.view(r.Context(), vm, false))
+	}
+	return writeJSON(w, out)
+}
+
+func (d *Daemon) handleVMCreate(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateVMRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	vm, err := d.createVM(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusCreated)
+	return writeJSON(w, d.view(r.Context(), vm, false))
+}
+
+func (d *Daemon) handleVMShow(w http.ResponseWriter, r *http.Request) error {
+	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, d.view(r.Context(), vm, true))
+}
+
+func (d *Daemon) handleVMDelete(w http.ResponseWriter, r *http.Request) error {
+	force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
+	if err := d.deleteVM(r.Context(), r.PathValue("name"), force); err != nil {
+		return err
+	}
+	return writeJSON(w, struct{}{})
+}
+
+func (d *Daemon) handleVMStart(w http.ResponseWriter, r *http.Request) error {
+	vm, err := d.startVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, d.view(r.Context(), vm, true))
+}
+
+func stopTimeout(req api.StopRequest) (time.Duration, error) {
+	if req.TimeoutSeconds < 0 {
+		return 0, api.Errorf(api.CodeInvalidArgument, "invalid timeout %ds", req.TimeoutSeconds)
+	}
+	if req.TimeoutSeconds == 0 {
+		return 10 * time.Second, nil
+	}
+	return time.Duration(req.TimeoutSeconds) * time.Second, nil
+}
+
+func (d *Daemon) handleVMStop(w http.ResponseWriter, r *http.Request) error {
+	var req api.StopRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	timeout, err := stopTimeout(req)
+	if err != nil {
+		return err
+	}
+	vm, err := d.stopVM(r.Context(), r.PathValue("name"), req.Force, timeout)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, d.view(r.Context(), vm, false))
+}
+
+func (d *Daemon) handleVMRestart(w http.ResponseWriter, r *http.Request) error {
+	var req api.StopRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	timeout, err := stopTimeout(req)
+	if err != nil {
+		return err
+	}
+	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	unlock := d.locks.lock(vm.ID)
+	defer unlock()
+	if vm, err = d.store.GetVMByID(r.Context(), vm.ID); err != nil {
+		return toAPIError(err)
+	}
+	if err := d.stopLocked(r.Context(), &vm, req.Force, timeout); err != nil {
+		return err
+	}
+	if err := d.startLocked(r.Context(), &vm); err != nil {
+		return err
+	}
+	return writeJSON(w, d.view(r.Context(), vm, true))
+}
+
+// handleVMLogs streams the console log; with follow it keeps streaming new
+// output until the client goes away or the VM is deleted.
+func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
+	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+	f, err := os.Open(vm.Runtime.LogPath)
+	if errors.Is(err, os.ErrNotExist) {
+		if !follow {
+			return writeJSON(w, struct{}{}) // nothing logged yet
+		}
+	} else if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	fl, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		if f == nil {
+			f, _ = os.Open(vm.Runtime.LogPath)
+		}
+		if f != nil {
+			for {
+				n, err := f.Read(buf)
+				if n > 0 {
+					if _, werr := w.Write(buf[:n]); werr != nil {
+						f.Close()
+						return nil
+					}
+				}
+				if err == io.EOF || n == 0 {
+					break
+				}
+				if err != nil {
+					f.Close()
+					return nil
+				}
+			}
+		}
+		if !follow {
+			if f != nil {
+				f.Close()
+			}
+			return nil
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+		select {
+		case <-r.Context().Done():
+			if f != nil {
+				f.Close()
+			}
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		if _, err := d.store.GetVMByID(r.Context(), vm.ID); err != nil {
+			if f != nil {
+				f.Close()
+			}
+			return nil
+		}
+	}
+}

@@ -1,0 +1,92 @@
+package daemon
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"banger/internal/api"
+	"banger/internal/config"
+)
+
+// Main is bangerd's entry point: flags over config over defaults, logs to
+// stderr and <state dir>/bangerd.log, serve until ctx is done. It returns
+// the process exit code.
+func Main(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bangerd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", "", "state directory (config state_dir, env BANGER_STATE_DIR)")
+	runDir := fs.String("run-dir", "", "run directory (config run_dir, env BANGER_RUN_DIR)")
+	socket := fs.String("socket", "", "API socket path (config socket, env BANGER_SOCKET)")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *version {
+		fmt.Fprintln(stderr, "bangerd", api.Version)
+		return 0
+	}
+	cfg, err := config.Load(nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "bangerd:", err)
+		return 1
+	}
+	if *stateDir != "" {
+		cfg.StateDir = *stateDir
+	}
+	if *runDir != "" {
+		cfg.RunDir = *runDir
+		if *socket == "" && os.Getenv("BANGER_SOCKET") == "" {
+			cfg.Socket = ""
+		}
+	}
+	if *socket != "" {
+		cfg.Socket = *socket
+	}
+	if *logLevel != "" {
+		cfg.LogLevel = *logLevel
+	}
+	if *stateDir != "" && os.Getenv("BANGER_SSH_KEY_PATH") == "" {
+		cfg.SSHKeyPath = ""
+		cfg.ImageCacheDir = ""
+	}
+	cfg.Finish()
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		fmt.Fprintln(stderr, "bangerd:", err)
+		return 1
+	}
+	logPath := filepath.Join(cfg.StateDir, "bangerd.log")
+	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		fmt.Fprintln(stderr, "bangerd:", err)
+		return 1
+	}
+	defer lf.Close()
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(strings.ToLower(cfg.LogLevel))); err != nil {
+		level = slog.LevelInfo
+	}
+	logger := slog.New(slog.NewTextHandler(io.MultiWriter(stderr, lf), &slog.HandlerOptions{Level: level}))
+
+	d, err := New(ctx, cfg, Deps{}, logger)
+	if err != nil {
+		logger.Error("bangerd cannot start", "err", err)
+		return 1
+	}
+	defer d.Close()
+	if err := d.Listen(); err != nil {
+		logger.Error("bangerd cannot listen", "err", err)
+		return 1
+	}
+	if err := d.Serve(ctx); err != nil {
+		logger.Error("bangerd stopped", "err", err)
+		return 1
+	}
+	return 0
+}

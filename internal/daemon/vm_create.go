@@ -1,0 +1,176 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"banger/internal/api"
+	"banger/internal/model"
+	"banger/internal/network"
+	"banger/internal/store"
+)
+
+// Spec defaults and bounds.
+const (
+	defaultVCPUs     = 2
+	defaultMemoryMiB = 1024
+	defaultDiskSize  = 8 << 30
+	defaultWorkDisk  = 4 << 30
+	maxVCPUs         = 32
+	minMemoryMiB     = 64
+	maxMemoryMiB     = 256 << 10
+	minDiskSize      = 16 << 20
+	maxDiskSize      = 16 << 40
+)
+
+// validateCreate checks and fills a create request. Bad input is
+// invalid_argument and nothing is made.
+func validateCreate(req *api.CreateVMRequest) error {
+	if req.VCPUs == 0 {
+		req.VCPUs = defaultVCPUs
+	}
+	if req.MemoryMiB == 0 {
+		req.MemoryMiB = defaultMemoryMiB
+	}
+	if req.DiskSizeBytes == 0 {
+		req.DiskSizeBytes = defaultDiskSize
+	}
+	if req.WorkDiskBytes == 0 {
+		req.WorkDiskBytes = defaultWorkDisk
+	}
+	switch {
+	case req.VCPUs < 1 || req.VCPUs > maxVCPUs:
+		return api.Errorf(api.CodeInvalidArgument, "invalid vcpus %d: want 1 to %d", req.VCPUs, maxVCPUs)
+	case req.MemoryMiB < minMemoryMiB || req.MemoryMiB > maxMemoryMiB:
+		return api.Errorf(api.CodeInvalidArgument, "invalid memory %d MiB: want %d to %d", req.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	case req.DiskSizeBytes < minDiskSize || req.DiskSizeBytes > maxDiskSize:
+		return api.Errorf(api.CodeInvalidArgument, "invalid disk size %d bytes: want 16MiB to 16TiB", req.DiskSizeBytes)
+	case req.WorkDiskBytes < minDiskSize || req.WorkDiskBytes > maxDiskSize:
+		return api.Errorf(api.CodeInvalidArgument, "invalid work disk size %d bytes: want 16MiB to 16TiB", req.WorkDiskBytes)
+	}
+	switch req.VMM {
+	case "", "auto", "firecracker", "qemu":
+	default:
+		return api.Errorf(api.CodeInvalidArgument, "invalid vmm %q: want auto, firecracker or qemu", req.VMM)
+	}
+	return nil
+}
+
+// createVM records a new VM: name, id, derived paths, guest address and vsock
+// CID. Disks are made at first start, so a create is a single row insert.
+func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest) (model.VMRecord, error) {
+	if err := validateCreate(&req); err != nil {
+		return model.VMRecord{}, err
+	}
+	if req.Name != "" {
+		if err := validName(req.Name); err != nil {
+			return model.VMRecord{}, api.Errorf(api.CodeInvalidArgument, "%v", err)
+		}
+	}
+	ports, err := d.extras.validatePorts(req.Ports, "")
+	if err != nil {
+		return model.VMRecord{}, err
+	}
+	imageName := req.Image
+	if imageName != "" {
+		if _, err := d.store.GetImage(ctx, imageName); err != nil {
+			return model.VMRecord{}, api.Errorf(api.CodeNotFound, "image %q not found (banger image list shows the images)", imageName)
+		}
+	} else if im, err := d.store.GetImage(ctx, ""); err == nil {
+		imageName = im.Name
+	}
+	vmmName, accel := "", ""
+	if req.VMM != "" && req.VMM != "auto" {
+		if vmmName, accel, _, err = d.chooseVMM(req.VMM); err != nil {
+			return model.VMRecord{}, api.Errorf(api.CodeInvalidArgument, "%v", err)
+		}
+	}
+
+	d.createMu.Lock()
+	defer d.createMu.Unlock()
+	if req.Name == "" {
+		req.Name = generateName(func(n string) bool { _, err := d.store.GetVM(ctx, n); return err == nil })
+	} else if _, err := d.store.GetVM(ctx, req.Name); err == nil {
+		return model.VMRecord{}, api.Errorf(api.CodeAlreadyExists, "vm %q already exists", req.Name)
+	}
+	ips, cids, err := d.store.UsedAddresses(ctx)
+	if err != nil {
+		return model.VMRecord{}, err
+	}
+	ip, err := d.allocateIP(ips)
+	if err != nil {
+		return model.VMRecord{}, api.Errorf(api.CodeConflict, "allocating a guest address: %v", err)
+	}
+	id := newID()
+	now := d.deps.Now().UTC()
+	dir := vmDir(d.cfg, id)
+	vm := model.VMRecord{
+		ID: id, Name: req.Name, Image: imageName,
+		Spec: model.VMSpec{VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskSizeBytes: req.DiskSizeBytes, WorkDiskBytes: req.WorkDiskBytes},
+		Runtime: model.VMRuntime{
+			State: model.StateCreated, VMM: vmmName, Accel: accel, RootDiskMethod: string(d.deps.RootMethod),
+			GuestIP: ip, GuestMAC: network.MACFromID(id),
+			APISockPath: apiSockPath(d.cfg, id), VSockPath: vsockPath(d.cfg, id), VSockCID: nextCID(cids),
+			LogPath: filepath.Join(dir, "console.log"), MetricsPath: filepath.Join(dir, "metrics.log"),
+			DNSName: req.Name + "." + d.cfg.DNSZone, VMDir: dir, SystemOverlay: filepath.Join(dir, "overlay"),
+			WorkDiskPath: filepath.Join(dir, "work.ext4"),
+		},
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if err := d.store.CreateVM(ctx, vm); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return model.VMRecord{}, api.Errorf(api.CodeAlreadyExists, "%v", err)
+		}
+		return model.VMRecord{}, err
+	}
+	if err := d.extras.addPorts(ctx, vm, ports); err != nil {
+		d.store.DeleteVM(ctx, vm.ID)
+		return model.VMRecord{}, err
+	}
+	d.log.Info("vm created", "vm", vm.Name, "id", vm.ID, "ip", ip)
+	return vm, nil
+}
+
+func (d *Daemon) allocateIP(used []string) (string, error) {
+	var addrs []netip.Addr
+	for _, s := range used {
+		if a, err := netip.ParseAddr(s); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	a, err := network.AllocateIP(d.netConfig().Subnet, addrs)
+	if err != nil {
+		return "", err
+	}
+	return a.String(), nil
+}
+
+// nextCID returns the lowest vsock CID >= 3 not in used (0-2 are reserved).
+func nextCID(used []uint32) uint32 {
+	taken := make(map[uint32]bool, len(used))
+	for _, c := range used {
+		taken[c] = true
+	}
+	for c := uint32(3); ; c++ {
+		if !taken[c] {
+			return c
+		}
+	}
+}
+
+// removeVMFiles deletes a VM's directories. The paths come from the VM's id
+// and the configured dirs, never from its name; refuse anything else.
+func (d *Daemon) removeVMFiles(vm model.VMRecord) error {
+	want := vmDir(d.cfg, vm.ID)
+	if vm.Runtime.VMDir != want || len(vm.ID) != 32 {
+		return fmt.Errorf("refusing to remove %q: not the derived directory of vm %s", vm.Runtime.VMDir, vm.ID)
+	}
+	if err := os.RemoveAll(want); err != nil {
+		return err
+	}
+	return os.RemoveAll(vmRunDir(d.cfg, vm.ID))
+}
