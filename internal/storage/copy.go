@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +14,7 @@ import (
 // a reflink when the filesystem shares extents (btrfs, xfs), else a copy that
 // reads only src's data extents and leaves zero blocks as holes. It reports
 // whether it reflinked.
-func cloneOrSparseCopy(dst, src *os.File) (reflinked bool, err error) {
+func cloneOrSparseCopy(ctx context.Context, dst, src *os.File) (reflinked bool, err error) {
 	err = unix.IoctlFileClone(int(dst.Fd()), int(src.Fd()))
 	if err == nil {
 		return true, nil
@@ -24,7 +25,7 @@ func cloneOrSparseCopy(dst, src *os.File) (reflinked bool, err error) {
 		!errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
 		return false, fmt.Errorf("reflinking %s: %w", src.Name(), err)
 	}
-	return false, sparseCopy(dst, src)
+	return false, sparseCopy(ctx, dst, src)
 }
 
 // copyBlock is the unit of zero detection: a run of zeros this long and
@@ -33,7 +34,7 @@ const copyBlock = 4096
 
 // sparseCopy copies src to dst, skipping holes (SEEK_DATA/SEEK_HOLE) and
 // all-zero blocks inside data extents, then sets dst's size to src's.
-func sparseCopy(dst, src *os.File) error {
+func sparseCopy(ctx context.Context, dst, src *os.File) error {
 	st, err := src.Stat()
 	if err != nil {
 		return err
@@ -56,7 +57,7 @@ func sparseCopy(dst, src *os.File) error {
 				end = e
 			}
 		}
-		if err := copyRange(dst, src, start, end, buf); err != nil {
+		if err := copyRange(ctx, dst, src, start, end, buf); err != nil {
 			return err
 		}
 		off = end
@@ -69,8 +70,11 @@ func sparseCopy(dst, src *os.File) error {
 
 // copyRange copies src[start:end) to the same offsets in dst, writing only
 // blocks that are not all zero.
-func copyRange(dst, src *os.File, start, end int64, buf []byte) error {
+func copyRange(ctx context.Context, dst, src *os.File, start, end int64, buf []byte) error {
 	for pos := start; pos < end; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		n := int64(len(buf))
 		if end-pos < n {
 			n = end - pos

@@ -134,7 +134,7 @@ func (m *Manager) createRootCopy(ctx context.Context, base string, baseSize int6
 		}
 	}()
 	start := time.Now()
-	reflinked, err := cloneOrSparseCopy(dst, src)
+	reflinked, err := cloneOrSparseCopy(ctx, dst, src)
 	if err != nil {
 		return "", fmt.Errorf("copying %s: %w", base, err)
 	}
