@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,7 +30,7 @@ const (
 
 // bootTests are the tests that boot real guests; the parent builds an image
 // only when -test.run selects one of them.
-var bootTests = []string{"TestBootTCG", "TestBootKVM"}
+var bootTests = []string{"TestBootTCG", "TestBootTCGNetwork", "TestBootKVM"}
 
 const bootLimit = 60 * time.Second // rcS done within this, or the boot failed
 
@@ -204,6 +205,50 @@ func TestBootTCG(t *testing.T) {
 		t.Fatalf("Shutdown(force): %v", err)
 	}
 	t.Logf("tcg: forced shutdown took %s", time.Since(start).Round(time.Millisecond))
+	assertNothingLeft(t, d, m, p)
+}
+
+func TestBootTCGNetwork(t *testing.T) {
+	g := requireGuest(t)
+	// The tap lives in this test's private network namespace and vanishes with it.
+	const tap = "bgqtest0"
+	r := system.ExecRunner{}
+	ctx := context.Background()
+	for _, args := range [][]string{
+		{"tuntap", "add", "dev", tap, "mode", "tap"},
+		{"addr", "add", "172.30.0.1/24", "dev", tap},
+		{"link", "set", tap, "up"},
+	} {
+		if _, err := r.Run(ctx, "ip", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _, _ = r.Run(ctx, "ip", "link", "del", tap) })
+	d := &Driver{}
+	m := newGuestMachine(t, g, "tcg")
+	m.TapDevice = tap
+	m.GuestMAC = "52:54:00:0a:1b:2c"
+	m.GuestIP = "172.30.0.2"
+	m.GatewayIP = "172.30.0.1"
+	m.Netmask = "255.255.255.0"
+	p, _, _ := bootGuest(t, d, m)
+	// The guest applied ip= to its virtio-net device and dropbear listens.
+	start := time.Now()
+	for {
+		c, err := net.DialTimeout("tcp", "172.30.0.2:22", 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("guest ssh port unreachable: %v; console:\n%s", err, readTail(m.ConsoleLog))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("tcg: guest port 22 reachable %s after rcS done", time.Since(start).Round(time.Millisecond))
+	if err := d.Shutdown(ctx, m, p, 20*time.Second, false); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
 	assertNothingLeft(t, d, m, p)
 }
 

@@ -223,6 +223,26 @@ func TestShutdownIsIdempotent(t *testing.T) {
 		}
 	}
 	assertGone(t, v)
+	// No process at all (the daemon lost its handles): nothing to do.
+	if err := d.Shutdown(context.Background(), v.m, system.Process{}, time.Second, false); err != nil {
+		t.Errorf("Shutdown of no process: %v", err)
+	}
+}
+
+func TestShutdownKeepsSocketOfAnotherProcess(t *testing.T) {
+	// Stale handles: the process given is gone, but a live QEMU (another
+	// process) serves the socket. Its socket must survive.
+	live := startFakeQEMU(t, "no-acpid")
+	d := &Driver{}
+	if err := d.Shutdown(context.Background(), live.m, system.Process{PID: 1 << 22, Start: 1}, time.Second, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(live.m.APISock); err != nil {
+		t.Errorf("socket of the live process removed: %v", err)
+	}
+	if err := d.Identify(context.Background(), live.m, live.p); err != nil {
+		t.Errorf("live process no longer identifiable: %v", err)
+	}
 }
 
 func TestShutdownCancelledKills(t *testing.T) {

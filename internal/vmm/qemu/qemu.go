@@ -134,6 +134,11 @@ func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, err
 	if err != nil {
 		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w", m.ID, err)
 	}
+	if p.Start == 0 {
+		// Gone before its start time could be read: its PID proves nothing, never signal it.
+		_ = removeSocket(m.APISock)
+		return system.Process{}, fmt.Errorf("launching qemu for vm %s: qemu exited at once%s", m.ID, diagnostics(logPath, logOffset, m.ConsoleLog))
+	}
 	if err := d.waitRunning(ctx, m, p); err != nil {
 		if kerr := p.Kill(killWait); kerr != nil {
 			log.Error("killing qemu after failed launch", "pid", p.PID, "err", kerr)
@@ -217,10 +222,19 @@ func (d *Driver) Shutdown(ctx context.Context, m vmm.Machine, p system.Process, 
 	return d.kill(m, p)
 }
 
-// kill SIGKILLs p if it still runs and removes the QMP socket it leaves.
+// kill SIGKILLs p if it still runs and removes the QMP socket it leaves,
+// unless another live process claims that socket: with stale handles, p may
+// not be the QEMU that serves it, and removing the socket of a live QEMU
+// would leave it reachable by SIGKILL only.
 func (d *Driver) kill(m vmm.Machine, p system.Process) error {
-	if err := p.Kill(killWait); err != nil && !errors.Is(err, system.ErrNotSameProcess) {
-		return fmt.Errorf("killing qemu for vm %s: %w", m.ID, err)
+	if p.PID > 0 && p.Alive() {
+		if err := p.Kill(killWait); err != nil && !errors.Is(err, system.ErrNotSameProcess) {
+			return fmt.Errorf("killing qemu for vm %s: %w", m.ID, err)
+		}
+	}
+	if q, ok := system.FindProcess(func(argv []string) bool { return servesSocket(argv, m.APISock) }); ok {
+		d.logger().Warn("qmp socket kept: another process claims it", "vm", m.ID, "sock", m.APISock, "pid", q.PID)
+		return nil
 	}
 	if err := removeSocket(m.APISock); err != nil {
 		return fmt.Errorf("removing qmp socket of vm %s: %w", m.ID, err)
@@ -228,9 +242,11 @@ func (d *Driver) kill(m vmm.Machine, p system.Process) error {
 	return nil
 }
 
-// Identify checks that p is the QEMU running m: it is alive, its argv names
-// exactly m's QMP socket, and QMP answers that the VM is running. It guards
-// every signal the daemon sends to a PID it learnt before a restart.
+// Identify checks that p is the QEMU running m: it is alive, its argv holds
+// the exact pairs "-qmp unix:<m.APISock>,server=on,wait=off" and
+// "-name banger-<m.ID>", and QMP on that socket answers query-name with that
+// name and query-status with "running". A PID reused by another program, or
+// another VM's QEMU, fails with an error naming the check that failed.
 func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) error {
 	if !p.Alive() {
 		return fmt.Errorf("identifying qemu for vm %s: pid %d: %w", m.ID, p.PID, os.ErrProcessDone)
