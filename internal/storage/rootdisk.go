@@ -320,6 +320,17 @@ func (m *Manager) DeactivateRootDisk(ctx context.Context, h RootHandles) error {
 			return fmt.Errorf("deactivating root disk: %w", err)
 		}
 	}
+	if h.COWLoop == "" && h.BaseLoop == "" {
+		return nil
+	}
+	// Loops are detached under the setup lock: stale handles (after a host
+	// reboot, say) can name a loop that an activation in progress has just
+	// bound and not yet put under its dm table.
+	unlock, err := m.lockHost(ctx)
+	if err != nil {
+		return fmt.Errorf("deactivating root disk: %w", err)
+	}
+	defer unlock()
 	var errs []error
 	for _, dev := range []string{h.COWLoop, h.BaseLoop} {
 		if dev == "" {
