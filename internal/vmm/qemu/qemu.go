@@ -36,11 +36,13 @@ const (
 	killWait = 5 * time.Second
 )
 
-// ErrAlreadyRunning is returned by Launch when a QEMU already serves the
-// machine's QMP socket: launching again would run the same VM twice.
+// ErrAlreadyRunning is returned by Launch when a live process already claims
+// the machine's QMP socket in its argv: launching again would run the same VM
+// twice, and removing that socket would cut the running one off.
 var ErrAlreadyRunning = errors.New("qemu already running for this qmp socket")
 
-// Driver launches and controls QEMU processes. The zero value is ready to use.
+// Driver launches and controls QEMU processes. The zero value is ready to
+// use; it keeps no state between calls, so it is safe for concurrent use.
 type Driver struct {
 	Binary     string        // "" = vmm.Machine.Binary, else "qemu-system-x86_64" on PATH
 	Logger     *slog.Logger  // nil = discard
@@ -488,6 +490,9 @@ func tailLines(path string, offset int64, n int) string {
 	defer f.Close()
 	const maxTail = 4096
 	size := fileSize(path)
+	if offset > size { // truncated since: read it all
+		offset = 0
+	}
 	if size-offset > maxTail {
 		offset = size - maxTail
 	}
