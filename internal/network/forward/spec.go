@@ -263,6 +263,7 @@ type PortInUseError struct {
 	Err  error
 }
 
+// Error says which host port is taken, as "host port 127.0.0.1:8080/tcp is already in use".
 func (e *PortInUseError) Error() string {
 	return fmt.Sprintf("host port %s is already in use", e.Spec.hostString())
 }
