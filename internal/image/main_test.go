@@ -66,12 +66,13 @@ func requireRoot(t testing.TB) {
 var sharedImage builtImage
 
 type builtImage struct {
-	once     sync.Once
-	dir      string
-	res      Result
-	steps    []string
-	duration time.Duration
-	err      error
+	once      sync.Once
+	dir       string
+	res       Result
+	steps     []string
+	stepTimes []time.Duration // since the build started, per step
+	duration  time.Duration
+	err       error
 }
 
 // minimalImage builds (once) and returns the shared minimal image, or skips
@@ -93,9 +94,15 @@ func minimalImage(t *testing.T) Result {
 			Dir:      filepath.Join(s.dir, "minimal"),
 			CacheDir: testCacheDir,
 			Runner:   system.ExecRunner{},
-			Progress: func(step string) { s.steps = append(s.steps, step) },
+			Progress: func(step string) {
+				s.steps = append(s.steps, step)
+				s.stepTimes = append(s.stepTimes, time.Since(start))
+			},
 		})
 		s.duration = time.Since(start)
+		if os.Getenv("BANGER_TEST_KEEP_IMAGE") != "" {
+			fmt.Fprintf(os.Stderr, "image kept in %s\n", s.dir)
+		}
 	})
 	if s.err != nil {
 		t.Fatalf("building minimal image: %v", s.err)
@@ -104,7 +111,7 @@ func minimalImage(t *testing.T) Result {
 }
 
 func (s *builtImage) cleanup() {
-	if s.dir != "" {
+	if s.dir != "" && os.Getenv("BANGER_TEST_KEEP_IMAGE") == "" {
 		os.RemoveAll(s.dir)
 	}
 }
