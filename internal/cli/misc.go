@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/system"
 
 	"github.com/spf13/cobra"
 )
@@ -178,6 +179,16 @@ func (a *app) daemonCmd() *cobra.Command {
 				fmt.Fprintln(a.stdout, "bangerd is not running")
 				return nil
 			}
+			// The socket goes quiet before the process has closed its store and
+			// released the state-dir lock: wait for the process too, so that a
+			// daemon started right after this does not find the lock held. A
+			// pid not visible here (another pid namespace) is not waited for.
+			proc := system.Process{PID: v.PID}
+			if st, err := system.ProcStartTime(v.PID); err == nil {
+				proc.Start = st
+			} else {
+				proc.PID = 0
+			}
 			if err := c.Shutdown(a.ctx); err != nil {
 				return err
 			}
@@ -186,13 +197,13 @@ func (a *app) daemonCmd() *cobra.Command {
 				ctx, cancel := context.WithTimeout(a.ctx, 200*time.Millisecond)
 				_, err := c.Version(ctx)
 				cancel()
-				if err != nil {
+				if err != nil && (proc.PID == 0 || !proc.Alive()) {
 					fmt.Fprintf(a.stdout, "bangerd (pid %d) stopped\n", v.PID)
 					return nil
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
-			return fmt.Errorf("bangerd (pid %d) still answers after 10s", v.PID)
+			return fmt.Errorf("bangerd (pid %d) still runs 10s after being asked to stop", v.PID)
 		},
 	}
 	cmd.AddCommand(status, start, stop)
