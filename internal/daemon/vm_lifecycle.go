@@ -14,6 +14,7 @@ import (
 	"banger/internal/model"
 	"banger/internal/network"
 	"banger/internal/storage"
+	"banger/internal/store"
 	"banger/internal/system"
 )
 
@@ -181,7 +182,15 @@ func (d *Daemon) startLocked(ctx context.Context, vm *model.VMRecord) error {
 			if err := saveHandles(); err != nil {
 				return err
 			}
-			return d.deps.Network.CreateTap(ctx, tap)
+			if err := d.deps.Network.CreateTap(ctx, tap); err != nil {
+				// Undo this step's own half-work: the next steps' undos won't run.
+				d.deps.Network.DeleteTap(context.WithoutCancel(ctx), tap)
+				d.deps.Network.ReleaseBridgeIfUnused(context.WithoutCancel(ctx))
+				h.TapDevice = ""
+				saveHandles()
+				return err
+			}
+			return nil
 		}, undo: func(ctx context.Context) error {
 			if h.TapDevice == "" {
 				return nil
@@ -375,6 +384,13 @@ func (d *Daemon) deleteVM(ctx context.Context, name string, force bool) error {
 }
 
 func (d *Daemon) deleteLocked(ctx context.Context, vm *model.VMRecord, force bool) error {
+	cur, err := d.store.GetVMByID(ctx, vm.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // already deleted: delete is idempotent
+	} else if err != nil {
+		return err
+	}
+	*vm = cur
 	if vm.Runtime.State != model.StateDeleting {
 		if err := d.stopLocked(ctx, vm, force, 10*time.Second); err != nil {
 			return fmt.Errorf("deleting vm %q: %w", vm.Name, err)

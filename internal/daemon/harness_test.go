@@ -1,0 +1,335 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/model"
+	"banger/internal/storage"
+	"banger/internal/system"
+	"banger/internal/system/fakehost"
+	"banger/internal/vmm"
+	"banger/internal/vmm/firecracker"
+)
+
+// The daemontest harness: an in-process daemon on temp dirs, serving its
+// socket, with the Firecracker double as a real VMM process, a fake or real
+// host for disks, and a fake network.
+
+var (
+	doubleOnce sync.Once
+	doublePath string
+	doubleErr  error
+)
+
+// fcDouble builds cmd/fc-double once per test binary.
+func fcDouble(t *testing.T) string {
+	t.Helper()
+	doubleOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "banger-fcdouble")
+		if err != nil {
+			doubleErr = err
+			return
+		}
+		doublePath = filepath.Join(dir, "fc-double")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		doubleErr = system.GoBuild(ctx, "./cmd/fc-double", doublePath)
+	})
+	if doubleErr != nil {
+		t.Skipf("cannot build fc-double: %v", doubleErr)
+	}
+	return doublePath
+}
+
+// fakeNet is a Networker that models taps and the bridge as state.
+type fakeNet struct {
+	sysDir string // taps appear here, where the Firecracker double looks for them
+	mu     sync.Mutex
+	taps   map[string]bool
+	bridge bool
+	fail   map[string]error
+}
+
+func newFakeNet(sysDir string) *fakeNet {
+	os.MkdirAll(sysDir, 0o755)
+	return &fakeNet{sysDir: sysDir, taps: map[string]bool{}, fail: map[string]error{}}
+}
+
+func (n *fakeNet) CreateTap(ctx context.Context, name string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err := n.fail["create"]; err != nil {
+		return err
+	}
+	n.taps[name], n.bridge = true, true
+	return os.WriteFile(filepath.Join(n.sysDir, name), nil, 0o644)
+}
+
+func (n *fakeNet) DeleteTap(ctx context.Context, name string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.taps, name)
+	os.Remove(filepath.Join(n.sysDir, name))
+	return nil
+}
+
+func (n *fakeNet) ReleaseBridgeIfUnused(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(n.taps) == 0 {
+		n.bridge = false
+	}
+	return nil
+}
+
+func (n *fakeNet) ListTaps(ctx context.Context) ([]string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for t := range n.taps {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func (n *fakeNet) state() string {
+	taps, _ := n.ListTaps(context.Background())
+	return fmt.Sprintf("taps=%v bridge=%v", taps, n.bridge)
+}
+
+// devMapDriver lets the double, a real process, open a dm device that only
+// exists in the fake host: it substitutes a placeholder file for it.
+type devMapDriver struct {
+	*firecracker.Driver
+	placeholder string
+}
+
+func (d devMapDriver) Launch(ctx context.Context, m vmm.Machine) (system.Process, error) {
+	if strings.HasPrefix(m.RootDisk, "/dev/mapper/") {
+		m.RootDisk = d.placeholder
+	}
+	return d.Driver.Launch(ctx, m)
+}
+
+// fakeDMDisks writes into dm devices that exist only in the fake host.
+type fakeDMDisks struct {
+	*storage.Manager
+	host *fakehost.Host
+}
+
+func (f fakeDMDisks) InjectFiles(ctx context.Context, image string, files []storage.File) error {
+	if !strings.HasPrefix(image, "/dev/mapper/") {
+		return f.Manager.InjectFiles(ctx, image, files)
+	}
+	for _, fl := range files {
+		if err := f.host.WriteImageFile(image, fl.Path, fl.Data, fl.Mode, fl.UID, fl.GID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type envOpts struct {
+	dm      bool // fake host with the dm method; else the real host with the copy method
+	network bool // fake network
+}
+
+type testEnv struct {
+	t       *testing.T
+	cfg     config.Config
+	deps    Deps
+	d       *Daemon
+	c       *api.Client
+	host    *fakehost.Host
+	net     *fakeNet
+	rootfs  string
+	kernel  string
+	stop    func()
+	stopped bool
+}
+
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "bd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func newEnv(t *testing.T, o envOpts) *testEnv {
+	t.Helper()
+	double := fcDouble(t)
+	base := shortTempDir(t)
+	cfg := config.Defaults()
+	cfg.StateDir = filepath.Join(base, "s")
+	cfg.RunDir = filepath.Join(base, "r")
+	cfg.Group = "banger-test-nonexistent"
+	cfg.FirecrackerBin = double
+	cfg.VMM = "firecracker"
+	cfg.Network = "off"
+	cfg.Finish()
+	e := &testEnv{t: t, cfg: cfg}
+	e.kernel = filepath.Join(base, "vmlinux")
+	elf := append([]byte("\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00"), make([]byte, 4096)...)
+	if err := os.WriteFile(e.kernel, elf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.rootfs = filepath.Join(base, "rootfs.ext4")
+	placeholder := filepath.Join(base, "dm-placeholder")
+	os.WriteFile(placeholder, make([]byte, 1<<20), 0o644)
+	drv := &firecracker.Driver{Binary: double}
+	e.deps = Deps{KVMUsable: func() bool { return true }}
+	if o.dm {
+		e.host = fakehost.New()
+		e.host.SetDMAvailable(true)
+		if _, err := e.host.Run(context.Background(), "mkfs.ext4", "-q", "-F", "-L", "root", e.rootfs, "64M"); err != nil {
+			t.Fatal(err)
+		}
+		e.deps.Runner = e.host
+		e.deps.Disks = fakeDMDisks{&storage.Manager{Runner: e.host, Method: storage.MethodDM, LockDir: base, BusyBackoff: time.Millisecond}, e.host}
+		e.deps.RootMethod = storage.MethodDM
+		e.deps.Firecracker = devMapDriver{Driver: drv, placeholder: placeholder}
+	} else {
+		if _, err := (system.ExecRunner{}).Run(context.Background(), "mkfs.ext4", "-q", "-F", "-L", "root", e.rootfs, "32M"); err != nil {
+			t.Skipf("mkfs.ext4 not usable: %v", err)
+		}
+		e.deps.Disks = &storage.Manager{Runner: system.ExecRunner{}, Method: storage.MethodCopy, LockDir: base}
+		e.deps.RootMethod = storage.MethodCopy
+		e.deps.Firecracker = drv
+	}
+	if o.network {
+		e.net = newFakeNet(filepath.Join(base, "sys-class-net"))
+		t.Setenv("FC_DOUBLE_NET_SYS_DIR", e.net.sysDir)
+		e.deps.Network = e.net
+	}
+	e.start()
+	t.Cleanup(e.cleanup)
+	return e
+}
+
+// start runs a daemon on e's dirs (again, after a simulated crash).
+func (e *testEnv) start() {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logger := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	d, err := New(ctx, e.cfg, e.deps, logger)
+	if err != nil {
+		cancel()
+		e.t.Fatal(err)
+	}
+	if err := d.Listen(); err != nil {
+		cancel()
+		d.Close()
+		e.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { d.Serve(ctx); close(done) }()
+	e.d = d
+	e.c = &api.Client{Socket: e.cfg.Socket}
+	e.stopped = false
+	e.stop = func() {
+		cancel()
+		<-done
+		d.Close()
+	}
+	select {
+	case <-d.Ready():
+	case <-time.After(20 * time.Second):
+		e.t.Fatal("reconcile did not finish")
+	}
+}
+
+// crash stops serving without stopping any VM, as a kill -9 would leave them.
+func (e *testEnv) crash() {
+	if !e.stopped {
+		e.stopped = true
+		e.stop()
+	}
+}
+
+func (e *testEnv) cleanup() {
+	// Kill whatever VMM the test left, then stop the daemon.
+	if !e.stopped {
+		vms, _ := e.d.store.ListVMs(context.Background())
+		for _, vm := range vms {
+			e.d.deleteVM(context.Background(), vm.Name, true)
+		}
+	}
+	e.crash()
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (e *testEnv) importImage() {
+	e.t.Helper()
+	if _, err := e.c.ImportImage(context.Background(), api.ImportImageRequest{Name: "base", Kernel: e.kernel, Rootfs: e.rootfs}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *testEnv) createStarted(name string) model.VMRecord {
+	e.t.Helper()
+	ctx := context.Background()
+	if _, err := e.c.CreateVM(ctx, api.CreateVMRequest{Name: name, DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20}); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.c.StartVM(ctx, name); err != nil {
+		e.t.Fatal(err)
+	}
+	vm, err := e.d.store.GetVM(ctx, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return vm
+}
+
+// vmmProcess finds the double serving vm, if any.
+func (e *testEnv) vmmProcess(vm model.VMRecord) (system.Process, bool) {
+	return system.FindProcess(func(argv []string) bool { return system.ArgvHasPair(argv, "--api-sock", vm.Runtime.APISockPath) })
+}
+
+// assertNothingLeft checks that no process, socket, handle or host object
+// of vm remains.
+func (e *testEnv) assertNothingLeft(vm model.VMRecord) {
+	e.t.Helper()
+	if p, ok := e.vmmProcess(vm); ok {
+		e.t.Errorf("vmm process %d still running", p.PID)
+	}
+	for _, p := range []string{vm.Runtime.APISockPath, vm.Runtime.VSockPath, handlesPath(vm)} {
+		if _, err := os.Stat(p); err == nil {
+			e.t.Errorf("%s still exists", p)
+		}
+	}
+	if _, ok := e.d.handles.get(vm.ID); ok {
+		e.t.Errorf("handles of %s still cached", vm.Name)
+	}
+	if e.host != nil {
+		for _, line := range strings.Split(e.host.State(), "\n") {
+			if strings.HasPrefix(line, "loop ") || strings.HasPrefix(line, "dm ") || strings.HasPrefix(line, "mount ") {
+				e.t.Errorf("host object left: %s", line)
+			}
+		}
+	}
+	if e.net != nil && len(e.net.taps) != 0 {
+		e.t.Errorf("taps left: %s", e.net.state())
+	}
+}

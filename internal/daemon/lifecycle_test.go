@@ -1,0 +1,306 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/model"
+	"banger/internal/system"
+)
+
+func TestStartWritesHandlesAndStopCleansUp(t *testing.T) {
+	for _, dm := range []bool{false, true} {
+		name := map[bool]string{false: "copy", true: "dm"}[dm]
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, envOpts{dm: dm, network: true})
+			e.importImage()
+			vm := e.createStarted("web")
+			h, err := readHandlesFile(handlesPath(vm))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, ok := e.vmmProcess(vm)
+			if !ok || h.PID != p.PID || h.PIDStart != p.Start {
+				t.Fatalf("handles.json %+v does not name the vmm process %+v", h, p)
+			}
+			if h.TapDevice == "" || !e.net.taps[h.TapDevice] {
+				t.Fatalf("tap %q not created: %s", h.TapDevice, e.net.state())
+			}
+			if dm {
+				if h.BaseLoop == "" || h.COWLoop == "" || h.DMName != "banger-"+vm.ID || h.DMDev == "" {
+					t.Fatalf("dm handles missing: %+v", h)
+				}
+				if !strings.Contains(e.host.State(), "dm banger-"+vm.ID) {
+					t.Fatalf("no dm device in host state:\n%s", e.host.State())
+				}
+				// The SSH key reached the VM's own root disk.
+				key, err := e.host.ReadImageFile(h.DMDev, "/root/.ssh/authorized_keys")
+				if err != nil || !strings.HasPrefix(string(key), "ssh-ed25519 ") {
+					t.Fatalf("authorized_keys in dm root disk: %q %v", key, err)
+				}
+			} else if h.BaseLoop != "" || h.DMName != "" {
+				t.Fatalf("copy method recorded dm handles: %+v", h)
+			}
+			got, err := e.c.GetVM(context.Background(), "web")
+			if err != nil || got.Live == nil || !got.Live.Alive || got.Live.Handles != h {
+				t.Fatalf("show: %+v %v", got.Live, err)
+			}
+			if _, err := e.c.StopVM(context.Background(), "web", api.StopRequest{TimeoutSeconds: 5}); err != nil {
+				t.Fatal(err)
+			}
+			e.assertNothingLeft(vm)
+			if e.net.bridge {
+				t.Error("bridge kept after its last tap went")
+			}
+			st, _ := e.d.store.GetVM(context.Background(), "web")
+			if st.Runtime.State != model.StateStopped {
+				t.Fatalf("state %s", st.Runtime.State)
+			}
+			// Idempotent: stop again, delete twice at the daemon level.
+			if _, err := e.c.StopVM(context.Background(), "web", api.StopRequest{}); err != nil {
+				t.Fatalf("second stop: %v", err)
+			}
+			if err := e.c.DeleteVM(context.Background(), "web", false); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(vm.Runtime.VMDir); !os.IsNotExist(err) {
+				t.Fatalf("vm dir left: %v", err)
+			}
+			if err := e.d.deleteLocked(context.Background(), &vm, false); err != nil {
+				t.Fatalf("delete of an already deleted vm: %v", err)
+			}
+		})
+	}
+}
+
+func TestStopAfterResourcesRemovedByHand(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	vm := e.createStarted("hand")
+	h, _ := e.d.handles.get(vm.ID)
+	// Someone kills the VMM, removes the dm device and the tap.
+	p, _ := e.vmmProcess(vm)
+	if err := p.Kill(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.host.Run(context.Background(), "dmsetup", "remove", h.DMName); err != nil {
+		t.Fatal(err)
+	}
+	e.net.DeleteTap(context.Background(), h.TapDevice)
+	for range 2 {
+		if _, err := e.c.StopVM(context.Background(), "hand", api.StopRequest{}); err != nil {
+			t.Fatalf("stop after manual removal: %v", err)
+		}
+	}
+	e.assertNothingLeft(vm)
+	for range 2 {
+		if err := e.c.DeleteVM(context.Background(), "hand", true); err != nil && !api.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestFailedStartUnwinds(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	ctx := context.Background()
+	if _, err := e.c.CreateVM(ctx, api.CreateVMRequest{Name: "broken", DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel vanishes: Firecracker refuses PUT /boot-source after the
+	// disks, the dm device and the tap were made.
+	os.Rename(e.kernel, e.kernel+".gone")
+	defer os.Rename(e.kernel+".gone", e.kernel)
+	_, err := e.c.StartVM(ctx, "broken")
+	if err == nil || !strings.Contains(err.Error(), "boot-source") {
+		t.Fatalf("start error %v does not name the failing call", err)
+	}
+	vm, _ := e.d.store.GetVM(ctx, "broken")
+	if vm.Runtime.State != model.StateError || !strings.Contains(vm.Runtime.LastError, "boot-source") {
+		t.Fatalf("state %s last error %q", vm.Runtime.State, vm.Runtime.LastError)
+	}
+	e.assertNothingLeft(vm)
+	// Fixed, it starts.
+	os.Rename(e.kernel+".gone", e.kernel)
+	if _, err := e.c.StartVM(ctx, "broken"); err != nil {
+		t.Fatalf("start after fix: %v", err)
+	}
+}
+
+func TestTapFailureUnwindsRootDisk(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	ctx := context.Background()
+	e.c.CreateVM(ctx, api.CreateVMRequest{Name: "notap", DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20})
+	e.net.fail["create"] = os.ErrPermission
+	if _, err := e.c.StartVM(ctx, "notap"); err == nil || !strings.Contains(err.Error(), "creating tap") {
+		t.Fatalf("start error: %v", err)
+	}
+	vm, _ := e.d.store.GetVM(ctx, "notap")
+	e.assertNothingLeft(vm)
+}
+
+// A process that is not this VM's VMM sitting on the recorded PID, even with
+// the socket path in its argv, is never adopted and never signalled.
+func TestPIDReuseNeverAdoptedOrSignalled(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	vm := e.createStarted("reuse")
+	h, _ := e.d.handles.get(vm.ID)
+	e.crash()
+	p, _ := e.vmmProcess(vm)
+	p.Kill(5 * time.Second)
+	// An impostor takes the place: same socket path in its argv, no API.
+	imp, err := system.StartDetached(system.DetachedSpec{Argv: []string{"sh", "-c", "sleep 60", "sh", "--api-sock", vm.Runtime.APISockPath, "--id", vm.ID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer imp.Kill(time.Second)
+	h.PID, h.PIDStart = imp.PID, imp.Start
+	writeHandlesFile(handlesPath(vm), h)
+	e.start()
+	got, _ := e.d.store.GetVM(context.Background(), "reuse")
+	if got.Runtime.State != model.StateStopped {
+		t.Fatalf("impostor adopted: state %s", got.Runtime.State)
+	}
+	if alive, _ := e.d.vmAlive(context.Background(), got); alive {
+		t.Fatal("vmAlive trusts the impostor")
+	}
+	if !imp.Alive() {
+		t.Fatal("impostor was signalled")
+	}
+	// And a stop or delete never signals it either.
+	writeHandlesFile(handlesPath(got), h)
+	e.d.handles.set(got.ID, h)
+	got.Runtime.State = model.StateRunning
+	e.d.store.UpdateVM(context.Background(), &got)
+	if _, err := e.c.StopVM(context.Background(), "reuse", api.StopRequest{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if !imp.Alive() {
+		t.Fatal("stop signalled the impostor")
+	}
+	imp.Kill(time.Second)
+	e.assertNothingLeft(got)
+}
+
+func TestDaemonCrashKeepsLiveVM(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	vm := e.createStarted("survivor")
+	before, _ := e.d.handles.get(vm.ID)
+	e.crash()
+	e.start()
+	got, err := e.c.GetVM(context.Background(), "survivor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Runtime.State != model.StateRunning || got.Live == nil || !got.Live.Alive || got.Live.Handles != before {
+		t.Fatalf("after restart: state %s live %+v, want handles %+v", got.Runtime.State, got.Live, before)
+	}
+	if _, err := e.c.StopVM(context.Background(), "survivor", api.StopRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	e.assertNothingLeft(vm)
+}
+
+// The VMM dies while the daemon is down: reconcile tears down dm, loops and
+// tap with the scratch handles and records the VM stopped.
+func TestReconcileDemotesDeadVM(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	vm := e.createStarted("victim")
+	e.crash()
+	p, _ := e.vmmProcess(vm)
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.WaitExit(5 * time.Second)
+	e.start()
+	got, _ := e.d.store.GetVM(context.Background(), "victim")
+	if got.Runtime.State != model.StateStopped || got.Runtime.LastError == "" {
+		t.Fatalf("state %s, last error %q", got.Runtime.State, got.Runtime.LastError)
+	}
+	e.assertNothingLeft(got)
+}
+
+// Reconcile from a scratch file alone, on the fake host: no process, the dm
+// device, both loops and the tap are issued teardown.
+func TestReconcileFromScratchTearsDown(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	ctx := context.Background()
+	e.importImage()
+	e.c.CreateVM(ctx, api.CreateVMRequest{Name: "ghost", DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20})
+	vm, _ := e.d.store.GetVM(ctx, "ghost")
+	os.MkdirAll(vm.Runtime.VMDir, 0o750)
+	cow, err := e.d.deps.Disks.CreateRootDisk(ctx, vm.ID, e.rootfs, vm.Runtime.VMDir, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rh, err := e.d.deps.Disks.ActivateRootDisk(ctx, vm.ID, e.rootfs, cow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.net.CreateTap(ctx, "bgrghost")
+	h := model.VMHandles{PID: 0, TapDevice: "bgrghost", BaseLoop: rh.BaseLoop, COWLoop: rh.COWLoop, DMName: rh.DMName, DMDev: rh.DMDev}
+	writeHandlesFile(handlesPath(vm), h)
+	vm.Runtime.State, vm.Runtime.VMM = model.StateRunning, "firecracker"
+	e.d.store.UpdateVM(ctx, &vm)
+	e.crash()
+	if !strings.Contains(e.host.State(), "dm "+rh.DMName) {
+		t.Fatal("setup: no dm device")
+	}
+	e.start()
+	got, _ := e.d.store.GetVM(ctx, "ghost")
+	if got.Runtime.State != model.StateStopped {
+		t.Fatalf("state %s", got.Runtime.State)
+	}
+	e.assertNothingLeft(got)
+}
+
+func TestDecideReconcile(t *testing.T) {
+	cases := []struct {
+		state      model.VMState
+		alive, has bool
+		want       reconcileAction
+	}{
+		{model.StateRunning, true, true, actKeep},
+		{model.StateRunning, false, true, actDemote},
+		{model.StateRunning, false, false, actDemote},
+		{model.StateStarting, true, true, actKillAndDemote},
+		{model.StateStarting, false, true, actDemote},
+		{model.StateStopping, false, false, actDemote},
+		{model.StateDeleting, false, false, actFinishDelete},
+		{model.StateStopped, false, false, actNothing},
+		{model.StateStopped, false, true, actKillAndDemote},
+		{model.StateCreated, false, false, actNothing},
+		{model.StateError, true, true, actKillAndDemote},
+	}
+	for _, c := range cases {
+		if got := decideReconcile(c.state, c.alive, c.has); got != c.want {
+			t.Errorf("decideReconcile(%s, alive=%v, handles=%v) = %s, want %s", c.state, c.alive, c.has, got, c.want)
+		}
+	}
+}
+
+func TestInterruptedDeleteFinishedAtStartup(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	vm := e.createStarted("halfgone")
+	vm.Runtime.State = model.StateDeleting
+	e.d.store.UpdateVM(context.Background(), &vm)
+	e.crash()
+	e.start()
+	if _, err := e.d.store.GetVM(context.Background(), "halfgone"); err == nil {
+		t.Fatal("interrupted delete not finished")
+	}
+	e.assertNothingLeft(vm)
+	if _, err := os.Stat(vm.Runtime.VMDir); !os.IsNotExist(err) {
+		t.Fatal("vm dir left")
+	}
+}
