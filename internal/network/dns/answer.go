@@ -74,11 +74,11 @@ func (s *Server) answer(req []byte, tcp bool) (resp []byte, forward *mdns.Msg) {
 		m.Rcode = mdns.RcodeRefused
 		return pack(m, maxSize), nil
 	}
-	m.Authoritative = true
 	if question.Qclass != mdns.ClassINET && question.Qclass != mdns.ClassANY {
 		m.Rcode = mdns.RcodeRefused
 		return pack(m, maxSize), nil
 	}
+	m.Authoritative = true
 
 	t := s.table.Load()
 	if label == "" {
