@@ -454,3 +454,16 @@ func TestFQDN(t *testing.T) {
 		}
 	}
 }
+
+func TestNonInternetClassIsRefused(t *testing.T) {
+	s := New("", "", nil)
+	s.Set("web", netip.MustParseAddr("172.30.0.2"))
+	q := new(mdns.Msg)
+	q.SetQuestion("web.banger.internal.", mdns.TypeA)
+	q.Question[0].Qclass = mdns.ClassCHAOS
+	r := exchangeRaw(t, s, q)
+	wantRcode(t, r, mdns.RcodeRefused)
+	if len(r.Answer) != 0 || r.Authoritative {
+		t.Fatalf("CHAOS query answered: %v", r)
+	}
+}
