@@ -60,6 +60,7 @@ type Daemon struct {
 	extras   *extras // DNS, port forwards (network.go)
 
 	ready      chan struct{} // closed when startup reconcile finished
+	gates      map[string]chan struct{} // per VM, closed once reconcile processed it; fixed after Serve starts
 	lockFile   *os.File
 	listener   net.Listener
 	server     *http.Server
@@ -187,8 +188,18 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		ConnContext: peerCredContext,
 		ErrorLog:    slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
 	}
+	// Every VM known now gets a gate before the first request is served, so
+	// no request sees a VM that reconcile has not looked at yet.
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return fmt.Errorf("listing vms for reconcile: %w", err)
+	}
+	d.gates = make(map[string]chan struct{}, len(vms))
+	for _, vm := range vms {
+		d.gates[vm.ID] = make(chan struct{})
+	}
 	go func() {
-		d.reconcile(ctx)
+		d.reconcile(ctx, vms)
 		close(d.ready)
 		d.extras.start(ctx)
 	}()

@@ -267,7 +267,7 @@ func (d *Daemon) handlePortAdd(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	unlock := d.locks.lock(vm.ID)
+	unlock := d.lockVM(r.Context(), vm.ID)
 	defer unlock()
 	specs, err := d.extras.validatePorts([]string{req.Spec}, vm.ID)
 	if err != nil {
@@ -292,7 +292,7 @@ func (d *Daemon) handlePortRemove(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return api.Errorf(api.CodeInvalidArgument, "%v", err)
 	}
-	unlock := d.locks.lock(vm.ID)
+	unlock := d.lockVM(r.Context(), vm.ID)
 	defer unlock()
 	if err := d.store.RemovePort(r.Context(), vm.ID, spec.String()); err != nil {
 		return toAPIError(err)

@@ -120,7 +120,7 @@ func (d *Daemon) handleVMRestart(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	unlock := d.locks.lock(vm.ID)
+	unlock := d.lockVM(r.Context(), vm.ID)
 	defer unlock()
 	if vm, err = d.store.GetVMByID(r.Context(), vm.ID); err != nil {
 		return toAPIError(err)

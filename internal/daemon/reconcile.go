@@ -9,6 +9,17 @@ import (
 	"banger/internal/system"
 )
 
+// awaitReconciled blocks until startup reconcile has processed vm (VMs
+// created after startup have no gate).
+func (d *Daemon) awaitReconciled(ctx context.Context, id string) {
+	if g, ok := d.gates[id]; ok {
+		select {
+		case <-g:
+		case <-ctx.Done():
+		}
+	}
+}
+
 // reconcileAction is what startup reconcile does with one VM.
 type reconcileAction string
 
@@ -50,13 +61,8 @@ func decideReconcile(state model.VMState, alive bool, hasHandles bool) reconcile
 // live VM (cache seeded) or demotes a dead one to stopped after tearing down
 // its dm, loops and tap with the scratch handles. The API answers meanwhile;
 // each VM is locked while it is reconciled.
-func (d *Daemon) reconcile(ctx context.Context) {
+func (d *Daemon) reconcile(ctx context.Context, vms []model.VMRecord) {
 	start := time.Now()
-	vms, err := d.store.ListVMs(ctx)
-	if err != nil {
-		d.log.Error("reconcile: listing vms", "err", err)
-		return
-	}
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -68,6 +74,7 @@ func (d *Daemon) reconcile(ctx context.Context) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			act := d.reconcileVM(ctx, vm)
+			close(d.gates[vm.ID])
 			mu.Lock()
 			counts[act]++
 			mu.Unlock()
@@ -81,10 +88,8 @@ func (d *Daemon) reconcile(ctx context.Context) {
 func (d *Daemon) reconcileVM(ctx context.Context, vm model.VMRecord) reconcileAction {
 	if vm.Runtime.State == model.StateCreated || vm.Runtime.State == model.StateStopped || vm.Runtime.State == model.StateError {
 		// Fast path for the common case: nothing recorded on the host.
-		if _, err := readHandlesFile(handlesPath(vm)); err == nil {
-			if h, _ := readHandlesFile(handlesPath(vm)); h.IsZero() {
-				return actNothing
-			}
+		if h, err := readHandlesFile(handlesPath(vm)); err == nil && h.IsZero() {
+			return actNothing
 		}
 	}
 	unlock := d.locks.lock(vm.ID)

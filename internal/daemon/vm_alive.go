@@ -16,6 +16,7 @@ import (
 // VM (argv holds this VM's API socket, the API answers with its id). Nothing
 // else checks PIDs.
 func (d *Daemon) vmAlive(ctx context.Context, vm model.VMRecord) (bool, string) {
+	d.awaitReconciled(ctx, vm.ID)
 	if vm.Runtime.State != model.StateRunning {
 		return false, "state is " + string(vm.Runtime.State)
 	}
@@ -72,4 +73,11 @@ func (l *vmLocks) lock(id string) func() {
 	l.mu.Unlock()
 	m.Lock()
 	return m.Unlock
+}
+
+// lockVM takes vm's operation lock for a request, after startup reconcile
+// has processed it (reconcile itself holds the lock while it does).
+func (d *Daemon) lockVM(ctx context.Context, id string) func() {
+	d.awaitReconciled(ctx, id)
+	return d.locks.lock(id)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,10 +60,18 @@ func runSteps(ctx context.Context, steps []step) error {
 func (d *Daemon) getVM(ctx context.Context, name string) (model.VMRecord, error) {
 	vm, err := d.store.GetVM(ctx, name)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return vm, err
-		}
 		return vm, toAPIError(err)
+	}
+	if g, ok := d.gates[vm.ID]; ok {
+		select {
+		case <-g:
+		default:
+			// Reconcile has not processed it yet: wait, then read what it decided.
+			d.awaitReconciled(ctx, vm.ID)
+			if vm, err = d.store.GetVMByID(ctx, vm.ID); err != nil {
+				return vm, toAPIError(err)
+			}
+		}
 	}
 	return vm, nil
 }
@@ -75,7 +82,7 @@ func (d *Daemon) startVM(ctx context.Context, name string) (model.VMRecord, erro
 	if err != nil {
 		return vm, err
 	}
-	unlock := d.locks.lock(vm.ID)
+	unlock := d.lockVM(ctx, vm.ID)
 	defer unlock()
 	if vm, err = d.store.GetVMByID(ctx, vm.ID); err != nil {
 		return vm, toAPIError(err)
@@ -270,7 +277,7 @@ func (d *Daemon) stopVM(ctx context.Context, name string, force bool, timeout ti
 	if err != nil {
 		return vm, err
 	}
-	unlock := d.locks.lock(vm.ID)
+	unlock := d.lockVM(ctx, vm.ID)
 	defer unlock()
 	if vm, err = d.store.GetVMByID(ctx, vm.ID); err != nil {
 		return vm, toAPIError(err)
@@ -375,7 +382,7 @@ func (d *Daemon) deleteVM(ctx context.Context, name string, force bool) error {
 	if err != nil {
 		return err
 	}
-	unlock := d.locks.lock(vm.ID)
+	unlock := d.lockVM(ctx, vm.ID)
 	defer unlock()
 	if vm, err = d.store.GetVMByID(ctx, vm.ID); err != nil {
 		return toAPIError(err)
