@@ -186,18 +186,27 @@ func (a *app) startDaemon(c *api.Client) error {
 	if err != nil {
 		return fmt.Errorf("starting bangerd: %w", err)
 	}
+	// Wait for startup reconcile too (Ready), so that the command that
+	// started the daemon sees VM states as reconciled, not as recorded
+	// before a crash. A daemon that answers but is still reconciling at the
+	// deadline is used anyway.
 	deadline := time.Now().Add(15 * time.Second)
+	answered := false
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(a.ctx, 500*time.Millisecond)
-		_, err := c.Version(ctx)
+		v, err := c.Version(ctx)
 		cancel()
-		if err == nil {
+		if err == nil && v.Ready {
 			return nil
 		}
+		answered = answered || err == nil
 		if !p.Alive() {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if answered && p.Alive() {
+		return nil
 	}
 	tail := ""
 	if b, err := os.ReadFile(outPath); err == nil && len(b) > 0 {
