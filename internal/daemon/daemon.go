@@ -59,7 +59,7 @@ type Daemon struct {
 	guests   *guestPool
 	extras   *extras // DNS, port forwards (network.go)
 
-	ready      chan struct{} // closed when startup reconcile finished
+	ready      chan struct{}            // closed when startup reconcile finished
 	gates      map[string]chan struct{} // per VM, closed once reconcile processed it; fixed after Serve starts
 	lockFile   *os.File
 	listener   net.Listener
