@@ -13,6 +13,7 @@ import (
 	"banger/internal/storage"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func (a *app) vmCmd() *cobra.Command {
@@ -27,10 +28,12 @@ type createFlags struct {
 	name, image, vmm, disk, work string
 	vcpus, memory                int
 	ports                        []string
+	flags                        *pflag.FlagSet // to tell --name "" from no --name
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
 	fl := cmd.Flags()
+	f.flags = fl
 	fl.StringVar(&f.name, "name", "", "VM name (lowercase letters, digits, inner hyphens; generated when empty)")
 	fl.StringVar(&f.image, "image", "", "image name (default: the default image)")
 	fl.StringVar(&f.vmm, "vmm", "", "VMM: auto, firecracker or qemu (default: config vmm)")
@@ -43,6 +46,11 @@ func (f *createFlags) add(cmd *cobra.Command) {
 
 func (f *createFlags) request() (api.CreateVMRequest, error) {
 	req := api.CreateVMRequest{Name: f.name, Image: f.image, VMM: f.vmm, VCPUs: f.vcpus, MemoryMiB: f.memory, Ports: f.ports}
+	// An explicit empty name is most likely an unset shell variable, not a
+	// request for a generated name.
+	if f.name == "" && f.flags != nil && f.flags.Changed("name") {
+		return req, usageError{fmt.Errorf("invalid name: empty (use lowercase letters, digits and inner hyphens, 1 to 32 characters; omit --name for a generated name)")}
+	}
 	if f.vcpus < 1 || f.vcpus > 32 {
 		return req, usageError{fmt.Errorf("invalid --vcpus %d: want 1 to 32", f.vcpus)}
 	}
