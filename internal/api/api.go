@@ -80,6 +80,9 @@ type CreateVMRequest struct {
 type VM struct {
 	model.VMRecord
 	Live *LiveFacts `json:"live,omitempty"`
+	// Warnings are one-line notes for the user about this operation (e.g.
+	// QEMU running under slow software emulation).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // LiveFacts are what is currently true about a VM on the host.

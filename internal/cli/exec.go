@@ -211,10 +211,11 @@ func (a *app) vmRunCmd() *cobra.Command {
 				return err
 			}
 			name := f.name
-			reused := false
+			reused, wasRunning := false, false
 			if name != "" {
-				if _, err := c.GetVM(a.ctx, name); err == nil {
+				if vm, err := c.GetVM(a.ctx, name); err == nil {
 					reused = true
+					wasRunning = vm.Live != nil && vm.Live.Alive
 				} else if !api.IsNotFound(err) {
 					return err
 				}
@@ -233,8 +234,12 @@ func (a *app) vmRunCmd() *cobra.Command {
 					}
 				}()
 			}
-			if _, err := c.StartVM(a.ctx, name); err != nil {
+			vm, err := c.StartVM(a.ctx, name)
+			if err != nil {
 				return err
+			}
+			if !wasRunning {
+				a.warn(vm.Warnings)
 			}
 			if err := c.WaitSSH(a.ctx, name, api.WaitSSHRequest{TimeoutSeconds: int64(wait.Seconds())}); err != nil {
 				return err

@@ -148,6 +148,13 @@ func (a *app) vmListCmd() *cobra.Command {
 	return cmd
 }
 
+// warn prints the daemon's one-line notes to stderr, once each per run.
+func (a *app) warn(ws []string) {
+	for _, w := range ws {
+		fmt.Fprintln(a.stderr, "warning: "+w)
+	}
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -243,10 +250,12 @@ func (a *app) vmStartCmd() *cobra.Command {
 			}
 			var errs []error
 			for _, n := range args {
-				if _, err := c.StartVM(a.ctx, n); err != nil {
+				vm, err := c.StartVM(a.ctx, n)
+				if err != nil {
 					errs = append(errs, err)
 					continue
 				}
+				a.warn(vm.Warnings)
 				fmt.Fprintln(a.stdout, n)
 			}
 			return errors.Join(errs...)

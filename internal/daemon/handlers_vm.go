@@ -78,7 +78,11 @@ func (d *Daemon) handleVMStart(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, d.view(r.Context(), vm, true))
+	out := d.view(r.Context(), vm, true)
+	if vm.Runtime.Accel == "tcg" {
+		out.Warnings = append(out.Warnings, "no usable /dev/kvm: QEMU runs this VM under software emulation (TCG), which is slow")
+	}
+	return writeJSON(w, out)
 }
 
 func stopTimeout(req api.StopRequest) (time.Duration, error) {
