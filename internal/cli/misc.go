@@ -256,8 +256,8 @@ func (a *app) doctorCmd() *cobra.Command {
 				}
 				fmt.Fprintf(tw, "[%s]\t%s\t%s\n", mark, ch.Name, ch.Detail)
 			}
-			fmt.Fprintf(tw, "\t\t\nroot disk method:\t%s\t\ndefault vmm:\t%s\t\n", rep.RootDiskMethod, dash(rep.DefaultVMM))
 			tw.Flush()
+			fmt.Fprintf(a.stdout, "\nroot disk method: %s\ndefault vmm:      %s\n", rep.RootDiskMethod, dash(rep.DefaultVMM))
 			orphans := 0
 			if len(rep.Objects) > 0 {
 				fmt.Fprintln(a.stdout, "\nhost objects:")

@@ -7,14 +7,17 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"sort"
 	"sync"
+	"time"
 
 	"banger/internal/api"
 	"banger/internal/model"
 	"banger/internal/network/dns"
 	"banger/internal/network/forward"
 	"banger/internal/store"
+	"banger/internal/system"
 )
 
 // extras serves what makes VMs reachable by name and port: DNS records for
@@ -78,11 +81,12 @@ func (e *extras) stop() {
 	e.forwards = map[string]map[string]*forward.Forwarder{}
 }
 
-func (e *extras) listenDNS(addr string) {
+// listenDNS serves DNS on addr once; it reports whether it newly bound.
+func (e *extras) listenDNS(addr string) bool {
 	e.mu.Lock()
 	if e.dnsBound[addr] {
 		e.mu.Unlock()
-		return
+		return false
 	}
 	e.dnsBound[addr] = true
 	e.mu.Unlock()
@@ -91,7 +95,9 @@ func (e *extras) listenDNS(addr string) {
 		e.mu.Lock()
 		delete(e.dnsBound, addr)
 		e.mu.Unlock()
+		return false
 	}
+	return true
 }
 
 // vmStarted publishes a running VM's name and opens its forwards' target.
@@ -107,7 +113,11 @@ func (e *extras) vmStarted(vm model.VMRecord) {
 	if e.d.deps.Network != nil {
 		// The guests' resolver is the daemon on the bridge address, which
 		// exists once a VM's tap made the bridge.
-		go e.listenDNS(net.JoinHostPort(e.d.gateway(), "53"))
+		go func() {
+			if e.listenDNS(net.JoinHostPort(e.d.gateway(), "53")) {
+				e.registerResolved()
+			}
+		}()
 	}
 }
 
@@ -299,4 +309,26 @@ func (d *Daemon) handlePortRemove(w http.ResponseWriter, r *http.Request) error 
 	}
 	d.extras.closeForward(vm.ID, spec.String())
 	return writeJSON(w, struct{}{})
+}
+
+// registerResolved tells systemd-resolved, where it runs, to send lookups
+// for the zone to the daemon on the bridge, so NAME.zone resolves on the
+// host. The registration lives on the bridge link and goes with it.
+func (e *extras) registerResolved() {
+	if _, err := os.Stat("/run/systemd/resolve/stub-resolv.conf"); err != nil {
+		return
+	}
+	if _, err := system.LookPath("resolvectl"); err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+	defer cancel()
+	br := e.d.cfg.Bridge
+	if _, err := e.d.deps.Runner.Run(ctx, "resolvectl", "dns", br, e.d.gateway()); err != nil {
+		e.d.log.Warn("registering dns with systemd-resolved", "err", err)
+		return
+	}
+	if _, err := e.d.deps.Runner.Run(ctx, "resolvectl", "domain", br, "~"+e.d.cfg.DNSZone); err != nil {
+		e.d.log.Warn("registering dns zone with systemd-resolved", "err", err)
+	}
 }
