@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -23,6 +24,8 @@ import (
 // The end-to-end tests run the real CLI against a real bangerd (built once
 // per test run) with the Firecracker double as VMM, on per-test state and
 // run directories, without network.
+
+var update = flag.Bool("update", false, "rewrite the golden files embedded in testdata/script/*.txtar")
 
 var (
 	helperBinDir string // holds bangerd and fc-double; first on PATH
@@ -109,6 +112,7 @@ func TestScripts(t *testing.T) {
 		Dir:                 "testdata/script",
 		RequireExplicitExec: true,
 		RequireUniqueNames:  true,
+		UpdateScripts:       *update,
 		Setup: func(env *testscript.Env) error {
 			// Unix socket paths stay under 108 bytes only in a short directory.
 			run, err := os.MkdirTemp("/tmp", "bt")
