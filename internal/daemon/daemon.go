@@ -200,8 +200,8 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	go func() {
 		d.reconcile(ctx, vms)
-		close(d.ready)
 		d.extras.start(ctx)
+		close(d.ready)
 	}()
 	errc := make(chan error, 1)
 	go func() { errc <- d.server.Serve(d.listener) }()

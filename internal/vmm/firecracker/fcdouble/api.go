@@ -51,7 +51,7 @@ type Config struct {
 	RebootAfter time.Duration // >0: the guest reboots by itself this long after InstanceStart
 	VsockEcho   uint32        // guest port that accepts vsock connections and echoes; 0 = none
 	RequestLog  string        // append one JSON line per request here; "" = off
-	NetSysDir   string        // where taps are looked up; default /sys/class/net
+	NetSysDir   string        // where taps are looked up; "" = the kernel, over netlink
 }
 
 // VM is the double's simulated microVM: the configuration the API built and
@@ -127,9 +127,6 @@ type vsockConfig struct {
 // NewVM returns a double VM in state "Not started" with Firecracker's
 // defaults (1 vCPU, 128 MiB).
 func NewVM(cfg Config) *VM {
-	if cfg.NetSysDir == "" {
-		cfg.NetSysDir = "/sys/class/net"
-	}
 	if cfg.Console == nil {
 		cfg.Console = io.Discard
 	}
@@ -668,7 +665,15 @@ func (vm *VM) tapUsable(name string) error {
 	if len(name) >= 16 || name == "" || strings.Contains(name, "/") {
 		return syscall.EINVAL
 	}
-	if _, err := os.Stat(filepath.Join(vm.cfg.NetSysDir, name)); err != nil {
+	if vm.cfg.NetSysDir != "" {
+		if _, err := os.Stat(filepath.Join(vm.cfg.NetSysDir, name)); err != nil {
+			return syscall.ENODEV
+		}
+		return nil
+	}
+	// Ask the kernel over netlink, which answers for the double's own
+	// network namespace (sysfs may still show the namespace it was mounted in).
+	if _, err := net.InterfaceByName(name); err != nil {
 		return syscall.ENODEV
 	}
 	return nil

@@ -40,7 +40,7 @@ const (
 	EnvIgnoreCAD   = "FC_DOUBLE_IGNORE_CAD"      // "1": guest without i8042, Ctrl-Alt-Del is ignored
 	EnvVsockEcho   = "FC_DOUBLE_VSOCK_ECHO_PORT" // guest vsock port that accepts and echoes
 	EnvRequestLog  = "FC_DOUBLE_REQUEST_LOG"     // append one JSON line per API request to this file
-	EnvNetSysDir   = "FC_DOUBLE_NET_SYS_DIR"     // where taps are looked up; default /sys/class/net
+	EnvNetSysDir   = "FC_DOUBLE_NET_SYS_DIR"     // where taps are looked up; default: the kernel, over netlink
 	EnvRebootAfter = "FC_DOUBLE_REBOOT_AFTER"    // Go duration: the guest reboots (exit 0) this long after InstanceStart
 )
 
