@@ -47,7 +47,7 @@ type cleanupM struct{ m *testing.M }
 
 func (c cleanupM) Run() int {
 	code := c.m.Run()
-	if helperBinDir != "" {
+	if helperBinDir != "" && os.Getenv(helpersEnv) == "" {
 		os.RemoveAll(helperBinDir)
 	}
 	return code
@@ -65,9 +65,22 @@ func TestMain(m *testing.M) {
 	testscript.Main(cleanupM{m}, map[string]func(){"banger": bangerMain})
 }
 
+// helpersEnv names a directory holding prebuilt bangerd and fc-double, for
+// runs where the go command cannot build (an unprivileged user without a
+// module cache). The directory is not removed.
+const helpersEnv = "BANGER_TEST_HELPERS"
+
 // buildHelpers builds bangerd and fc-double into a fresh directory every
 // user can read (the CLI finds bangerd on PATH).
 func buildHelpers() (string, error) {
+	if dir := os.Getenv(helpersEnv); dir != "" {
+		for _, name := range []string{"bangerd", "fc-double"} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+				return "", fmt.Errorf("%s=%s: %w", helpersEnv, dir, err)
+			}
+		}
+		return dir, nil
+	}
 	dir, err := os.MkdirTemp("", "banger-cli-bin")
 	if err != nil {
 		return "", err
