@@ -111,6 +111,16 @@ func TestHostileNames(t *testing.T) {
 			}
 		}
 	}
+	// Image names follow the same rule (they name directories of built images).
+	for _, name := range hostileNames {
+		code, out, errOut := h.banger("image", "import", "--name="+name, "--kernel", "/nonexistent/vmlinux", "--rootfs", "/nonexistent/rootfs")
+		if code != ExitUsage || !nameRule(errOut) || out != "" {
+			t.Errorf("banger image import --name=%q: exit %d, stdout %q, stderr %.200q; want exit 2 and the naming rule", name, code, out, errOut)
+		}
+	}
+	if out := h.mustBanger("image", "list", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("image list after hostile imports = %s, want []", out)
+	}
 	code, _, errOut := h.banger("vm", "create", "--name", "")
 	if code != ExitUsage || !nameRule(errOut) {
 		t.Errorf("banger vm create --name '': exit %d, stderr %q; want exit 2 and the naming rule", code, errOut)
