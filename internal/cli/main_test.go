@@ -138,11 +138,12 @@ func TestScripts(t *testing.T) {
 			}
 			env.Setenv("PATH", helperBinDir+string(os.PathListSeparator)+env.Getenv("PATH"))
 			env.Defer(func() {
-				if left := tearDown(state, run); left != "" {
+				left := tearDown(state, run)
+				os.RemoveAll(run)
+				if left != "" {
 					env.T().Log(left)
 					env.T().FailNow()
 				}
-				os.RemoveAll(run)
 			})
 			return nil
 		},
