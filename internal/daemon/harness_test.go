@@ -20,6 +20,7 @@ import (
 	"banger/internal/system/fakehost"
 	"banger/internal/vmm"
 	"banger/internal/vmm/firecracker"
+	"banger/internal/vmm/firecracker/fcdouble"
 )
 
 // The daemontest harness: an in-process daemon on temp dirs, serving its
@@ -184,8 +185,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 	cfg.Finish()
 	e := &testEnv{t: t, cfg: cfg}
 	e.kernel = filepath.Join(base, "vmlinux")
-	elf := append([]byte("\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00"), make([]byte, 4096)...)
-	if err := os.WriteFile(e.kernel, elf, 0o644); err != nil {
+	if err := fcdouble.WriteFakeKernel(e.kernel); err != nil {
 		t.Fatal(err)
 	}
 	e.rootfs = filepath.Join(base, "rootfs.ext4")

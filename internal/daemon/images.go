@@ -18,7 +18,7 @@ import (
 )
 
 func (d *Daemon) imageView(ctx context.Context, im model.Image) api.Image {
-	b := image.Inspect(im.KernelPath, im.VMLinux, im.InitrdPath, im.RootfsPath)
+	b := inspectImage(im)
 	users, _ := d.store.VMsUsingImage(ctx, im.Name)
 	return api.Image{Image: im, QEMUBootable: b.QEMU, FirecrackerBootable: b.Firecracker, Notes: b.Reasons, UsedBy: users}
 }
@@ -87,7 +87,7 @@ func (d *Daemon) handleImageImport(w http.ResponseWriter, r *http.Request) error
 	if im.VMLinux, err = absFile("vmlinux", req.VMLinux); err != nil {
 		return err
 	}
-	b := image.Inspect(im.KernelPath, im.VMLinux, im.InitrdPath, im.RootfsPath)
+	b := inspectImage(im)
 	if !b.QEMU && !b.Firecracker {
 		return api.Errorf(api.CodeInvalidArgument, "image %q is not bootable by any vmm: %s", req.Name, strings.Join(b.Reasons, "; "))
 	}
@@ -100,6 +100,16 @@ func (d *Daemon) handleImageImport(w http.ResponseWriter, r *http.Request) error
 	im, _ = d.store.GetImage(r.Context(), im.Name)
 	w.WriteHeader(http.StatusCreated)
 	return writeJSON(w, d.imageView(r.Context(), im))
+}
+
+// inspectImage says which VMM can boot im. Firecracker boots the separate
+// vmlinux when there is one, else the kernel itself (an imported ELF).
+func inspectImage(im model.Image) image.Bootability {
+	fc := im.VMLinux
+	if fc == "" {
+		fc = im.KernelPath
+	}
+	return image.Inspect(im.KernelPath, fc, im.InitrdPath, im.RootfsPath)
 }
 
 // ownedImageDir is where built images live; only these are deleted with

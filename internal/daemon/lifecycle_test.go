@@ -11,6 +11,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/model"
 	"banger/internal/system"
+	"banger/internal/vmm"
 )
 
 func TestStartWritesHandlesAndStopCleansUp(t *testing.T) {
@@ -112,10 +113,11 @@ func TestFailedStartUnwinds(t *testing.T) {
 	if _, err := e.c.CreateVM(ctx, api.CreateVMRequest{Name: "broken", DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	// The kernel vanishes: Firecracker refuses PUT /boot-source after the
-	// disks, the dm device and the tap were made.
-	os.Rename(e.kernel, e.kernel+".gone")
-	defer os.Rename(e.kernel+".gone", e.kernel)
+	// The kernel vanishes after the daemon checked the image and made the
+	// disks, the dm device and the tap: Firecracker refuses PUT /boot-source.
+	drv := e.d.deps.Firecracker
+	e.d.deps.Firecracker = vanishingKernel{VMMDriver: drv, kernel: e.kernel}
+	defer func() { e.d.deps.Firecracker = drv }()
 	_, err := e.c.StartVM(ctx, "broken")
 	if err == nil || !strings.Contains(err.Error(), "boot-source") {
 		t.Fatalf("start error %v does not name the failing call", err)
@@ -127,6 +129,7 @@ func TestFailedStartUnwinds(t *testing.T) {
 	e.assertNothingLeft(vm)
 	// Fixed, it starts.
 	os.Rename(e.kernel+".gone", e.kernel)
+	e.d.deps.Firecracker = drv
 	if _, err := e.c.StartVM(ctx, "broken"); err != nil {
 		t.Fatalf("start after fix: %v", err)
 	}
@@ -303,4 +306,32 @@ func TestInterruptedDeleteFinishedAtStartup(t *testing.T) {
 	if _, err := os.Stat(vm.Runtime.VMDir); !os.IsNotExist(err) {
 		t.Fatal("vm dir left")
 	}
+}
+
+// vanishingKernel moves the kernel away just before the VMM is launched.
+type vanishingKernel struct {
+	VMMDriver
+	kernel string
+}
+
+func (v vanishingKernel) Launch(ctx context.Context, m vmm.Machine) (system.Process, error) {
+	os.Rename(v.kernel, v.kernel+".gone")
+	return v.VMMDriver.Launch(ctx, m)
+}
+
+func TestUnbootableImageRefusedBeforeAnything(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	ctx := context.Background()
+	e.c.CreateVM(ctx, api.CreateVMRequest{Name: "nokernel", DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20})
+	os.WriteFile(e.kernel, []byte("not a kernel"), 0o644)
+	_, err := e.c.StartVM(ctx, "nokernel")
+	if err == nil || !strings.Contains(err.Error(), "cannot be booted by firecracker") {
+		t.Fatalf("start of an unbootable image: %v", err)
+	}
+	vm, _ := e.d.store.GetVM(ctx, "nokernel")
+	if _, err := os.Stat(vm.Runtime.WorkDiskPath); err == nil {
+		t.Fatal("work disk made for an unbootable image")
+	}
+	e.assertNothingLeft(vm)
 }

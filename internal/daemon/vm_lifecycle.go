@@ -127,6 +127,11 @@ func (d *Daemon) startLocked(ctx context.Context, vm *model.VMRecord) error {
 	if err != nil {
 		return err
 	}
+	if b := inspectImage(im); (vm.Runtime.VMM == "qemu" && !b.QEMU) || (vm.Runtime.VMM == "firecracker" && !b.Firecracker) {
+		err := api.Errorf(api.CodeConflict, "image %q cannot be booted by %s: %s", im.Name, vm.Runtime.VMM, strings.Join(b.Reasons, "; "))
+		d.commitState(ctx, vm, model.StateError, err.Error())
+		return err
+	}
 	if err := d.commitState(ctx, vm, model.StateStarting, ""); err != nil {
 		return err
 	}
@@ -329,7 +334,7 @@ func (d *Daemon) stopLocked(ctx context.Context, vm *model.VMRecord, force bool,
 func (d *Daemon) cleanupRuntime(ctx context.Context, vm model.VMRecord, h model.VMHandles) error {
 	ctx = context.WithoutCancel(ctx)
 	var errs []error
-	rh := rootHandles(h)
+	rh := d.verifiedRootHandles(ctx, vm, rootHandles(h))
 	if !rh.IsZero() {
 		if err := d.deps.Disks.DeactivateRootDisk(ctx, rh); err != nil {
 			errs = append(errs, fmt.Errorf("root disk: %w", err))
@@ -430,4 +435,35 @@ func (d *Daemon) deleteLocked(ctx context.Context, vm *model.VMRecord, force boo
 	}
 	d.log.Info("vm deleted", "vm", vm.Name)
 	return nil
+}
+
+// verifiedRootHandles drops loop devices that no longer hold this VM's
+// files: after a host reboot, a loop number in an old scratch file may
+// belong to someone else now, and must never be detached. dm names come
+// from the VM's id and cannot collide.
+func (d *Daemon) verifiedRootHandles(ctx context.Context, vm model.VMRecord, rh storage.RootHandles) storage.RootHandles {
+	if rh.BaseLoop == "" && rh.COWLoop == "" {
+		return rh
+	}
+	loops, err := d.deps.Disks.ListLoopDevices(ctx)
+	if err != nil {
+		return rh // cannot check: keep them, teardown tolerates "already gone"
+	}
+	base := ""
+	if im, err := d.store.GetImage(ctx, vm.Image); err == nil {
+		base = im.RootfsPath
+	}
+	cow := rootDiskPath(vm)
+	check := func(dev *string, want string) {
+		if *dev == "" {
+			return
+		}
+		if file, ok := loops[*dev]; ok && file != want && strings.TrimSuffix(file, " (deleted)") != want {
+			d.log.Warn("loop device now backs another file: leaving it alone", "vm", vm.Name, "loop", *dev, "file", file, "want", want)
+			*dev = ""
+		}
+	}
+	check(&rh.BaseLoop, base)
+	check(&rh.COWLoop, cow)
+	return rh
 }
