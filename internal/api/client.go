@@ -34,7 +34,12 @@ func (c *Client) http() *http.Client {
 				return d.DialContext(ctx, "unix", c.Socket)
 			},
 			MaxIdleConns: 4,
-		}}
+		},
+			// The daemon never redirects; its router does for paths it
+			// cleans ("." or ".." as a name), and following would act on
+			// another resource.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	})
 	return c.hc
 }
@@ -103,6 +108,9 @@ func (c *Client) raw(ctx context.Context, method, path string, in any) (*http.Re
 }
 
 func decodeError(resp *http.Response) error {
+	if resp.StatusCode/100 == 3 {
+		return &Error{Code: CodeInvalidArgument, Message: fmt.Sprintf("invalid name in %s: names are lowercase letters, digits and inner hyphens", resp.Request.URL.Path)}
+	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBodyBytes))
 	var env ErrorEnvelope
 	if json.Unmarshal(b, &env) == nil && env.Error != nil {
