@@ -202,6 +202,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		d.reconcile(ctx, vms)
 		d.extras.start(ctx)
 		close(d.ready)
+		if len(vms) >= bigListVMs {
+			releaseMemory()
+		}
 	}()
 	errc := make(chan error, 1)
 	go func() { errc <- d.server.Serve(d.listener) }()

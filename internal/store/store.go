@@ -95,6 +95,9 @@ var migrations = []string{
 		host_key TEXT NOT NULL UNIQUE,
 		PRIMARY KEY (vm_id, spec)
 	);`,
+	// 4: ListVMs reads rows in index order instead of sorting every row
+	// (with thousands of VMs the sort spilled to temp files).
+	`CREATE INDEX vms_created ON vms(created_at, name);`,
 }
 
 // Open opens (creating if needed) the database at path and applies migrations.
