@@ -74,7 +74,7 @@ var guestDirs = []struct {
 }{
 	{"bin", 0o755}, {"sbin", 0o755}, {"usr/bin", 0o755}, {"usr/sbin", 0o755},
 	{"proc", 0o555}, {"sys", 0o555}, {"dev", 0o755}, {"run", 0o755},
-	{"tmp", 0o1777}, {"work", 0o755}, {"mnt", 0o755}, {"var/log", 0o755},
+	{"tmp", fs.ModeSticky | 0o777}, {"work", 0o755}, {"mnt", 0o755}, {"var/log", 0o755},
 	{"etc/dropbear", 0o700}, // dropbear -R and guest-setup write host keys here on first boot
 	{"root", 0o700},
 	// authorized_keys is written per VM by the daemon, so only the directory is here.

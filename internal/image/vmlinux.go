@@ -37,8 +37,8 @@ var compressions = []compression{
 // ExtractVMLinux cuts the uncompressed ELF kernel out of a bzImage (vmlinuz)
 // so that Firecracker, which has no bzImage loader, can boot the same kernel.
 // It reads the compressed payload's position from the boot protocol header
-// (payload_offset/payload_length, protocol 2.08+) and falls back to scanning
-// for a compression magic, like the kernel's scripts/extract-vmlinux. LZ4 and
+// (payload_offset/payload_length, protocol 2.08+); without one it scans for
+// a compression magic, like the kernel's scripts/extract-vmlinux. LZ4 and
 // gzip are decoded in Go; xz and zstd need the xz or zstd tool through r.
 // The output is written atomically and must start with \x7fELF.
 func ExtractVMLinux(ctx context.Context, r Runner, vmlinuz, out string) error {
@@ -59,11 +59,11 @@ func ExtractVMLinux(ctx context.Context, r Runner, vmlinuz, out string) error {
 			// after every compressed payload (scripts/Makefile.lib size_append).
 			stream := payload[:len(payload)-4]
 			want := int64(binary.LittleEndian.Uint32(payload[len(payload)-4:]))
-			err := writeDecoded(ctx, r, c, stream, false, out, want)
-			if err == nil {
-				return nil
+			// The header is authoritative: no guessing by scanning after it.
+			if err := writeDecoded(ctx, r, c, stream, false, out, want); err != nil {
+				return fmt.Errorf("extracting vmlinux from %s: %s payload: %w", vmlinuz, c.name, err)
 			}
-			errs = append(errs, fmt.Errorf("%s payload from header: %w", c.name, err))
+			return nil
 		}
 	}
 	for _, c := range compressions {
