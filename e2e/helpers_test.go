@@ -198,16 +198,4 @@ func daemonPID() system.Process {
 }
 
 // qemuFor finds the QEMU process whose argv names the VM's API socket.
-func qemuFor(apiSock string) (system.Process, bool) {
-	return system.FindProcess(func(argv []string) bool {
-		if !strings.Contains(filepath.Base(argv[0]), "qemu") {
-			return false
-		}
-		for _, a := range argv {
-			if strings.Contains(a, apiSock) {
-				return true
-			}
-		}
-		return false
-	})
-}
+func qemuFor(apiSock string) (system.Process, bool) { return findQEMU(apiSock) }

@@ -54,6 +54,10 @@ func (s suite) Run() int {
 		return code
 	}
 	leaks := findLeaks()
+	if len(leaks) > 0 {
+		// Reported below; still leave the host clean.
+		forceDeleteAll()
+	}
 	pid := daemonPID()
 	out, errOut, rc := runCLI(nil, 30*time.Second, "daemon", "stop")
 	if rc != 0 {
@@ -103,6 +107,10 @@ func prepare() (cleanup func(passed bool)) {
 		return skip("run dir: %v", err)
 	}
 	cleanup = func(passed bool) {
+		// A child that died early (a go test timeout) may have left its
+		// daemon and guests running: never run the CLI out here (it would
+		// start a daemon on the host's network), only kill them.
+		killStrays()
 		if !passed {
 			fmt.Fprintf(os.Stderr, "e2e: kept %s and %s for inspection\n", tmp, run)
 			return
@@ -214,6 +222,46 @@ func findLeaks() []string {
 		return nil
 	})
 	return leaks
+}
+
+// killStrays kills the suite's daemon and QEMU processes, if any remain.
+func killStrays() {
+	if d := daemonPID(); d.PID != 0 {
+		fmt.Fprintf(os.Stderr, "e2e: killing leftover bangerd %d\n", d.PID)
+		d.Kill(5 * time.Second)
+	}
+	killQEMUs()
+}
+
+// killQEMUs kills every QEMU process naming the suite's run directory.
+func killQEMUs() {
+	for {
+		p, ok := findQEMU(os.Getenv(runEnv))
+		if !ok {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "e2e: killing leftover qemu %d\n", p.PID)
+		if p.Kill(5*time.Second) != nil {
+			return
+		}
+	}
+}
+
+// findQEMU finds a QEMU process whose argv mentions s.
+func findQEMU(s string) (system.Process, bool) {
+	return system.FindProcess(func(argv []string) bool {
+		return strings.Contains(filepath.Base(argv[0]), "qemu") && strings.Contains(strings.Join(argv, "\x00"), s)
+	})
+}
+
+// forceDeleteAll deletes every VM of the suite's daemon and kills any QEMU
+// still naming the run directory.
+func forceDeleteAll() {
+	out, _, code := runCLI(nil, 30*time.Second, "vm", "list", "-q")
+	if names := strings.Fields(out); code == 0 && len(names) > 0 {
+		runCLI(nil, 2*time.Minute, append([]string{"vm", "delete", "-f"}, names...)...)
+	}
+	killQEMUs()
 }
 
 // mountOfStateLoop reports whether a mountinfo line mounts a loop device whose
