@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Real-guest benchmarks, called by run.sh as root: QEMU guests (TCG unless
+# /dev/kvm works) in a network namespace made here, one guest at a time.
+#
+#   guest.sh exec|boot WORK BIN BOOTS RUNS
+#
+#   exec: banger vm exec NAME -- true against a running guest, beside a plain
+#         OpenSSH client with the daemon's key (ratio, target <= 1.3x).
+#   boot: banger vm run -- true on a new VM, median of BOOTS, beside a bare
+#         QEMU boot of the same kernel, initrd and a copy of the same root disk
+#         to the same point (port 22 answering + one ssh command), target
+#         <= 1.2x; and vm run -- true on the running VM.
+#
+# The image is built outside the namespace (it needs the Debian mirror). The
+# caller (run.sh) owns WORK and removes it; this script removes its namespace,
+# guests and daemon itself, so a run of only this section leaves nothing.
+set -euo pipefail
+what=$1 work=$2 bin=$3 boots=$4 runs=$5
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bt=$bin/benchtool
+banger=$bin/banger
+ns=bbench-$$
+g=$work/$what
+
+export BANGER_STATE_DIR=$g/s BANGER_RUN_DIR=$g/r BANGER_CONFIG=/dev/null
+export BANGER_VMM=qemu BANGER_ROOT_DISK_METHOD=copy BANGER_NETWORK=auto
+export BANGER_SUBNET=172.31.250.0/24 BANGER_BRIDGE=bbench0
+unset BANGER_FIRECRACKER_BIN BANGER_SOCKET
+export BANGER_IMAGE_CACHE_DIR=${BANGER_IMAGE_CACHE_DIR:-/var/cache/banger/debs}
+key=$BANGER_STATE_DIR/ssh/id_ed25519
+sshopts=(-i "$key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes)
+
+inns() { ip netns exec "$ns" "$@"; }
+
+cleanup() {
+  set +e
+  if ip netns list 2>/dev/null | grep -qw "$ns"; then
+    for v in $(inns "$banger" vm list -q 2>/dev/null); do inns "$banger" vm delete --force "$v" >/dev/null 2>&1; done
+    inns "$banger" daemon stop >/dev/null 2>&1
+    ip netns del "$ns"
+  fi
+  "$banger" daemon stop >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "$what: building the guest image outside the namespace"
+start=$(date +%s.%N)
+"$banger" image build --name default >/dev/null
+"$banger" daemon stop >/dev/null
+echo "image built in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5)s"
+
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+
+say "$what: first boot of vm warm (untimed)"
+inns "$banger" vm run --name warm -- true 2>&1 | grep -v '^warning' || true
+inns "$banger" vm show warm -o json >"$g/warm.json"
+ip=$(sed -n 's/.*"guest_ip": "\([^"]*\)".*/\1/p' "$g/warm.json" | head -1)
+accel=$(sed -n 's/.*"accel": "\([^"]*\)".*/\1/p' "$g/warm.json" | head -1)
+echo "guest $ip, accel $accel"
+
+case $what in
+exec)
+  say "6. per-command overhead against a running guest ($accel)"
+  inns "$bt" time -n "$runs" -label "banger vm exec warm -- true" -save "$g/e_banger" -- "$banger" vm exec warm -- true
+  inns "$bt" time -n "$runs" -label "ssh -i <daemon key> root@guest true" -save "$g/e_ssh" -- ssh "${sshopts[@]}" "root@$ip" true
+  "$bt" ratio -label "exec banger/ssh" -num "$g/e_banger" -den "$g/e_ssh" -target 1.3
+  ;;
+boot)
+  say "7. boot to first SSH command ($accel)"
+  inns "$bt" time -n "$runs" -warmup 1 -label "vm run -- true (VM already running)" -- "$banger" vm run --name warm -- true
+  # The bare boot replays the exact QEMU command line banger used for warm,
+  # on a fresh copy of warm's root disk, with its own QMP socket and console.
+  pid=$(sed -n 's/.*"pid": \([0-9]*\).*/\1/p' "$g/warm.json" | head -1)
+  tr '\0' '\n' <"/proc/$pid/cmdline" >"$g/qemu.argv"
+  vmdir=$(sed -n 's/.*"vm_dir": "\([^"]*\)".*/\1/p' "$g/warm.json" | head -1)
+  inns "$banger" vm stop warm >/dev/null
+  inns "$bt" time -n "$boots" -warmup 0 -label "vm run -- true (new VM, boot)" -save "$g/b_banger" \
+    -after "$banger vm delete --force boot-{i}" -- "$banger" vm run --name boot-{i} -- true
+  inns "$bt" time -n "$boots" -warmup 0 -label "bare qemu boot + ssh true" -save "$g/b_bare" \
+    -- bash "$repo/bench/bare-boot.sh" "$bt" "$g/qemu.argv" "$vmdir/root.img" "$g/bare" "$ip" "$key" "$BANGER_BRIDGE"
+  "$bt" ratio -label "boot banger/bare" -num "$g/b_banger" -den "$g/b_bare" -target 1.2
+  ;;
+esac
