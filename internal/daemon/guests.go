@@ -8,11 +8,13 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"banger/internal/api"
 	"banger/internal/guest"
 	"banger/internal/model"
+	"banger/internal/system"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -87,10 +89,19 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 	}
 	cfg := guest.Config{Addr: p.d.guestAddr(vm), Signer: signer, KnownHostsFile: knownHostsPath(vm), DialTimeout: 2 * time.Second}
 	start := time.Now()
-	c, err = guest.DialRetry(ctx, cfg, wait)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	dctx, exited := p.d.untilVMMExits(wctx, vm)
+	c, err = guest.DialRetry(dctx, cfg, wait)
 	if err != nil {
 		if errors.Is(err, guest.ErrHostKeyChanged) {
 			return nil, api.Errorf(api.CodeConflict, "vm %q: %v", vm.Name, err)
+		}
+		if exited() {
+			// A guest that panicked or powered off will never answer: say so
+			// now instead of after the whole wait.
+			return nil, api.Errorf(api.CodeUnavailable, "vm %q stopped while waiting %s for ssh at %s: its VMM process exited after %s%s", vm.Name, wait, cfg.Addr,
+				time.Since(start).Round(time.Millisecond), consoleTail(vm.Runtime.LogPath))
 		}
 		return nil, api.Errorf(api.CodeUnavailable, "vm %q did not answer ssh at %s after %s: %v%s", vm.Name, cfg.Addr,
 			time.Since(start).Round(time.Millisecond), err, consoleTail(vm.Runtime.LogPath))
@@ -125,7 +136,40 @@ func (p *guestPool) closeAll() {
 	}
 }
 
-// consoleTail renders the last lines of a console log for error messages.
+// untilVMMExits returns a context cancelled when vm's recorded VMM process
+// exits (checked cheaply, by PID and start time, every 250 ms), and a
+// function reporting whether that happened. The watch ends with ctx: callers
+// cancel it once they stop waiting.
+func (d *Daemon) untilVMMExits(ctx context.Context, vm model.VMRecord) (context.Context, func() bool) {
+	h, ok := d.handles.get(vm.ID)
+	if !ok || h.PID == 0 {
+		return ctx, func() bool { return false }
+	}
+	proc := system.Process{PID: h.PID, Start: h.PIDStart}
+	wctx, cancel := context.WithCancel(ctx)
+	var gone atomic.Bool
+	go func() {
+		defer cancel()
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+				if !proc.Alive() {
+					gone.Store(true)
+					return
+				}
+			}
+		}
+	}()
+	return wctx, gone.Load
+}
+
+// consoleTail renders the last lines of a console log for error messages,
+// with a kernel panic line first when the tail starts after it (the panic's
+// stack dump alone fills the tail).
 func consoleTail(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil || len(b) == 0 {
@@ -133,7 +177,14 @@ func consoleTail(path string) string {
 	}
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > 15 {
-		lines = lines[len(lines)-15:]
+		tail := lines[len(lines)-15:]
+		for _, l := range lines[:len(lines)-15] {
+			if strings.Contains(l, "Kernel panic") {
+				tail = append([]string{l, "..."}, tail...)
+				break
+			}
+		}
+		lines = tail
 	}
 	return "\nlast console output (" + path + "):\n  " + strings.Join(lines, "\n  ")
 }
