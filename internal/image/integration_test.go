@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"banger/internal/system"
 )
@@ -121,5 +122,72 @@ func BenchmarkBuildMinimal(b *testing.B) {
 		if _, err := Build(context.Background(), BuildOptions{Dir: dir, CacheDir: testCacheDir, Runner: system.ExecRunner{}}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestIntegrationBuildDebian runs debootstrap, which needs the Debian mirror
+// during the build: it cannot run inside the private network namespace and
+// takes minutes, so it is opt-in: BANGER_TEST_DEBIAN=1 BANGER_TEST_NETNS=1
+// (the latter keeps the test binary in the host's namespace).
+func TestIntegrationBuildDebian(t *testing.T) {
+	requireRoot(t)
+	if os.Getenv("BANGER_TEST_DEBIAN") != "1" {
+		t.Skip("opt-in: set BANGER_TEST_DEBIAN=1 (needs network and debootstrap; minutes)")
+	}
+	if system.InPrivateNetNS() {
+		t.Skip("debootstrap needs the mirror: run with BANGER_TEST_NETNS=1 to stay in the host namespace")
+	}
+	dir := filepath.Join(t.TempDir(), "debian")
+	if os.Getenv("BANGER_TEST_KEEP_IMAGE") != "" {
+		d, err := os.MkdirTemp("", "banger-debian-image-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = filepath.Join(d, "debian")
+		t.Logf("image kept in %s", dir)
+	}
+	start := time.Now()
+	res, err := Build(context.Background(), BuildOptions{
+		Dir: dir, Base: BaseDebian, CacheDir: testCacheDir, Runner: system.ExecRunner{},
+		Packages: []string{"less"},
+		Progress: func(s string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), s) },
+	})
+	if err != nil {
+		t.Fatalf("Build debian: %v", err)
+	}
+	t.Logf("debian image built in %v; notes %q", time.Since(start).Round(time.Millisecond), res.Notes)
+	for _, f := range []string{res.Kernel, res.VMLinux, res.Initrd, res.Rootfs} {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%-12s %6.1f MiB", filepath.Base(f), float64(st.Size())/(1<<20))
+	}
+	ctx := context.Background()
+	r := system.ExecRunner{}
+	if out, err := r.Run(ctx, "e2fsck", "-fn", res.Rootfs); err != nil {
+		t.Errorf("e2fsck -fn rootfs: %v\n%s", err, out)
+	}
+	ls := func(dir string) string {
+		out, err := r.Run(ctx, "debugfs", "-R", "ls -l "+dir, res.Rootfs)
+		if err != nil {
+			t.Fatalf("debugfs ls %s: %v", dir, err)
+		}
+		return string(out)
+	}
+	if l := ls("/usr/sbin"); !strings.Contains(l, "sshd") {
+		t.Errorf("no sshd in /usr/sbin:\n%s", l)
+	}
+	if l := ls("/usr/bin"); !strings.Contains(l, "less") {
+		t.Errorf("extra package less not installed:\n%s", l)
+	}
+	if l := ls("/etc/ssh"); strings.Contains(l, "ssh_host_") {
+		t.Errorf("SSH host keys baked into the image:\n%s", l)
+	}
+	if l := ls("/etc/systemd/system/multi-user.target.wants"); !strings.Contains(l, "banger-setup.service") {
+		t.Errorf("banger-setup.service not enabled:\n%s", l)
+	}
+	if l := ls("/etc"); strings.Contains(l, "resolv.conf") {
+		t.Errorf("host resolv.conf left in the image:\n%s", l)
 	}
 }
