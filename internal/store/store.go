@@ -293,21 +293,37 @@ func (s *Store) DeleteVM(ctx context.Context, id string) error {
 	return err
 }
 
-// UsedAddresses returns every guest IP and vsock CID in use.
+// UsedAddresses returns every guest IP and vsock CID in use. Each comes
+// from its column's unique index alone (a covering index scan), not from
+// the table rows: with thousands of VMs that is most of a create's time.
 func (s *Store) UsedAddresses(ctx context.Context) (ips []string, cids []uint32, err error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT COALESCE(guest_ip,''), COALESCE(vsock_cid,0) FROM vms`)
+	rows, err := s.db.QueryContext(ctx, `SELECT guest_ip FROM vms WHERE guest_ip IS NOT NULL`)
+	if err != nil {
+		return nil, nil, err
+	}
+	for rows.Next() {
+		var ip string
+		if err := rows.Scan(&ip); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		if ip != "" {
+			ips = append(ips, ip)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	rows, err = s.db.QueryContext(ctx, `SELECT vsock_cid FROM vms WHERE vsock_cid IS NOT NULL`)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var ip string
 		var cid int64
-		if err := rows.Scan(&ip, &cid); err != nil {
+		if err := rows.Scan(&cid); err != nil {
 			return nil, nil, err
-		}
-		if ip != "" {
-			ips = append(ips, ip)
 		}
 		if cid != 0 {
 			cids = append(cids, uint32(cid))
