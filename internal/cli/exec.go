@@ -138,11 +138,17 @@ func (a *app) stdinForCommand(interactive bool) io.Reader {
 }
 
 func (a *app) runExec(name string, argv []string, interactive bool) error {
+	return a.runGuest(name, execOptions{argv: argv, stdin: a.stdinForCommand(interactive), stdout: a.stdout, stderr: a.stderr})
+}
+
+// runGuest runs a guest command and turns its outcome into banger's exit:
+// the command's own code, or ExitExecFailed when banger failed.
+func (a *app) runGuest(name string, o execOptions) error {
 	c, err := a.api()
 	if err != nil {
 		return err
 	}
-	code, err := a.execIn(c, name, execOptions{argv: argv, stdin: a.stdinForCommand(interactive), stdout: a.stdout, stderr: a.stderr})
+	code, err := a.execIn(c, name, o)
 	if err != nil {
 		fmt.Fprintln(a.stderr, "banger: "+err.Error())
 		return exitError{ExitExecFailed}
@@ -176,19 +182,7 @@ func (a *app) vmSSHCmd() *cobra.Command {
 			if len(args) > 1 {
 				return a.runExec(args[0], args[1:], false)
 			}
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			code, err := a.execIn(c, args[0], execOptions{stdin: a.stdin, stdout: a.stdout, stderr: a.stderr, tty: true})
-			if err != nil {
-				fmt.Fprintln(a.stderr, "banger: "+err.Error())
-				return exitError{ExitExecFailed}
-			}
-			if code != 0 {
-				return exitError{code}
-			}
-			return nil
+			return a.runGuest(args[0], execOptions{stdin: a.stdin, stdout: a.stdout, stderr: a.stderr, tty: true})
 		},
 	}
 }
