@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -544,5 +545,59 @@ func TestShellQuote(t *testing.T) {
 		if got := ShellQuote(in); got != want {
 			t.Errorf("ShellQuote(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+func TestInteractiveFollowsWindowSize(t *testing.T) {
+	g := newGuest(t, hostShell())
+	ptm, tty, err := system.OpenPTY()
+	if err != nil {
+		t.Skipf("no pty available: %v", err)
+	}
+	defer ptm.Close()
+	defer tty.Close()
+	if err := system.SetTerminalSize(tty, 30, 100); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	resized := make(chan struct{})
+	var once, resizedOnce sync.Once
+	out := &notifyWriter{}
+	out.on = func(s string) {
+		if strings.Contains(s, "30 100") {
+			once.Do(func() {
+				// The user resizes the window: the terminal changes size and
+				// the process gets SIGWINCH.
+				if err := system.SetTerminalSize(tty, 40, 120); err != nil {
+					t.Error(err)
+				}
+				syscall.Kill(os.Getpid(), syscall.SIGWINCH)
+			})
+		}
+		if strings.Contains(s, "40 120") {
+			resizedOnce.Do(func() { close(resized) })
+		}
+	}
+	res := make(chan error, 1)
+	go func() {
+		_, err := g.c.Interactive(ctx, []string{"sh", "-c", "stty size; while read x; do stty size; done"}, tty, out, out)
+		res <- err
+	}()
+	// Each line typed makes the guest print its terminal size again, until
+	// the new size shows.
+	for done := false; !done; {
+		select {
+		case <-resized:
+			done = true
+		case <-ctx.Done():
+			s := out.String()
+			t.Fatalf("guest never saw the new size; output ends %q", s[max(0, len(s)-200):])
+		case <-time.After(20 * time.Millisecond):
+			ptm.Write([]byte("\n"))
+		}
+	}
+	ptm.Write([]byte{4}) // Ctrl-D: EOF for read, the loop ends
+	if err := <-res; err != nil {
+		t.Fatalf("interactive: %v", err)
 	}
 }
