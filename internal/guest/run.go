@@ -29,7 +29,16 @@ func (e *ExitError) Error() string {
 	if msg == "" {
 		msg = "no stderr"
 	}
-	return fmt.Sprintf("guest command %q: exit %d: %s", e.Command, e.Code, msg)
+	return fmt.Sprintf("guest command %q: exit %d: %s", shortCmd(e.Command), e.Code, msg)
+}
+
+// shortCmd keeps error messages readable when the command is a long script.
+func shortCmd(cmd string) string {
+	const limit = 120
+	if len(cmd) <= limit {
+		return cmd
+	}
+	return cmd[:limit] + "..."
 }
 
 // ShellQuote quotes s for a POSIX shell so that it arrives as exactly one
@@ -104,7 +113,7 @@ func (c *Client) Output(ctx context.Context, script string) ([]byte, error) {
 
 func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	if err := ctx.Err(); err != nil {
-		return -1, fmt.Errorf("run %q in guest %s: %w", cmd, c.addr, err)
+		return -1, fmt.Errorf("run %q in guest %s: %w", shortCmd(cmd), c.addr, err)
 	}
 	sess, err := c.conn.NewSession()
 	if err != nil {
@@ -116,7 +125,7 @@ func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout, s
 	}
 	sess.Stdout, sess.Stderr = stdout, stderr
 	if err := sess.Start(cmd); err != nil {
-		return -1, fmt.Errorf("start %q in guest %s: %w", cmd, c.addr, err)
+		return -1, fmt.Errorf("start %q in guest %s: %w", shortCmd(cmd), c.addr, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -138,10 +147,10 @@ func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout, s
 	close(done)
 	code, err := exitCode(waitErr)
 	if ctx.Err() != nil {
-		return code, fmt.Errorf("run %q in guest %s: %w", cmd, c.addr, ctx.Err())
+		return code, fmt.Errorf("run %q in guest %s: %w", shortCmd(cmd), c.addr, ctx.Err())
 	}
 	if err != nil {
-		return code, fmt.Errorf("run %q in guest %s: %w", cmd, c.addr, err)
+		return code, fmt.Errorf("run %q in guest %s: %w", shortCmd(cmd), c.addr, err)
 	}
 	return code, nil
 }

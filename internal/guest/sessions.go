@@ -31,6 +31,16 @@ import (
 //	run, cmd                the two scripts that run it
 const SessionsDir = "/work/.banger/sessions"
 
+// WorkDiskSessionsDir is SessionsDir relative to the work disk's root, for
+// reading sessions from the host with the disk mounted there.
+const WorkDiskSessionsDir = ".banger/sessions"
+
+// SessionLogPath returns the guest path of a session's log, stream being
+// "stdout" or "stderr", under the default SessionsDir.
+func SessionLogPath(id, stream string) string {
+	return path.Join(SessionsDir, id, stream+".log")
+}
+
 // SessionSpec describes a detached guest command.
 type SessionSpec struct {
 	ID    string   // directory name under the sessions root: letters, digits, '.', '_', '-'

@@ -416,3 +416,12 @@ func TestTailOffset(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionPaths(t *testing.T) {
+	if got := filepath.Join("/work", WorkDiskSessionsDir); got != SessionsDir {
+		t.Errorf("work disk dir %s does not match SessionsDir %s", got, SessionsDir)
+	}
+	if got := SessionLogPath("web-1", "stderr"); got != "/work/.banger/sessions/web-1/stderr.log" {
+		t.Errorf("SessionLogPath = %s", got)
+	}
+}
