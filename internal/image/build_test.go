@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"banger/internal/system"
@@ -21,6 +22,7 @@ import (
 // packages), dpkg -x, busybox --list-full and mkfs.ext4, whose tree it
 // records. Any other command fails the test.
 type fakeHost struct {
+	mu        sync.Mutex // Build runs the kernel's dpkg -x concurrently
 	t         *testing.T
 	archive   map[string]fakePkg
 	listsOK   bool   // apt knows packages (false until apt-get update)
@@ -80,6 +82,8 @@ func debFile(name string, p fakePkg) string {
 func (p fakePkg) debContent(name string) []byte { return []byte("deb " + name + " " + p.version) }
 
 func (h *fakeHost) Run(_ context.Context, name string, args ...string) ([]byte, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	argv := append([]string{name}, args...)
 	cmd := strings.Join(argv, " ")
 	h.commands = append(h.commands, cmd)
