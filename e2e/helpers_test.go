@@ -31,6 +31,9 @@ func requireSuite(t *testing.T) {
 	if reason := os.Getenv(skipEnv); reason != "" {
 		t.Skip(reason)
 	}
+	if os.Getenv(binEnv) == "" {
+		t.Skip("suite not prepared: run go test as root without setting " + system.NetNSEnv)
+	}
 	if !system.InPrivateNetNS() {
 		t.Skip("not in a private network namespace (the kernel refused one): guests are never booted on the host's network")
 	}

@@ -27,6 +27,8 @@ const (
 // them does not pay for building binaries and an image.
 var suiteTests = []string{"TestRun", "TestTwoVMs", "TestExecSSHCopy", "TestSessions", "TestDaemonKilled", "TestVMMKilledWhileDaemonDown", "TestBadInput"}
 
+// TestMain prepares the suite as root outside any network namespace, then
+// re-runs the tests in a private one (see suite.Run).
 func TestMain(m *testing.M) {
 	if os.Getenv(system.NetNSEnv) == "1" {
 		// The re-executed child: tests, then the leak check, in the namespace.
@@ -140,12 +142,15 @@ func prepare() (cleanup func(passed bool)) {
 		if err := system.GoBuild(ctx, "./cmd/"+name, filepath.Join(bin, name)); err != nil {
 			// Not a skip: the tree does not build.
 			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+			os.RemoveAll(tmp)
+			os.RemoveAll(run)
 			os.Exit(1)
 		}
 	}
 	built := time.Now()
 	out, errOut, rc := runCLI(nil, 10*time.Minute, "image", "build")
 	if _, _, src := runCLI(nil, 30*time.Second, "daemon", "stop"); src != 0 {
+		killStrays() // it must not outlive this step on the host's network
 		return skip("stopping the image-building daemon failed")
 	}
 	if rc != 0 {
