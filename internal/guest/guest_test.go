@@ -601,3 +601,25 @@ func TestInteractiveFollowsWindowSize(t *testing.T) {
 		t.Fatalf("interactive: %v", err)
 	}
 }
+
+func TestInteractiveLoginShell(t *testing.T) {
+	g := newGuest(t, hostShell())
+	ptm, tty, err := system.OpenPTY()
+	if err != nil {
+		t.Skipf("no pty available: %v", err)
+	}
+	defer ptm.Close()
+	defer tty.Close()
+	// Typed ahead: the shell reads it once it starts.
+	if _, err := ptm.Write([]byte("echo hi-from-$((6*7)); exit 5\n")); err != nil {
+		t.Fatal(err)
+	}
+	out := &notifyWriter{}
+	code, err := g.c.Interactive(testCtx(t), nil, tty, out, out)
+	if err != nil || code != 5 {
+		t.Fatalf("code %d err %v out %q", code, err, out.String())
+	}
+	if !strings.Contains(out.String(), "hi-from-42") {
+		t.Errorf("shell output %q", out.String())
+	}
+}
