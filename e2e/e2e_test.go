@@ -7,8 +7,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -270,6 +272,41 @@ func TestSessions(t *testing.T) {
 		t.Errorf("session send to a stopped VM succeeded")
 	} else if errOut == "" {
 		t.Errorf("session send to a stopped VM failed without a message")
+	}
+}
+
+// TestPortForward: a published host port reaches a server in the guest
+// while it runs, and refuses once it stopped.
+func TestPortForward(t *testing.T) {
+	requireSuite(t)
+	const name = "e2e-port"
+	deleteAtEnd(t, name)
+	mustBanger(t, append(append([]string{"vm", "run", "--name", name, "-p", "127.0.0.1:18080:8080"}, createFlags...), "--",
+		"sh", "-c", "mkdir -p /root/www && echo hello from the guest > /root/www/hello.txt")...)
+	mustBanger(t, "vm", "session", "start", name, "--name", "httpd", "--", "httpd", "-f", "-p", "8080", "-h", "/root/www")
+	if out := mustBanger(t, "vm", "port", name); strings.TrimSpace(out) != "127.0.0.1:18080:8080/tcp" {
+		t.Errorf("vm port lists %q", out)
+	}
+	get := func() (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://127.0.0.1:18080/hello.txt", nil)
+		// No proxy from the environment: the request stays on loopback.
+		resp, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.Status + " " + string(b), err
+	}
+	eventually(t, 20*time.Second, "GET through the forward", func() (bool, string) {
+		got, err := get()
+		return err == nil && got == "200 OK hello from the guest\n", fmt.Sprintf("%q %v", got, err)
+	})
+	mustBanger(t, "vm", "stop", name)
+	if got, err := get(); err == nil {
+		t.Errorf("GET through the forward of a stopped vm answered %q", got)
 	}
 }
 
