@@ -98,9 +98,15 @@ func Build(ctx context.Context, o BuildOptions) (res Result, err error) {
 	}
 	b := &builder{opts: o, base: base, dir: dir, work: filepath.Join(dir, workDirName), r: o.Runner}
 	defer func() {
-		os.RemoveAll(b.work)
+		// Cleanup runs even when ctx is cancelled: it must not be cut short.
+		cleanup := context.WithoutCancel(ctx)
+		if rerr := removeTree(cleanup, b.r, b.work); rerr != nil && err == nil {
+			err = rerr
+		}
 		if err != nil {
-			os.RemoveAll(dir)
+			if rerr := removeTree(cleanup, b.r, dir); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
 			res = Result{}
 			err = fmt.Errorf("building %s image in %s: %w", base, dir, err)
 		}
