@@ -187,14 +187,16 @@ func treeUsage(tree string) (bytes, files int64, err error) {
 }
 
 // makeExt4 writes tree into a new ext4 image with mkfs.ext4 -d (no loop
-// mount, no root needed for the copy itself; owners are kept from the tree).
+// mount; owners and modes are kept from the tree).
 func makeExt4(ctx context.Context, r Runner, tree, out string) error {
 	used, files, err := treeUsage(tree)
 	if err != nil {
 		return fmt.Errorf("sizing rootfs: %w", err)
 	}
 	size := rootfsSize(used, files)
-	if _, err := r.Run(ctx, "mkfs.ext4", "-q", "-F", "-L", "root", "-d", tree, out, fmt.Sprintf("%dk", size>>10)); err != nil {
+	// 4 KiB blocks even though mke2fs picks 1 KiB for small filesystems:
+	// the daemon grows copies of this image to the VM's disk size.
+	if _, err := r.Run(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "root", "-d", tree, out, fmt.Sprintf("%dk", size>>10)); err != nil {
 		os.Remove(out)
 		return fmt.Errorf("making rootfs %s: %w", out, err)
 	}
