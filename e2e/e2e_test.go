@@ -310,6 +310,46 @@ func TestPortForward(t *testing.T) {
 	}
 }
 
+// TestRestartAndRm: the work disk survives vm restart and vm stop/start;
+// vm run --rm leaves nothing.
+func TestRestartAndRm(t *testing.T) {
+	requireSuite(t)
+	const name = "e2e-restart"
+	runVM(t, name)
+	mustBanger(t, "vm", "exec", name, "--", "sh", "-c", "echo kept > /work/note && echo lost > /root/note")
+	before := showVM(t, name)
+	mustBanger(t, "vm", "restart", name)
+	mustBanger(t, "vm", "run", "--name", name, "--", "true") // wait for ssh
+	after := showVM(t, name)
+	if after.Live == nil || !after.Live.Alive || after.Live.Handles.PID == before.Live.Handles.PID {
+		t.Errorf("vm restart: live %+v, want a new VMM process (was %d)", after.Live, before.Live.Handles.PID)
+	}
+	if out := mustBanger(t, "vm", "exec", name, "--", "cat", "/work/note"); out != "kept\n" {
+		t.Errorf("work disk after restart: %q", out)
+	}
+	// "rcS done" is the default image's readiness line on the serial console.
+	if out := mustBanger(t, "vm", "logs", name); !strings.Contains(out, "rcS done") {
+		t.Errorf("vm logs does not show the guest's boot:\n%s", tail(out, 10))
+	}
+	mustBanger(t, "vm", "stop", name)
+	if vm := showVM(t, name); vm.Runtime.State != model.StateStopped {
+		t.Errorf("after vm stop: state %s", vm.Runtime.State)
+	}
+	mustBanger(t, "vm", "start", name)
+	if out := mustBanger(t, "vm", "run", "--name", name, "--", "cat", "/work/note"); out != "kept\n" {
+		t.Errorf("work disk after stop and start: %q", out)
+	}
+
+	const rm = "e2e-rm"
+	deleteAtEnd(t, rm)
+	if out := mustBanger(t, append(append([]string{"vm", "run", "--rm", "--name", rm}, createFlags...), "--", "cat", "/etc/hostname")...); out != rm+"\n" {
+		t.Errorf("vm run --rm output %q", out)
+	}
+	if list := mustBanger(t, "vm", "list", "-q"); strings.Contains(list, rm) {
+		t.Errorf("vm run --rm left the vm: %q", list)
+	}
+}
+
 // TestDaemonKilled: bangerd dies by SIGKILL while a VM runs; the next command
 // starts a new daemon whose reconcile keeps the VM.
 func TestDaemonKilled(t *testing.T) {
