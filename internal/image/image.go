@@ -4,6 +4,25 @@
 // without loop mounts, and an uncompressed vmlinux for Firecracker. It only
 // writes files; the daemon registers them. The recipe follows
 // shared/design/qemu-rig.md.
+//
+// What a guest built here expects and provides (the contract with the VMM
+// drivers and the daemon):
+//   - kernel arguments: Result.BootArgs plus the driver's console=ttyS0,
+//     panic=-1, reboot=t (QEMU microvm) or reboot=k (Firecracker), and
+//     ip=<addr>::<gw>:<mask>:<hostname>:eth0:off[:<dns0>[:<dns1>]], which
+//     guest-setup applies (the kernel has no IP_PNP);
+//   - disks: root on the first virtio disk (/dev/vda), the work disk, when
+//     present, on the second (/dev/vdb), mounted on /work;
+//   - SSH: root with /root/.ssh/authorized_keys, which the daemon writes per
+//     VM; the ed25519 host key is made on first boot and printed on the
+//     console as "banger-hostkey: ssh-ed25519 AAAA..." on every boot;
+//   - console markers: "rcS done <uptime>" when the guest is configured
+//     (SSH follows within a fraction of a second), and on the minimal base
+//     "halt: poweroff|reboot" when it stops;
+//   - stopping: the ACPI power button (QMP system_powerdown) and Ctrl-Alt-Del
+//     (Firecracker's SendCtrlAltDel) stop the guest cleanly. On the minimal
+//     base both sync, unmount /work, remount / read-only and power off or
+//     reboot at once; the debian base leaves them to systemd (seconds).
 package image
 
 import (
