@@ -475,3 +475,21 @@ func TestPackageNameAndDedupe(t *testing.T) {
 		t.Errorf("dedupe = %q", got)
 	}
 }
+
+func TestBuildUnknownPackage(t *testing.T) {
+	asRoot(t)
+	aptUpdated.Store(false)
+	t.Cleanup(func() { aptUpdated.Store(false) })
+	h := newFakeHost(t)
+	dir := filepath.Join(t.TempDir(), "img")
+	_, err := Build(context.Background(), BuildOptions{Dir: dir, Runner: h, Packages: []string{"no-such-package"}})
+	if err == nil || !strings.Contains(err.Error(), "no-such-package") {
+		t.Fatalf("err = %v, want one naming the unknown package", err)
+	}
+	if slices.Contains(h.commands, "apt-get update") {
+		t.Error("an unknown extra package triggered apt-get update")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("failed build left %s", dir)
+	}
+}

@@ -53,8 +53,11 @@ func resolveKernelPackage(ctx context.Context, r Runner) (string, error) {
 // aptUpdated remembers that this process already ran apt-get update.
 var aptUpdated atomic.Bool
 
-// aptRetry runs an apt query; when apt knows no packages at all (a fresh
-// machine that never ran apt-get update) it updates the lists once and retries.
+// aptRetry runs an apt query; when apt does not know the package (a fresh
+// machine that never ran apt-get update) it updates the lists once per
+// process and retries. Only the kernel lookup, which runs first and names a
+// package every Debian amd64 archive has, uses it: a typo in an extra
+// package must not cost an update.
 func aptRetry(ctx context.Context, r Runner, name string, args ...string) ([]byte, error) {
 	out, err := r.Run(ctx, name, args...)
 	if err == nil || !aptListsMissing(out, err) || !aptUpdated.CompareAndSwap(false, true) {
@@ -83,7 +86,7 @@ func resolveDebs(ctx context.Context, r Runner, scratch string, names []string) 
 		return nil, err
 	}
 	defer os.RemoveAll(empty)
-	out, err := aptRetry(ctx, r, "env", append([]string{"-C", empty, "apt-get", "download", "--print-uris"}, names...)...)
+	out, err := r.Run(ctx, "env", append([]string{"-C", empty, "apt-get", "download", "--print-uris"}, names...)...)
 	if err != nil {
 		return nil, fmt.Errorf("resolving packages %s: %w", strings.Join(names, " "), err)
 	}
