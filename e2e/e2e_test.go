@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -16,6 +17,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -145,6 +147,12 @@ func TestExecSSHCopy(t *testing.T) {
 	}
 	if out, _, _ := bangerIn(t, []byte("a\nb\nc\n"), "vm", "ssh", name, "--", "wc", "-l"); strings.TrimSpace(out) != "3" {
 		t.Errorf("stdin through vm ssh wc -l = %q, want 3", out)
+	}
+
+	// Ctrl-C on vm exec reaches the guest command, and the CLI exits as a
+	// shell would report the command killed by SIGINT.
+	if code, errOut, left := interruptExec(t, name); code != 130 || left != "" {
+		t.Errorf("vm exec interrupted: exit %d (want 130), guest processes left %q, stderr %q", code, left, errOut)
 	}
 
 	// A tree with distinct modes and a binary file.
@@ -360,6 +368,7 @@ func TestDaemonKilled(t *testing.T) {
 	if before.Live == nil || !before.Live.Alive || before.Live.Handles.PID == 0 {
 		t.Fatalf("vm not alive before the crash: %+v", before.Live)
 	}
+	mustBanger(t, "vm", "session", "start", name, "--name", "count", "--", "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done")
 	d := daemonPID()
 	if d.PID == 0 {
 		t.Fatal("no bangerd PID in the state directory lock")
@@ -380,6 +389,16 @@ func TestDaemonKilled(t *testing.T) {
 	if out := mustBanger(t, "vm", "ssh", name, "--", "cat", "/etc/hostname"); out != name+"\n" {
 		t.Errorf("vm ssh after daemon crash: %q", out)
 	}
+	// The guest session kept running through the crash: the new daemon
+	// sees it running and its output still grows.
+	if s := sessions(t, name)["count"]; s.Status != model.SessionRunning {
+		t.Errorf("session after daemon crash: %+v, want running", s)
+	}
+	first := mustBanger(t, "vm", "session", "logs", name, "count", "--tail", "1")
+	eventually(t, 10*time.Second, "session output growing after the daemon crash", func() (bool, string) {
+		out, _, _ := banger(t, "vm", "session", "logs", name, "count", "--tail", "1")
+		return out != first && out != "", out
+	})
 	mustBanger(t, "vm", "delete", name)
 	if p, ok := qemuFor(before.Runtime.APISockPath); ok {
 		t.Errorf("qemu %d still runs after vm delete", p.PID)
@@ -507,6 +526,43 @@ func TestBadInput(t *testing.T) {
 	if list := mustBanger(t, "vm", "list", "-q"); strings.Contains(list, name) {
 		t.Errorf("vm delete -f left %q in the list", list)
 	}
+}
+
+// interruptExec runs a long guest command through vm exec, sends the CLI
+// SIGINT once the command runs, and returns the CLI's exit code, its stderr
+// and what remains of the command in the guest.
+func interruptExec(t *testing.T, name string) (code int, stderr, left string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pr, pw := io.Pipe()
+	var errOut bytes.Buffer
+	c, err := system.StartCommand(ctx, system.CommandSpec{
+		Argv:   []string{filepath.Join(os.Getenv(binEnv), "banger"), "vm", "exec", name, "--", "sh", "-c", "echo ready; exec sleep 1234"},
+		Stdout: pw, Stderr: &errOut, Dir: "/",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("vm exec: first line %q, %v", line, err)
+	}
+	go io.Copy(io.Discard, pr)
+	if err := c.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Wait()
+	pw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(mustBanger(t, "vm", "exec", name, "--", "ps", "-o", "pid,args"), "\n") {
+		if strings.Contains(l, "sleep 1234") {
+			left += l + "\n"
+		}
+	}
+	return st.Code, errOut.String(), left
 }
 
 func randomBytes(n int, seed uint64) []byte {
