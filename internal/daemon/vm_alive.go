@@ -37,6 +37,11 @@ func (d *Daemon) processIsVMM(ctx context.Context, vm model.VMRecord, h model.VM
 	if err != nil {
 		return false, err.Error()
 	}
+	// One identification at a time per VM: QEMU's QMP socket serves one
+	// client with a listen backlog of one, so concurrent dials (parallel
+	// execs on one VM) failed with EAGAIN and a live VM read as not running.
+	unlock := identifying.lock(vm.ID)
+	defer unlock()
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if err := drv.Identify(ictx, d.machine(vm, model.Image{}, "", h), p); err != nil {
@@ -53,6 +58,11 @@ func (d *Daemon) FindProcessFor(vm model.VMRecord) (system.Process, bool) {
 	}
 	return drv.FindProcess(d.machine(vm, model.Image{}, "", model.VMHandles{}))
 }
+
+// identifying serialises VMM identification per VM id (see processIsVMM).
+// Package-level rather than a Daemon field: VM ids are unique, and a
+// process runs one daemon outside tests.
+var identifying vmLocks
 
 // vmLocks serialises operations on one VM; different VMs proceed in parallel.
 type vmLocks struct {
