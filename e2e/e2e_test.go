@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -147,6 +148,32 @@ func TestExecSSHCopy(t *testing.T) {
 	}
 	if out, _, _ := bangerIn(t, []byte("a\nb\nc\n"), "vm", "ssh", name, "--", "wc", "-l"); strings.TrimSpace(out) != "3" {
 		t.Errorf("stdin through vm ssh wc -l = %q, want 3", out)
+	}
+
+	// Concurrent commands share the daemon's one SSH connection to the guest
+	// without mixing their streams.
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			want := strings.Repeat(fmt.Sprintf("line %d\n", i), 2000)
+			out, errOut, code := runCLI(nil, cliTimeout, "vm", "exec", name, "--", "sh", "-c", fmt.Sprintf("for j in $(seq 2000); do echo line %d; echo err %d >&2; done; exit %d", i, i, i))
+			if code != i || out != want || errOut != strings.Repeat(fmt.Sprintf("err %d\n", i), 2000) {
+				errs <- fmt.Sprintf("concurrent exec %d: exit %d, stdout %d bytes (want %d), stderr %d bytes: %.300s", i, code, len(out), len(want), len(errOut), errOut)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+
+	// An interactive shell on a terminal: vm ssh NAME with no command.
+	if out, code := interactiveSSH(t, name, "echo $((6*7)) >/dev/tty; exit 3\n"); code != 3 || !strings.Contains(out, "42") {
+		t.Errorf("interactive vm ssh: exit %d (want 3), output %q (want 42 in it)", code, out)
 	}
 
 	// Ctrl-C on vm exec reaches the guest command, and the CLI exits as a
@@ -563,6 +590,42 @@ func interruptExec(t *testing.T, name string) (code int, stderr, left string) {
 		}
 	}
 	return st.Code, errOut.String(), left
+}
+
+// interactiveSSH runs vm ssh NAME on a pseudo-terminal, types input and
+// returns what the terminal showed and the exit code.
+func interactiveSSH(t *testing.T, name, input string) (string, int) {
+	t.Helper()
+	ptm, tty, err := system.OpenPTY()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := system.StartCommand(ctx, system.CommandSpec{Argv: []string{filepath.Join(os.Getenv(binEnv), "banger"), "vm", "ssh", name}, TTY: tty, Dir: "/"})
+	tty.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	copied := make(chan struct{})
+	go func() {
+		io.Copy(&out, ptm) // ends with EIO once the last tty user exits
+		close(copied)
+	}()
+	if _, err := ptm.Write([]byte(input)); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-copied:
+	case <-time.After(5 * time.Second):
+	}
+	return out.String(), st.Code
 }
 
 func randomBytes(n int, seed uint64) []byte {
