@@ -56,6 +56,7 @@ type Daemon struct {
 	locks    vmLocks
 	createMu sync.Mutex // guards name, address and CID allocation
 	handles  *handleCache
+	list     listCache
 	guests   *guestPool
 	extras   *extras // DNS, port forwards (network.go)
 

@@ -127,8 +127,10 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest) (model.V
 		}
 		return model.VMRecord{}, err
 	}
+	d.putVM(vm)
 	if err := d.extras.addPorts(ctx, vm, ports); err != nil {
 		d.store.DeleteVM(ctx, vm.ID)
+		d.dropVM(vm.ID)
 		return model.VMRecord{}, err
 	}
 	d.log.Info("vm created", "vm", vm.Name, "id", vm.ID, "ip", ip)

@@ -26,6 +26,7 @@ func (d *Daemon) commitState(ctx context.Context, vm *model.VMRecord, state mode
 	if err := d.store.UpdateVM(context.WithoutCancel(ctx), vm); err != nil {
 		return fmt.Errorf("recording state %s of vm %q: %w", state, vm.Name, err)
 	}
+	d.putVM(*vm)
 	return nil
 }
 
@@ -433,6 +434,7 @@ func (d *Daemon) deleteLocked(ctx context.Context, vm *model.VMRecord, force boo
 	if err := d.store.DeleteVM(context.WithoutCancel(ctx), vm.ID); err != nil {
 		return err
 	}
+	d.dropVM(vm.ID)
 	d.log.Info("vm deleted", "vm", vm.Name)
 	return nil
 }
