@@ -134,6 +134,10 @@ func (a *app) copyFromGuest(c *api.Client, vm, src, dst string) error {
 		return usageError{errors.New("empty guest path")}
 	}
 	src = path.Clean(src)
+	dst, err := filepath.Abs(dst)
+	if err != nil {
+		return err
+	}
 	name, parent := filepath.Base(dst), filepath.Dir(dst)
 	if st, err := os.Stat(dst); err == nil && st.IsDir() {
 		name, parent = path.Base(src), dst
@@ -145,7 +149,7 @@ func (a *app) copyFromGuest(c *api.Client, vm, src, dst string) error {
 		pr.CloseWithError(err)
 		errc <- err
 	}()
-	err := a.guestRun(c, vm, []string{"tar", "-c", "-f", "-", "-C", path.Dir(src), path.Base(src)}, nil, pw)
+	err = a.guestRun(c, vm, []string{"tar", "-c", "-f", "-", "-C", path.Dir(src), path.Base(src)}, nil, pw)
 	pw.CloseWithError(err)
 	if uerr := <-errc; err == nil {
 		err = uerr

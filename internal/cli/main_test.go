@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/guest"
+	"banger/internal/guest/guesttest"
 	"banger/internal/system"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -159,6 +161,7 @@ func TestScripts(t *testing.T) {
 			"capture":    cmdCapture,
 			"emptydir":   cmdEmptydir,
 			"nofiles":    cmdNofiles,
+			"fakeguest":  cmdFakeguest,
 		},
 	})
 }
@@ -481,4 +484,26 @@ func dirEntriesCheck(ts *testscript.TestScript, neg bool, name string, args []st
 	if len(found) > 0 {
 		ts.Fatalf("%s: %s holds %v", name, args[0], found)
 	}
+}
+
+// fakeguest starts an SSH server on loopback that stands in for every
+// guest of this script's daemon: it accepts the daemon's key (made here
+// first, where the daemon will find it) and runs commands with the host's
+// sh in $WORK/guest. It must run before the daemon starts, since the daemon
+// reads BANGER_TEST_GUEST_ADDR and BANGER_TEST_GUEST_SESSIONS_ROOT at start.
+func cmdFakeguest(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: fakeguest")
+	}
+	keyPath := filepath.Join(ts.Getenv("BANGER_STATE_DIR"), "ssh", "id_ed25519")
+	ts.Check(os.MkdirAll(filepath.Dir(keyPath), 0o700))
+	signer, err := guest.Keygen(keyPath)
+	ts.Check(err)
+	dir := ts.MkAbs("guest")
+	ts.Check(os.MkdirAll(filepath.Join(dir, "sessions"), 0o755))
+	srv, err := guesttest.New(guesttest.Options{ClientKey: signer.PublicKey(), Dir: dir})
+	ts.Check(err)
+	ts.Defer(srv.Close)
+	ts.Setenv("BANGER_TEST_GUEST_ADDR", srv.Addr)
+	ts.Setenv("BANGER_TEST_GUEST_SESSIONS_ROOT", filepath.Join(dir, "sessions"))
 }

@@ -42,6 +42,9 @@ type Deps struct {
 	KVMUsable func() bool
 	// GuestAddr overrides where a VM's SSH server answers (tests with a fake guest).
 	GuestAddr func(vm model.VMRecord) string
+	// GuestSessionsRoot overrides the guest directory of sessions (tests
+	// whose stand-in guest runs on the host).
+	GuestSessionsRoot string
 	// RootMethod is the root-disk method Disks implements (detected when Disks is nil).
 	RootMethod storage.Method
 }

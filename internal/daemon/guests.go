@@ -106,6 +106,9 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 		return nil, api.Errorf(api.CodeUnavailable, "vm %q did not answer ssh at %s after %s: %v%s", vm.Name, cfg.Addr,
 			time.Since(start).Round(time.Millisecond), err, consoleTail(vm.Runtime.LogPath))
 	}
+	if p.d.deps.GuestSessionsRoot != "" {
+		c.SessionsRoot = p.d.deps.GuestSessionsRoot
+	}
 	p.mu.Lock()
 	if old, ok := p.m[vm.ID]; ok {
 		p.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -59,17 +60,40 @@ type Server struct {
 // Start starts a server and stops it when the test ends.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	if opts.ClientKey == nil {
-		t.Fatal("guesttest.Start: Options.ClientKey is required")
-	}
 	if opts.HostKey == nil {
 		opts.HostKey = NewSigner(t)
 	}
-	if opts.Addr == "" {
-		opts.Addr = "127.0.0.1:0"
-	}
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
+	}
+	s, err := New(opts)
+	if err != nil {
+		t.Fatalf("guesttest: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// New starts a server outside a test (e.g. as a testscript command); the
+// caller closes it. ClientKey and Dir are required.
+func New(opts Options) (*Server, error) {
+	if opts.ClientKey == nil {
+		return nil, errors.New("guesttest: Options.ClientKey is required")
+	}
+	if opts.Dir == "" {
+		return nil, errors.New("guesttest: Options.Dir is required")
+	}
+	if opts.HostKey == nil {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		if opts.HostKey, err = ssh.NewSignerFromKey(priv); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Addr == "" {
+		opts.Addr = "127.0.0.1:0"
 	}
 	if opts.Env == nil {
 		opts.Env = os.Environ()
@@ -79,7 +103,7 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
-		t.Fatalf("guesttest: listen %s: %v", opts.Addr, err)
+		return nil, fmt.Errorf("listen %s: %w", opts.Addr, err)
 	}
 	want := opts.ClientKey.Marshal()
 	cfg := &ssh.ServerConfig{
@@ -103,8 +127,7 @@ func Start(t testing.TB, opts Options) *Server {
 	}
 	s.wg.Add(1)
 	go s.accept()
-	t.Cleanup(s.Close)
-	return s
+	return s, nil
 }
 
 // NewSigner returns a fresh ed25519 SSH key.
