@@ -58,10 +58,12 @@ type Daemon struct {
 
 	locks    vmLocks
 	createMu sync.Mutex // guards name, address and CID allocation
-	handles  *handleCache
-	list     listCache
-	guests   *guestPool
-	extras   *extras // DNS, port forwards (network.go)
+	// identifying serialises VMM identification per VM (see processIsVMM).
+	identifying vmLocks
+	handles     *handleCache
+	list        listCache
+	guests      *guestPool
+	extras      *extras // DNS, port forwards (network.go)
 
 	ready      chan struct{}            // closed when startup reconcile finished
 	gates      map[string]chan struct{} // per VM, closed once reconcile processed it; fixed after Serve starts

@@ -40,7 +40,7 @@ func (d *Daemon) processIsVMM(ctx context.Context, vm model.VMRecord, h model.VM
 	// One identification at a time per VM: QEMU's QMP socket serves one
 	// client with a listen backlog of one, so concurrent dials (parallel
 	// execs on one VM) failed with EAGAIN and a live VM read as not running.
-	unlock := identifying.lock(vm.ID)
+	unlock := d.identifying.lock(vm.ID)
 	defer unlock()
 	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -58,11 +58,6 @@ func (d *Daemon) FindProcessFor(vm model.VMRecord) (system.Process, bool) {
 	}
 	return drv.FindProcess(d.machine(vm, model.Image{}, "", model.VMHandles{}))
 }
-
-// identifying serialises VMM identification per VM id (see processIsVMM).
-// Package-level rather than a Daemon field: VM ids are unique, and a
-// process runs one daemon outside tests.
-var identifying vmLocks
 
 // vmLocks serialises operations on one VM; different VMs proceed in parallel.
 type vmLocks struct {

@@ -57,7 +57,21 @@ func dialQMP(ctx context.Context, path string, timeout time.Duration) (*qmpClien
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
+	var conn net.Conn
+	var err error
+	for wait := 5 * time.Millisecond; ; wait = min(wait*2, 100*time.Millisecond) {
+		conn, err = d.DialContext(ctx, "unix", path)
+		// QEMU's QMP socket serves one client at a time with a backlog of
+		// one: EAGAIN means another client has it now, so wait our turn.
+		if err == nil || !errors.Is(err, syscall.EAGAIN) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("dial qmp: %w (monitor busy with another client)", err)
+		case <-time.After(wait):
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dial qmp: %w", err) // the net error names the path
 	}
