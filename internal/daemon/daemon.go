@@ -212,6 +212,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 			releaseMemory()
 		}
 	}()
+	go d.keepConsoles(ctx, 5*time.Second)
 	errc := make(chan error, 1)
 	go func() { errc <- d.server.Serve(d.listener) }()
 	d.log.Info("bangerd serving", "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir, "version", api.Version, "pid", os.Getpid())

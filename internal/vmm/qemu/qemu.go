@@ -381,7 +381,10 @@ func buildArgv(m vmm.Machine, binary string, tscKHz int) ([]string, error) {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		// seccomp: the guest is untrusted and, under TCG, runs inside QEMU's own code.
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-		"-serial", "file:" + m.ConsoleLog,
+		// append=on: the daemon may trim the log from outside (it caps
+		// guest-driven output); QEMU then keeps writing at the end.
+		"-chardev", "file,id=console,path=" + m.ConsoleLog + ",append=on",
+		"-serial", "chardev:console",
 		"-qmp", qmpToken(m.APISock),
 		"-kernel", m.Kernel,
 	}
