@@ -2,7 +2,7 @@
 # Real-guest benchmarks, called by run.sh as root: QEMU guests (TCG unless
 # /dev/kvm works) in a network namespace made here, one guest at a time.
 #
-#   guest.sh exec|boot WORK BIN BOOTS RUNS
+#   guest.sh exec|boot|forward WORK BIN BOOTS RUNS
 #
 #   exec: banger vm exec NAME -- true against a running guest, beside a plain
 #         OpenSSH client with the daemon's key (ratio, target <= 1.3x).
@@ -10,6 +10,10 @@
 #         QEMU boot of the same kernel, initrd and a copy of the same root disk
 #         to the same point (port 22 answering + one ssh command), target
 #         <= 1.2x; and vm run -- true on the running VM.
+#   forward: TCP through a port forward (-p) to the guest beside a direct
+#         connection to the guest: throughput to a guest that counts what
+#         it received and answers after EOF (target >= 0.8x), and round trips
+#         to a guest echo server.
 #
 # The image is built outside the namespace (it needs the Debian mirror). The
 # caller (run.sh) owns WORK and removes it; this script removes its namespace,
@@ -55,7 +59,7 @@ ip netns add "$ns"
 ip -n "$ns" link set lo up
 
 say "$what: first boot of vm warm (untimed)"
-inns "$banger" vm run --name warm -- true 2>&1 | grep -v '^warning' || true
+inns "$banger" vm run --name warm -p 127.0.0.1:19400:9000 -p 127.0.0.1:19401:9001 -- true 2>&1 | grep -v '^warning' || true
 inns "$banger" vm show warm -o json >"$g/warm.json"
 ip=$(sed -n 's/.*"guest_ip": "\([^"]*\)".*/\1/p' "$g/warm.json" | head -1)
 accel=$(sed -n 's/.*"accel": "\([^"]*\)".*/\1/p' "$g/warm.json" | head -1)
@@ -82,5 +86,12 @@ boot)
   inns "$bt" time -n "$boots" -warmup 0 -label "bare qemu boot + ssh true" -save "$g/b_bare" \
     -- bash "$repo/bench/bare-boot.sh" "$bt" "$g/qemu.argv" "$vmdir/root.img" "$g/bare" "$ip" "$key" "$BANGER_BRIDGE"
   "$bt" ratio -label "boot banger/bare" -num "$g/b_banger" -den "$g/b_bare" -target 1.2
+  ;;
+forward)
+  say "forward: TCP through banger's port forward vs direct to the guest ($accel)"
+  inns "$banger" vm exec warm -- sh -c 'printf "#!/bin/sh\nexec wc -c\n" > /tmp/count && chmod +x /tmp/count'
+  inns "$banger" vm session start warm --name count -- sh -c 'while true; do nc -l -p 9000 -e /tmp/count; done' >/dev/null
+  inns "$banger" vm session start warm --name echo -- sh -c 'while true; do nc -l -p 9001 -e /bin/cat; done' >/dev/null
+  inns "$bt" tcp -direct "$ip:9000" -forward 127.0.0.1:19400 -echo-direct "$ip:9001" -echo-forward 127.0.0.1:19401 -rounds "$boots"
   ;;
 esac
