@@ -10,6 +10,8 @@ have losetup || need+=(util-linux)
 have ip || need+=(iproute2)
 have unshare || need+=(util-linux)
 have dpkg-deb || need+=(dpkg)
+have nft || need+=(nftables)          # egress NAT (tested inside a private netns)
+have debootstrap || need+=(debootstrap) # image build --base debian
 have apt-get || { echo "host-deps: not a Debian/Ubuntu host; install qemu-system-x86, e2fsprogs, iproute2 by hand" >&2; exit 0; }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

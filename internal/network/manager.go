@@ -28,8 +28,10 @@ const tapFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR
 type Manager struct {
 	Config Config
 	Logger *slog.Logger // optional
+	Runner Runner       // runs nft for egress NAT; default system.ExecRunner
 
-	mu sync.Mutex
+	mu    sync.Mutex
+	natOn bool // this manager installed the NAT table since the bridge appeared
 }
 
 func (m *Manager) log() *slog.Logger {
@@ -55,9 +57,6 @@ func (m *Manager) ensureBridgeLocked(ctx context.Context) (netlink.Link, error) 
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("ensure bridge %s: %w", cfg.Bridge, err)
-	}
-	if cfg.EgressNAT {
-		return nil, fmt.Errorf("ensure bridge %s: egress NAT is configured but not implemented", cfg.Bridge)
 	}
 	br, err := netlink.LinkByName(cfg.Bridge)
 	switch {
@@ -92,6 +91,12 @@ func (m *Manager) ensureBridgeLocked(ctx context.Context) (netlink.Link, error) 
 		if err := netlink.LinkSetUp(br); err != nil {
 			return nil, fmt.Errorf("set bridge %s up: %w", cfg.Bridge, err)
 		}
+	}
+	if cfg.EgressNAT && !m.natOn {
+		if err := m.ensureNATLocked(ctx, cfg); err != nil {
+			return nil, err
+		}
+		m.natOn = true
 	}
 	return br, nil
 }
@@ -198,6 +203,12 @@ func (m *Manager) ReleaseBridgeIfUnused(ctx context.Context) error {
 	}
 	if err := netlink.LinkDel(br); err != nil && !isNotFound(err) {
 		return fmt.Errorf("delete bridge %s: %w", name, err)
+	}
+	if cfg := m.Config.WithDefaults(); cfg.EgressNAT {
+		if err := m.removeNATLocked(ctx, cfg); err != nil {
+			return err
+		}
+		m.natOn = false
 	}
 	m.log().Info("deleted bridge", "bridge", name)
 	return nil

@@ -365,16 +365,95 @@ func TestConcurrentTaps(t *testing.T) {
 	}
 }
 
-func TestEgressNATRefused(t *testing.T) {
-	// Refused before any netlink call, so this needs no privileges.
-	m := &Manager{Config: Config{Bridge: testBridgePrefix + "nat", EgressNAT: true}}
-	err := m.EnsureBridge(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "NAT") {
-		t.Fatalf("EnsureBridge with EgressNAT = %v, want a not-implemented error", err)
+// With egress NAT on, the bridge comes with banger's nftables table and
+// IPv4 forwarding, and the table goes with the bridge. Rules only, inside the
+// private namespace (it has no uplink); no traffic is sent.
+func TestEgressNATRuleset(t *testing.T) {
+	requireNetNS(t)
+	if _, err := system.LookPath("nft"); err != nil {
+		t.Skip("nft (nftables) not installed")
 	}
-	if err := m.CreateTap(context.Background(), testTapPrefix+"nat"); err == nil {
-		t.Error("CreateTap with EgressNAT = nil, want an error")
+	name := testBridgePrefix + "nat"
+	m := &Manager{Config: Config{Bridge: name, Subnet: netip.MustParsePrefix("10.250.0.0/24"), EgressNAT: true}}
+	ctx := context.Background()
+	if err := m.CreateTap(ctx, testTapPrefix+"nat"); err != nil {
+		t.Fatal(err)
 	}
+	out, err := system.ExecRunner{}.Run(ctx, "nft", "list", "table", "ip", natTable(name))
+	if err != nil {
+		t.Fatalf("nat table missing: %v", err)
+	}
+	for _, want := range []string{"ip saddr 10.250.0.0/24 oifname != \"" + name + "\" masquerade", "iifname \"" + name + "\" accept"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, out)
+		}
+	}
+	if b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(string(b)) != "1" {
+		t.Errorf("ip_forward = %q", b)
+	}
+	// A second tap does not duplicate the rules.
+	m.CreateTap(ctx, testTapPrefix+"nat2")
+	again, _ := system.ExecRunner{}.Run(ctx, "nft", "list", "table", "ip", natTable(name))
+	if strings.Count(string(again), "masquerade") != 1 {
+		t.Errorf("rules duplicated:\n%s", again)
+	}
+	m.DeleteTap(ctx, testTapPrefix+"nat")
+	m.DeleteTap(ctx, testTapPrefix+"nat2")
+	if err := m.ReleaseBridgeIfUnused(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (system.ExecRunner{}).Run(ctx, "nft", "list", "table", "ip", natTable(name)); err == nil {
+		t.Error("nat table outlived the bridge")
+	}
+}
+
+// The exact nft commands, through a recording runner (no privileges).
+func TestNATRules(t *testing.T) {
+	cfg := Config{Bridge: "banger0", Subnet: netip.MustParsePrefix("172.30.0.0/24")}
+	got := natRules(cfg)
+	if got[0][3] != "banger_banger0" || strings.Join(got[2], " ") != "add rule ip banger_banger0 postrouting ip saddr 172.30.0.0/24 oifname != banger0 masquerade" {
+		t.Fatalf("rules: %q", got)
+	}
+	rec := &recRunner{}
+	dir := t.TempDir()
+	old := ipForwardPath
+	ipForwardPath = dir + "/ip_forward"
+	defer func() { ipForwardPath = old }()
+	m := &Manager{Config: cfg, Runner: rec}
+	if err := m.ensureNATLocked(context.Background(), cfg.WithDefaults()); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.calls) != 1+len(got) || rec.calls[0] != "nft delete table ip banger_banger0" {
+		t.Fatalf("calls: %q", rec.calls)
+	}
+	if b, _ := os.ReadFile(ipForwardPath); string(b) != "1\n" {
+		t.Fatalf("ip_forward: %q", b)
+	}
+	// A failing rule removes the half-made table.
+	rec.calls, rec.failOn = nil, "masquerade"
+	if err := m.ensureNATLocked(context.Background(), cfg.WithDefaults()); err == nil {
+		t.Fatal("failure not reported")
+	}
+	if last := rec.calls[len(rec.calls)-1]; last != "nft delete table ip banger_banger0" {
+		t.Fatalf("no cleanup after failure: %q", rec.calls)
+	}
+}
+
+type recRunner struct {
+	calls  []string
+	failOn string
+}
+
+func (r *recRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	c := name + " " + strings.Join(args, " ")
+	r.calls = append(r.calls, c)
+	if r.failOn != "" && strings.Contains(c, r.failOn) {
+		return nil, errors.New("boom")
+	}
+	if strings.Contains(c, "delete table") {
+		return nil, &system.CommandError{Argv: append([]string{name}, args...), ExitCode: 1, Stderr: "Error: No such file or directory", Kind: system.ErrNotFound}
+	}
+	return nil, nil
 }
 
 func TestCanceledContext(t *testing.T) {

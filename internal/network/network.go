@@ -34,9 +34,10 @@ var ErrSubnetFull = errors.New("subnet full")
 type Config struct {
 	Bridge string       // bridge name; DefaultBridge when empty
 	Subnet netip.Prefix // guest subnet; DefaultSubnet when zero
-	// EgressNAT records that guests should reach the outside through the
-	// host. It is not implemented: EnsureBridge refuses it with an error
-	// rather than silently giving guests no egress.
+	// EgressNAT gives guests a way out through the host: while the bridge
+	// exists, an nftables table (banger_<bridge>) masquerades the subnet's
+	// traffic leaving by any other interface, and IPv4 forwarding is on.
+	// Off by default, and in every test.
 	EgressNAT bool
 }
 
