@@ -212,6 +212,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 			releaseMemory()
 		}
 	}()
+	// The SSH key every VM will trust, made on first start (0600).
+	if _, err := d.guests.signerKey(); err != nil {
+		return fmt.Errorf("ssh key %s: %w", d.cfg.SSHKeyPath, err)
+	}
 	go d.keepConsoles(ctx, 5*time.Second)
 	errc := make(chan error, 1)
 	go func() { errc <- d.server.Serve(d.listener) }()
