@@ -40,3 +40,26 @@ func TestTrimLogKeepsTail(t *testing.T) {
 		t.Fatal("small log trimmed")
 	}
 }
+
+func TestCopyFileFrom(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "console.log")
+	var b bytes.Buffer
+	if off, err := copyFileFrom(p, 0, &b); off != 0 || err != nil || b.Len() != 0 {
+		t.Fatalf("missing file: %d %v %q", off, err, b.String())
+	}
+	os.WriteFile(p, []byte("one\ntwo\n"), 0o644)
+	off, _ := copyFileFrom(p, 0, &b)
+	f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString("three\n")
+	f.Close()
+	off, _ = copyFileFrom(p, off, &b)
+	if b.String() != "one\ntwo\nthree\n" || off != 14 {
+		t.Fatalf("follow: %q at %d", b.String(), off)
+	}
+	// Trimmed (or rewritten by a new boot): start again from the top.
+	os.WriteFile(p, []byte("new\n"), 0o644)
+	b.Reset()
+	if off, _ = copyFileFrom(p, off, &b); b.String() != "new\n" || off != 4 {
+		t.Fatalf("after truncation: %q at %d", b.String(), off)
+	}
+}

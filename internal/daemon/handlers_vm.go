@@ -176,61 +176,43 @@ func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
-	f, err := os.Open(vm.Runtime.LogPath)
-	if errors.Is(err, os.ErrNotExist) {
-		if !follow {
-			return writeJSON(w, struct{}{}) // nothing logged yet
-		}
-	} else if err != nil {
-		return err
-	}
 	w.Header().Set("Content-Type", "text/plain")
-	fl, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
+	out := flushWriter{w}
+	var off int64
 	for {
-		if f == nil {
-			f, _ = os.Open(vm.Runtime.LogPath)
+		n, err := copyFileFrom(vm.Runtime.LogPath, off, out)
+		if err != nil {
+			return nil // the client went away
 		}
-		if f != nil {
-			for {
-				n, err := f.Read(buf)
-				if n > 0 {
-					if _, werr := w.Write(buf[:n]); werr != nil {
-						f.Close()
-						return nil
-					}
-				}
-				if err == io.EOF || n == 0 {
-					break
-				}
-				if err != nil {
-					f.Close()
-					return nil
-				}
-			}
-		}
+		off = n
 		if !follow {
-			if f != nil {
-				f.Close()
-			}
 			return nil
-		}
-		if fl != nil {
-			fl.Flush()
 		}
 		select {
 		case <-r.Context().Done():
-			if f != nil {
-				f.Close()
-			}
 			return nil
 		case <-time.After(200 * time.Millisecond):
 		}
 		if _, err := d.store.GetVMByID(r.Context(), vm.ID); err != nil {
-			if f != nil {
-				f.Close()
-			}
-			return nil
+			return nil // deleted
 		}
 	}
+}
+
+// copyFileFrom writes path's bytes from off to its end to w and returns the
+// new offset. A missing file is empty; a file now shorter than off (a new
+// boot, or trimmed by keepConsoles) is read from its start.
+func copyFileFrom(path string, off int64, w io.Writer) (int64, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return off, nil
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() < off {
+		off = 0
+	}
+	n, err := io.Copy(w, io.NewSectionReader(f, off, 1<<62))
+	return off + n, err
 }
