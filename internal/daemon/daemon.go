@@ -58,6 +58,7 @@ type Daemon struct {
 
 	locks    vmLocks
 	createMu sync.Mutex // guards name, address and CID allocation
+	addrs    addrBook   // guarded by createMu
 	// identifying serialises VMM identification per VM (see processIsVMM).
 	identifying vmLocks
 	handles     *handleCache

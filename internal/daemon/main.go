@@ -63,6 +63,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		return 1
 	}
 	logPath := filepath.Join(cfg.StateDir, "bangerd.log")
+	rotateLog(logPath, 32<<20)
 	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
 		fmt.Fprintln(stderr, "bangerd:", err)
@@ -105,4 +106,13 @@ func testHooks(logger *slog.Logger) Deps {
 	}
 	deps.GuestSessionsRoot = os.Getenv("BANGER_TEST_GUEST_SESSIONS_ROOT")
 	return deps
+}
+
+// rotateLog keeps one previous log: at start, a log over max bytes becomes
+// <path>.1 (replacing the older one), so the daemon's log stays bounded
+// across restarts.
+func rotateLog(path string, max int64) {
+	if st, err := os.Stat(path); err == nil && st.Size() > max {
+		os.Rename(path, path+".1")
+	}
 }

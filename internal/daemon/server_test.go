@@ -65,3 +65,35 @@ func TestAPIRoundTripAndEnvelope(t *testing.T) {
 	}
 	_ = http.StatusOK
 }
+
+// Guest addresses and vsock CIDs come from an in-memory book: the lowest free
+// ones, freed by delete, and rebuilt from the store after a restart.
+func TestAddressAllocation(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx := context.Background()
+	create := func(name string) api.VM {
+		t.Helper()
+		vm, err := e.c.CreateVM(ctx, api.CreateVMRequest{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vm
+	}
+	for i, n := range []string{"a", "b", "c"} {
+		vm := create(n)
+		if vm.Runtime.GuestIP != "172.30.0."+itoa(i+2) || vm.Runtime.VSockCID != uint32(i+3) {
+			t.Fatalf("%s got %s cid %d", n, vm.Runtime.GuestIP, vm.Runtime.VSockCID)
+		}
+	}
+	if err := e.c.DeleteVM(ctx, "b", false); err != nil {
+		t.Fatal(err)
+	}
+	if d := create("d"); d.Runtime.GuestIP != "172.30.0.3" || d.Runtime.VSockCID != 4 {
+		t.Fatalf("freed address not reused: %s cid %d", d.Runtime.GuestIP, d.Runtime.VSockCID)
+	}
+	e.crash()
+	e.start()
+	if f := create("f"); f.Runtime.GuestIP != "172.30.0.5" || f.Runtime.VSockCID != 6 {
+		t.Fatalf("after restart: %s cid %d", f.Runtime.GuestIP, f.Runtime.VSockCID)
+	}
+}

@@ -97,14 +97,14 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest) (model.V
 	} else if _, err := d.store.GetVM(ctx, req.Name); err == nil {
 		return model.VMRecord{}, api.Errorf(api.CodeAlreadyExists, "vm %q already exists", req.Name)
 	}
-	ips, cids, err := d.store.UsedAddresses(ctx)
-	if err != nil {
+	if err := d.addrs.loadLocked(ctx, d.store); err != nil {
 		return model.VMRecord{}, err
 	}
-	ip, err := d.allocateIP(ips)
+	ip, err := d.addrs.allocateIPLocked(d.netConfig().Subnet)
 	if err != nil {
 		return model.VMRecord{}, api.Errorf(api.CodeConflict, "allocating a guest address: %v", err)
 	}
+	cid := d.addrs.nextCIDLocked()
 	id := newID()
 	now := d.deps.Now().UTC()
 	dir := vmDir(d.cfg, id)
@@ -114,7 +114,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest) (model.V
 		Runtime: model.VMRuntime{
 			State: model.StateCreated, VMM: vmmName, Accel: accel, RootDiskMethod: string(d.deps.RootMethod),
 			GuestIP: ip, GuestMAC: network.MACFromID(id),
-			APISockPath: apiSockPath(d.cfg, id), VSockPath: vsockPath(d.cfg, id), VSockCID: nextCID(cids),
+			APISockPath: apiSockPath(d.cfg, id), VSockPath: vsockPath(d.cfg, id), VSockCID: cid,
 			LogPath: filepath.Join(dir, "console.log"), MetricsPath: filepath.Join(dir, "metrics.log"),
 			DNSName: req.Name + "." + d.cfg.DNSZone, VMDir: dir, SystemOverlay: filepath.Join(dir, "overlay"),
 			WorkDiskPath: filepath.Join(dir, "work.ext4"),
@@ -128,40 +128,86 @@ func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest) (model.V
 		return model.VMRecord{}, err
 	}
 	d.putVM(vm)
+	d.addrs.takeLocked(vm)
 	if err := d.extras.addPorts(ctx, vm, ports); err != nil {
 		d.store.DeleteVM(ctx, vm.ID)
 		d.dropVM(vm.ID)
+		d.addrs.releaseLocked(vm)
 		return model.VMRecord{}, err
 	}
 	d.log.Info("vm created", "vm", vm.Name, "id", vm.ID, "ip", ip)
 	return vm, nil
 }
 
-func (d *Daemon) allocateIP(used []string) (string, error) {
-	var addrs []netip.Addr
-	for _, s := range used {
+// addrBook is the set of guest addresses and vsock CIDs in use, kept in
+// memory (under createMu) so a create does not scan the table; it is loaded
+// from the store on first use and follows every create and delete.
+type addrBook struct {
+	loaded bool
+	ips    map[netip.Addr]bool
+	cids   map[uint32]bool
+}
+
+func (b *addrBook) loadLocked(ctx context.Context, st *store.Store) error {
+	if b.loaded {
+		return nil
+	}
+	ips, cids, err := st.UsedAddresses(ctx)
+	if err != nil {
+		return err
+	}
+	b.ips, b.cids = make(map[netip.Addr]bool, len(ips)), make(map[uint32]bool, len(cids))
+	for _, s := range ips {
 		if a, err := netip.ParseAddr(s); err == nil {
-			addrs = append(addrs, a)
+			b.ips[a] = true
 		}
 	}
-	a, err := network.AllocateIP(d.netConfig().Subnet, addrs)
+	for _, c := range cids {
+		b.cids[c] = true
+	}
+	b.loaded = true
+	return nil
+}
+
+func (b *addrBook) allocateIPLocked(subnet netip.Prefix) (string, error) {
+	used := make([]netip.Addr, 0, len(b.ips))
+	for a := range b.ips {
+		used = append(used, a)
+	}
+	a, err := network.AllocateIP(subnet, used)
 	if err != nil {
 		return "", err
 	}
 	return a.String(), nil
 }
 
-// nextCID returns the lowest vsock CID >= 3 not in used (0-2 are reserved).
-func nextCID(used []uint32) uint32 {
-	taken := make(map[uint32]bool, len(used))
-	for _, c := range used {
-		taken[c] = true
-	}
+// nextCIDLocked returns the lowest vsock CID >= 3 not in use (0-2 are reserved).
+func (b *addrBook) nextCIDLocked() uint32 {
 	for c := uint32(3); ; c++ {
-		if !taken[c] {
+		if !b.cids[c] {
 			return c
 		}
 	}
+}
+
+func (b *addrBook) takeLocked(vm model.VMRecord) {
+	if !b.loaded {
+		return
+	}
+	if a, err := netip.ParseAddr(vm.Runtime.GuestIP); err == nil {
+		b.ips[a] = true
+	}
+	b.cids[vm.Runtime.VSockCID] = true
+}
+
+func (b *addrBook) releaseLocked(vm model.VMRecord) {
+	if !b.loaded {
+		return
+	}
+	if a, err := netip.ParseAddr(vm.Runtime.GuestIP); err == nil {
+		delete(b.ips, a)
+	}
+	delete(b.cids, vm.Runtime.VSockCID)
 }
 
 // removeVMFiles deletes a VM's directories. The paths come from the VM's id

@@ -435,6 +435,9 @@ func (d *Daemon) deleteLocked(ctx context.Context, vm *model.VMRecord, force boo
 		return err
 	}
 	d.dropVM(vm.ID)
+	d.createMu.Lock()
+	d.addrs.releaseLocked(*vm)
+	d.createMu.Unlock()
 	d.log.Info("vm deleted", "vm", vm.Name)
 	return nil
 }
