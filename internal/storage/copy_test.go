@@ -127,6 +127,42 @@ func TestCopyRootDiskGrown(t *testing.T) {
 	}
 }
 
+// A base whose superblock says it was mounted after its last check makes
+// resize2fs ask for e2fsck first: the grow checks, then resizes.
+func TestCopyRootDiskGrownNeedsCheck(t *testing.T) {
+	requireTools(t, "mkfs.ext4", "debugfs", "e2fsck", "resize2fs")
+	m := realManager(MethodCopy)
+	base := makeBaseImage(t, m)
+	if _, err := m.Runner.Run(context.Background(), "debugfs", "-w", "-R", "ssv mtime 2000000000", base); err != nil {
+		t.Fatal(err)
+	}
+	counting := &countingRunner{Runner: m.Runner}
+	m.Runner = counting
+	p, err := m.CreateRootDisk(context.Background(), "vm1", base, t.TempDir(), 128<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if counting.calls["e2fsck"] != 1 || counting.calls["resize2fs"] != 2 {
+		t.Errorf("calls %v, want resize2fs refused, e2fsck, resize2fs", counting.calls)
+	}
+	if got := fsSize(t, p); got != 128<<20 {
+		t.Errorf("filesystem is %d bytes", got)
+	}
+}
+
+type countingRunner struct {
+	Runner
+	calls map[string]int
+}
+
+func (c *countingRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	if c.calls == nil {
+		c.calls = map[string]int{}
+	}
+	c.calls[name]++
+	return c.Runner.Run(ctx, name, args...)
+}
+
 func TestCopyRootDiskFailureRemovesFile(t *testing.T) {
 	requireTools(t, "e2fsck")
 	m := realManager(MethodCopy)
