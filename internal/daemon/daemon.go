@@ -40,6 +40,9 @@ type Deps struct {
 	Now         func() time.Time
 	// KVMUsable reports whether /dev/kvm works; used by VMM auto-selection.
 	KVMUsable func() bool
+	// WatchEvery is how often the daemon looks for VMs whose VMM exited on
+	// its own (default 2s).
+	WatchEvery time.Duration
 	// GuestAddr overrides where a VM's SSH server answers (tests with a fake guest).
 	GuestAddr func(vm model.VMRecord) string
 	// GuestSessionsRoot overrides the guest directory of sessions (tests
@@ -218,6 +221,14 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		return fmt.Errorf("ssh key %s: %w", d.cfg.SSHKeyPath, err)
 	}
 	go d.keepConsoles(ctx, 5*time.Second)
+	watchEvery := d.deps.WatchEvery
+	if watchEvery <= 0 {
+		watchEvery = 2 * time.Second
+	}
+	go func() {
+		<-d.ready // reconcile seeds the handles first
+		d.watchVMs(ctx, watchEvery)
+	}()
 	errc := make(chan error, 1)
 	go func() { errc <- d.server.Serve(d.listener) }()
 	d.log.Info("bangerd serving", "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir, "version", api.Version, "pid", os.Getpid())

@@ -192,7 +192,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 	placeholder := filepath.Join(base, "dm-placeholder")
 	os.WriteFile(placeholder, make([]byte, 1<<20), 0o644)
 	drv := &firecracker.Driver{Binary: double}
-	e.deps = Deps{KVMUsable: func() bool { return true }}
+	e.deps = Deps{KVMUsable: func() bool { return true }, WatchEvery: 50 * time.Millisecond}
 	if o.dm {
 		e.host = fakehost.New()
 		e.host.SetDMAvailable(true)

@@ -335,3 +335,30 @@ func TestUnbootableImageRefusedBeforeAnything(t *testing.T) {
 	}
 	e.assertNothingLeft(vm)
 }
+
+// The VMM exits on its own while the daemon runs (guest poweroff, crash):
+// the daemon notices, releases dm, loops, tap and sockets, and records it.
+func TestVMMExitNoticedWhileRunning(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true})
+	e.importImage()
+	vm := e.createStarted("shortlived")
+	p, _ := e.vmmProcess(vm)
+	if err := p.Kill(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var got model.VMRecord
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		got, _ = e.d.store.GetVM(context.Background(), "shortlived")
+		if got.Runtime.State == model.StateStopped {
+			break
+		}
+	}
+	if got.Runtime.State != model.StateStopped || !strings.Contains(got.Runtime.LastError, "exited") {
+		t.Fatalf("state %s, last error %q", got.Runtime.State, got.Runtime.LastError)
+	}
+	e.assertNothingLeft(got)
+	// And it starts again.
+	if _, err := e.c.StartVM(context.Background(), "shortlived"); err != nil {
+		t.Fatal(err)
+	}
+}
