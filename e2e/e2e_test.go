@@ -675,3 +675,34 @@ func compareTrees(a, b string) string {
 	slices.Sort(diff)
 	return strings.Join(diff, "\n")
 }
+
+// The guest powers itself off while the daemon runs: the daemon notices the
+// VMM's exit, records the VM stopped and releases its tap and sockets.
+func TestGuestPoweroff(t *testing.T) {
+	requireSuite(t)
+	const name = "e2e-poweroff"
+	runVM(t, name)
+	before := showVM(t, name)
+	if before.Live == nil || before.Live.Handles.TapDevice == "" {
+		t.Fatalf("vm not alive with a tap: %+v", before.Live)
+	}
+	// The command's connection may drop as the guest goes down.
+	banger(t, "vm", "exec", name, "--", "poweroff")
+	eventually(t, 30*time.Second, "vm recorded stopped after guest poweroff", func() (bool, string) {
+		vm := showVM(t, name)
+		return vm.Runtime.State == model.StateStopped, string(vm.Runtime.State) + " " + vm.Runtime.LastError
+	})
+	after := showVM(t, name)
+	if !strings.Contains(after.Runtime.LastError, "exited") {
+		t.Errorf("last error %q does not say the vm process exited", after.Runtime.LastError)
+	}
+	if links, _ := linkNames(); slices.Contains(links, before.Live.Handles.TapDevice) {
+		t.Errorf("tap %s still exists after the guest powered off", before.Live.Handles.TapDevice)
+	}
+	if _, ok := qemuFor(before.Runtime.APISockPath); ok {
+		t.Error("qemu still running after the guest powered off")
+	}
+	if _, err := os.Lstat(before.Runtime.APISockPath); err == nil {
+		t.Error("api socket left after the guest powered off")
+	}
+}
