@@ -182,6 +182,11 @@ func readTar(r io.Reader, parent, from, to string) error {
 		if !strings.HasPrefix(target, filepath.Clean(parent)+string(filepath.Separator)) && target != filepath.Clean(parent) {
 			return fmt.Errorf("refusing entry %q outside %s", hdr.Name, parent)
 		}
+		// The archive comes from the guest, which is not trusted: never
+		// write through a symlink it made earlier in the same archive.
+		if err := noSymlinkBelow(parent, filepath.Dir(target)); err != nil {
+			return fmt.Errorf("refusing entry %q: %w", hdr.Name, err)
+		}
 		mode := fs.FileMode(hdr.Mode) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 		switch hdr.Typeflag {
 		case tar.TypeDir:
@@ -212,6 +217,27 @@ func readTar(r io.Reader, parent, from, to string) error {
 	}
 	for i := len(dirs) - 1; i >= 0; i-- {
 		os.Chmod(dirs[i].p, dirs[i].m)
+	}
+	return nil
+}
+
+// noSymlinkBelow fails when any existing path component of dir below root
+// is a symbolic link.
+func noSymlinkBelow(root, dir string) error {
+	rel, err := filepath.Rel(root, dir)
+	if err != nil || rel == "." {
+		return err
+	}
+	p := root
+	for _, part := range strings.Split(rel, string(filepath.Separator)) {
+		p = filepath.Join(p, part)
+		st, err := os.Lstat(p)
+		if err != nil {
+			return nil // not made yet: nothing to follow
+		}
+		if st.Mode()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a symbolic link", p)
+		}
 	}
 	return nil
 }
