@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"banger/internal/api"
@@ -126,7 +127,21 @@ func (o *offlineDisk) withSessionDir(ctx context.Context, id string, fn func(dir
 	rel := filepath.Join(".banger", "sessions", id)
 	if os.Geteuid() == 0 {
 		return o.d.deps.Disks.WithImageMounted(ctx, o.vm.Runtime.WorkDiskPath, func(mnt string) error {
-			return fn(filepath.Join(mnt, rel))
+			// The disk is the guest's: no directory on the way may be a
+			// symlink, or it could point the host at its own files.
+			dir := filepath.Join(mnt, rel)
+			for p := mnt; p != dir; {
+				next := filepath.Join(p, strings.SplitN(strings.TrimPrefix(dir, p+"/"), "/", 2)[0])
+				st, err := os.Lstat(next)
+				if err != nil {
+					return api.Errorf(api.CodeNotFound, "session %s has no state on the work disk", id)
+				}
+				if !st.IsDir() {
+					return api.Errorf(api.CodeConflict, "session %s: %s on the work disk is not a directory", id, strings.TrimPrefix(next, mnt))
+				}
+				p = next
+			}
+			return fn(dir)
 		})
 	}
 	tmp, err := os.MkdirTemp("", "banger-session-")

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -476,14 +477,14 @@ func ReadSessionStateDir(dir string) (SessionState, error) {
 	if _, err := os.Stat(dir); err != nil {
 		return st, fmt.Errorf("read session state %s: %w", dir, err)
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "pid")); err == nil {
+	if b, err := readRegular(filepath.Join(dir, "pid")); err == nil {
 		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
 			st.PID = n
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return st, fmt.Errorf("read session state %s: %w", dir, err)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "exit"))
+	b, err := readRegular(filepath.Join(dir, "exit"))
 	if errors.Is(err, os.ErrNotExist) {
 		return st, nil
 	}
@@ -505,7 +506,7 @@ func ReadSessionLogDir(dir, stream string, tail int, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read session log %s: %w", dir, err)
 	}
-	f, err := os.Open(filepath.Join(dir, name))
+	f, err := openRegular(filepath.Join(dir, name))
 	if err != nil {
 		return fmt.Errorf("read session log: %w", err)
 	}
@@ -522,4 +523,36 @@ func ReadSessionLogDir(dir, stream string, tail int, w io.Writer) error {
 		return fmt.Errorf("read session log %s: %w", f.Name(), err)
 	}
 	return nil
+}
+
+// openRegular opens a regular file without following a final symlink: the
+// files read from a stopped VM's disk are written by the guest, which must
+// not be able to point the host at its own files.
+func openRegular(p string) (*os.File, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%s is a symbolic link", p)
+		}
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	return f, nil
+}
+
+func readRegular(p string) ([]byte, error) {
+	f, err := openRegular(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 1<<20))
 }

@@ -425,3 +425,27 @@ func TestSessionPaths(t *testing.T) {
 		t.Errorf("SessionLogPath = %s", got)
 	}
 }
+
+// Files on a stopped VM's disk are the guest's: a symlink there must not
+// make the host read its own files.
+func TestOfflineReadersRefuseSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "host-secret")
+	os.WriteFile(secret, []byte("host only\n"), 0o600)
+	os.Symlink(secret, filepath.Join(dir, "stdout.log"))
+	var b bytes.Buffer
+	err := ReadSessionLogDir(dir, "stdout", 0, &b)
+	if err == nil || b.Len() != 0 {
+		t.Fatalf("symlinked log followed: %q %v", b.String(), err)
+	}
+	os.Symlink(secret, filepath.Join(dir, "exit"))
+	if _, err := ReadSessionStateDir(dir); err == nil {
+		t.Fatal("symlinked exit file followed")
+	}
+	os.Remove(filepath.Join(dir, "stdout.log"))
+	os.WriteFile(filepath.Join(dir, "stdout.log"), []byte("real\n"), 0o644)
+	b.Reset()
+	if err := ReadSessionLogDir(dir, "stdout", 0, &b); err != nil || b.String() != "real\n" {
+		t.Fatalf("regular log: %q %v", b.String(), err)
+	}
+}

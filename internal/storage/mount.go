@@ -20,7 +20,7 @@ func (m *Manager) WithImageMounted(ctx context.Context, image string, fn func(di
 		return fmt.Errorf("mounting image %s: %w", image, err)
 	}
 	// mount -o loop sets autoclear on the loop device, so the unmount frees it.
-	if _, err := m.Runner.Run(ctx, "mount", "-o", "ro,loop,noload", image, dir); err != nil {
+	if _, err := m.Runner.Run(ctx, "mount", "-o", "ro,loop,noload,nosuid,nodev,noexec", image, dir); err != nil {
 		os.Remove(dir)
 		return fmt.Errorf("mounting image %s: %w", image, err)
 	}
