@@ -210,6 +210,11 @@ func (a *app) vmRunCmd() *cobra.Command {
 				if vm, err := c.GetVM(a.ctx, name); err == nil {
 					reused = true
 					wasRunning = vm.Live != nil && vm.Live.Alive
+					for _, fl := range []string{"image", "vmm", "vcpus", "memory", "disk-size", "work-disk-size", "publish"} {
+						if cmd.Flags().Changed(fl) {
+							fmt.Fprintf(a.stderr, "warning: vm %s exists; --%s applies only when vm run creates the vm\n", name, fl)
+						}
+					}
 				} else if !api.IsNotFound(err) {
 					return err
 				}
