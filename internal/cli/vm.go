@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -411,5 +410,3 @@ func (a *app) vmPortCmd() *cobra.Command {
 	}
 	return cmd
 }
-
-var _ = os.Stdin

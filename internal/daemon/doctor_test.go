@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
 	"banger/internal/system"
 )
 
@@ -108,5 +107,4 @@ func TestDoctorAndGCOrphans(t *testing.T) {
 	if err != nil || vm.Live == nil || !vm.Live.Alive {
 		t.Fatalf("live vm hurt by gc: %+v %v", vm.Live, err)
 	}
-	_ = api.Version
 }

@@ -115,22 +115,23 @@ func (d *Daemon) handleVMStart(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, out)
 }
 
-func stopTimeout(req api.StopRequest) (time.Duration, error) {
-	if req.TimeoutSeconds < 0 {
-		return 0, api.Errorf(api.CodeInvalidArgument, "invalid timeout %ds", req.TimeoutSeconds)
+// decodeStop reads a stop (or restart) request and its timeout (default 10s).
+func decodeStop(r *http.Request) (api.StopRequest, time.Duration, error) {
+	var req api.StopRequest
+	if err := decode(r, &req); err != nil {
+		return req, 0, err
 	}
-	if req.TimeoutSeconds == 0 {
-		return 10 * time.Second, nil
+	switch {
+	case req.TimeoutSeconds < 0:
+		return req, 0, api.Errorf(api.CodeInvalidArgument, "invalid timeout %ds", req.TimeoutSeconds)
+	case req.TimeoutSeconds == 0:
+		return req, 10 * time.Second, nil
 	}
-	return time.Duration(req.TimeoutSeconds) * time.Second, nil
+	return req, time.Duration(req.TimeoutSeconds) * time.Second, nil
 }
 
 func (d *Daemon) handleVMStop(w http.ResponseWriter, r *http.Request) error {
-	var req api.StopRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	timeout, err := stopTimeout(req)
+	req, timeout, err := decodeStop(r)
 	if err != nil {
 		return err
 	}
@@ -142,11 +143,7 @@ func (d *Daemon) handleVMStop(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) handleVMRestart(w http.ResponseWriter, r *http.Request) error {
-	var req api.StopRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	timeout, err := stopTimeout(req)
+	req, timeout, err := decodeStop(r)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -250,5 +249,4 @@ func TestPortForwarding(t *testing.T) {
 		t.Fatalf("host port not released after remove: %v", err)
 	}
 	l.Close()
-	_ = netip.Addr{}
 }

@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"net/http"
 	"strings"
 	"testing"
 
@@ -63,7 +62,6 @@ func TestAPIRoundTripAndEnvelope(t *testing.T) {
 	if !api.IsNotFound(err) || e.c.DaemonVersion != api.Version {
 		t.Fatalf("unknown route: %v, header %q", err, e.c.DaemonVersion)
 	}
-	_ = http.StatusOK
 }
 
 // Guest addresses and vsock CIDs come from an in-memory book: the lowest free

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -313,5 +312,3 @@ func (d *Daemon) handleSessionStop(w http.ResponseWriter, r *http.Request) error
 	}
 	return writeJSON(w, gs)
 }
-
-var _ = fmt.Sprintf
