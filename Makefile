@@ -2,7 +2,7 @@
 GO      ?= go
 BIN     ?= $(CURDIR)/bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X banger/internal/api.Version=$(VERSION)
+LDFLAGS := -X github.com/banger-dev/banger/internal/api.Version=$(VERSION)
 
 .PHONY: all build test test-unit vet deps demo bench clean
 

@@ -22,9 +22,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // TestRun: vm run boots a guest and runs one command in it, passing its

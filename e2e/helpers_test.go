@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // cliTimeout bounds one CLI command; a hung command fails its test instead

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // Settings handed from the preparing parent to the re-executed tests.

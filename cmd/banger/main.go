@@ -7,7 +7,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"banger/internal/cli"
+	"github.com/banger-dev/banger/internal/cli"
 )
 
 func main() {

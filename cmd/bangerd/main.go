@@ -7,7 +7,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"banger/internal/daemon"
+	"github.com/banger-dev/banger/internal/daemon"
 )
 
 func main() {

@@ -9,7 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"banger/internal/vmm/firecracker/fcdouble"
+	"github.com/banger-dev/banger/internal/vmm/firecracker/fcdouble"
 )
 
 func main() {

@@ -5,11 +5,11 @@
 package api
 
 import (
-	"banger/internal/model"
+	"github.com/banger-dev/banger/internal/model"
 )
 
 // Version is the version of banger's CLI, daemon and API. Set at build time
-// with -ldflags "-X banger/internal/api.Version=...".
+// with -ldflags "-X github.com/banger-dev/banger/internal/api.Version=...".
 var Version = "0.1.0-dev"
 
 // VersionHeader carries the daemon's version on every response.

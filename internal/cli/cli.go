@@ -14,9 +14,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/system"
 
 	"github.com/spf13/cobra"
 )

@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"banger/internal/api"
+	"github.com/banger-dev/banger/internal/api"
 
 	"github.com/spf13/cobra"
 )

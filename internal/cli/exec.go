@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/api"
+	"github.com/banger-dev/banger/internal/api"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"

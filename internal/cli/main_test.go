@@ -15,10 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/guest"
-	"banger/internal/guest/guesttest"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/guest/guesttest"
+	"github.com/banger-dev/banger/internal/system"
 
 	"github.com/rogpeppe/go-internal/testscript"
 )

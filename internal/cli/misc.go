@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/system"
 
 	"github.com/spf13/cobra"
 )

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
+	"github.com/banger-dev/banger/internal/api"
 )
 
 // cliHarness runs the CLI in this process against one bangerd (auto-started

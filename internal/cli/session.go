@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/model"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
 
 	"github.com/spf13/cobra"
 )

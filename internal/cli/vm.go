@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/storage"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/storage"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/config"
-	"banger/internal/model"
-	"banger/internal/network"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/network"
 )
 
 // Benchmarks of the daemon's request paths that must stay fast with many

@@ -20,12 +20,12 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/model"
-	"banger/internal/storage"
-	"banger/internal/store"
-	"banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/storage"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vmm"
 	"golang.org/x/sys/unix"
 )
 

@@ -6,13 +6,13 @@ import (
 	"os"
 	"time"
 
-	"banger/internal/model"
-	"banger/internal/network"
-	"banger/internal/storage"
-	"banger/internal/system"
-	"banger/internal/vmm"
-	"banger/internal/vmm/firecracker"
-	"banger/internal/vmm/qemu"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/network"
+	"github.com/banger-dev/banger/internal/storage"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
+	"github.com/banger-dev/banger/internal/vmm/qemu"
 )
 
 // VMMDriver is what the daemon needs of a VMM (Firecracker or QEMU).

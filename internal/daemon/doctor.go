@@ -11,10 +11,10 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/model"
-	"banger/internal/storage"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/storage"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // Orphans planted beside a live VM: doctor flags exactly them, gc removes

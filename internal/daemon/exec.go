@@ -10,8 +10,8 @@ import (
 	"net/http"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/guest"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
 )
 
 // handleVMWaitSSH waits until the guest answers SSH (connecting the pool).

@@ -12,12 +12,12 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/model"
-	"banger/internal/network/dns"
-	"banger/internal/network/forward"
-	"banger/internal/store"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/network/dns"
+	"github.com/banger-dev/banger/internal/network/forward"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // extras serves what makes VMs reachable by name and port: DNS records for

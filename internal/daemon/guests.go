@@ -11,10 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/guest"
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 	"golang.org/x/crypto/ssh"
 )
 

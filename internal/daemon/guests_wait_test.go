@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // TestUntilVMMExits: waiting for a guest's SSH ends when its VMM process

@@ -11,9 +11,9 @@ import (
 	"strconv"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // view shows a VM with its live facts. full asks the VMM to confirm identity

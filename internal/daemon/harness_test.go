@@ -12,15 +12,15 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/model"
-	"banger/internal/storage"
-	"banger/internal/system"
-	"banger/internal/system/fakehost"
-	"banger/internal/vmm"
-	"banger/internal/vmm/firecracker"
-	"banger/internal/vmm/firecracker/fcdouble"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/storage"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/system/fakehost"
+	"github.com/banger-dev/banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
+	"github.com/banger-dev/banger/internal/vmm/firecracker/fcdouble"
 )
 
 // The daemontest harness: an in-process daemon on temp dirs, serving its

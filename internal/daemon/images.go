@@ -11,10 +11,10 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/image"
-	"banger/internal/model"
-	"banger/internal/store"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/image"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/store"
 )
 
 func (d *Daemon) imageView(ctx context.Context, im model.Image) api.Image {

@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/model"
-	"banger/internal/system"
-	"banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 func TestStartWritesHandlesAndStopCleansUp(t *testing.T) {

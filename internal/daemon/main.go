@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/model"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/model"
 )
 
 // Main is bangerd's entry point: flags over config over defaults, logs to

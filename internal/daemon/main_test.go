@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // As root, the daemon's tests run in a private network namespace that

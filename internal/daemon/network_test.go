@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/network"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/network"
 
 	mdns "github.com/miekg/dns"
 	"github.com/vishvananda/netlink"

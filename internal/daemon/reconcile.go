@@ -5,8 +5,8 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // awaitReconciled blocks until startup reconcile has processed vm (VMs

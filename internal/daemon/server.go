@@ -11,8 +11,8 @@ import (
 	"strconv"
 	"strings"
 
-	"banger/internal/api"
-	"banger/internal/store"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/store"
 	"golang.org/x/sys/unix"
 )
 

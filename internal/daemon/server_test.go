@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/api"
+	"github.com/banger-dev/banger/internal/api"
 )
 
 func TestAPIRoundTripAndEnvelope(t *testing.T) {

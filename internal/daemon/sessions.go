@@ -12,10 +12,10 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/guest"
-	"banger/internal/model"
-	"banger/internal/store"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/guest"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/store"
 )
 
 func (d *Daemon) handleSessionStart(w http.ResponseWriter, r *http.Request) error {

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // The socket access test proves that the daemon decides who may call it from

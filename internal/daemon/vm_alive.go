@@ -6,8 +6,8 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // vmAlive is the single source of truth for "is this VM alive": recorded

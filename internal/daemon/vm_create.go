@@ -8,10 +8,10 @@ import (
 	"os"
 	"path/filepath"
 
-	"banger/internal/api"
-	"banger/internal/model"
-	"banger/internal/network"
-	"banger/internal/store"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/network"
+	"github.com/banger-dev/banger/internal/store"
 )
 
 // Spec defaults and bounds.

@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // handleCache is the daemon's in-memory view of what is currently true about

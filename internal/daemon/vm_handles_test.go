@@ -9,8 +9,8 @@ import (
 	"sync"
 	"testing"
 
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 func sampleHandles() model.VMHandles {

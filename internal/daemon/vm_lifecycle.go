@@ -9,12 +9,12 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/model"
-	"banger/internal/network"
-	"banger/internal/storage"
-	"banger/internal/store"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/network"
+	"github.com/banger-dev/banger/internal/storage"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // commitState is the only place that assigns a VM's State. It stores the

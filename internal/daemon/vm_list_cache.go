@@ -6,8 +6,8 @@ import (
 	"sort"
 	"sync"
 
-	"banger/internal/api"
-	"banger/internal/model"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
 )
 
 // listCache keeps every VM's list entry (the record as JSON, without live

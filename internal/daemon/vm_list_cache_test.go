@@ -8,7 +8,7 @@ import (
 	"io"
 	"testing"
 
-	"banger/internal/api"
+	"github.com/banger-dev/banger/internal/api"
 )
 
 // The cached list is byte for byte what encoding the store's rows gives,

@@ -4,8 +4,8 @@ import (
 	"context"
 	"time"
 
-	"banger/internal/model"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // watchVMs notices VMs whose VMM exited on its own (the guest powered off,

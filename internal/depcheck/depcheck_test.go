@@ -174,13 +174,13 @@ func f() { sc.ForkExec("", nil, nil); os.StartProcess("", nil, nil); os.Getpid()
 // API; it must not carry the daemon, the store (SQLite), disks, networking or
 // VMM drivers.
 var cliAllowed = map[string]string{
-	"banger/cmd/banger":       "the binary",
-	"banger/internal/cli":     "the CLI",
-	"banger/internal/api":     "the wire",
-	"banger/internal/model":   "plain data",
-	"banger/internal/config":  "settings shared with bangerd",
-	"banger/internal/system":  "LookPath, StartDetached (daemon auto-start), terminal helpers",
-	"banger/internal/storage": "only for storage.ParseSize of --disk-size; it pulls in nothing beyond internal/system today, but the parser belongs with the API (reported)",
+	"github.com/banger-dev/banger/cmd/banger":       "the binary",
+	"github.com/banger-dev/banger/internal/cli":     "the CLI",
+	"github.com/banger-dev/banger/internal/api":     "the wire",
+	"github.com/banger-dev/banger/internal/model":   "plain data",
+	"github.com/banger-dev/banger/internal/config":  "settings shared with bangerd",
+	"github.com/banger-dev/banger/internal/system":  "LookPath, StartDetached (daemon auto-start), terminal helpers",
+	"github.com/banger-dev/banger/internal/storage": "only for storage.ParseSize of --disk-size; it pulls in nothing beyond internal/system today, but the parser belongs with the API (reported)",
 }
 
 // moduleDeps returns every module package reachable from pkg through non-test
@@ -215,8 +215,8 @@ func moduleDeps(t *testing.T, root, pkg string) map[string][]string {
 // TestCLIDoesNotLinkDaemon keeps cmd/banger a thin API client.
 func TestCLIDoesNotLinkDaemon(t *testing.T) {
 	root := moduleRoot(t)
-	deps := moduleDeps(t, root, "banger/cmd/banger")
-	if _, ok := deps["banger/internal/cli"]; !ok {
+	deps := moduleDeps(t, root, "github.com/banger-dev/banger/cmd/banger")
+	if _, ok := deps["github.com/banger-dev/banger/internal/cli"]; !ok {
 		t.Fatalf("cmd/banger does not reach internal/cli (deps %v): the walk is broken", deps)
 	}
 	var names []string
@@ -234,8 +234,8 @@ func TestCLIDoesNotLinkDaemon(t *testing.T) {
 // TestDaemonIsLinkedByBangerd proves the walk sees deep imports: bangerd
 // must reach the daemon, the store and the storage packages.
 func TestDaemonIsLinkedByBangerd(t *testing.T) {
-	deps := moduleDeps(t, moduleRoot(t), "banger/cmd/bangerd")
-	for _, want := range []string{"banger/internal/daemon", "banger/internal/store", "banger/internal/storage"} {
+	deps := moduleDeps(t, moduleRoot(t), "github.com/banger-dev/banger/cmd/bangerd")
+	for _, want := range []string{"github.com/banger-dev/banger/internal/daemon", "github.com/banger-dev/banger/internal/store", "github.com/banger-dev/banger/internal/storage"} {
 		if _, ok := deps[want]; !ok {
 			t.Errorf("cmd/bangerd does not reach %s: the dependency walk misses imports", want)
 		}

@@ -17,8 +17,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"banger/internal/guest/guesttest"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/guest/guesttest"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // testCtx bounds a test that waits for events, so a bug hangs no longer than this.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // forEachShell runs f against the host's sh and against busybox alone.

@@ -15,7 +15,7 @@ import (
 	"sync"
 	"testing"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // fakeHost simulates the host tools Build uses: apt (a small archive of

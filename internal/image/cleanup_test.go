@@ -7,7 +7,7 @@ import (
 	"slices"
 	"testing"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 func TestParseMountsUnder(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 func TestIntegrationBuildMinimal(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // testCacheDir keeps the .debs between test runs so that repeated privileged

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // fakeELF is an ELF-looking payload long enough to span several LZ4 legacy

@@ -7,7 +7,7 @@ import (
 	"os"
 	"strings"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // Runner runs a host tool (system.ExecRunner in production).

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"testing"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // requireTools skips the test when an e2fsprogs tool it runs is missing.

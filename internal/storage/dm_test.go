@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
-	"banger/internal/system/fakehost"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/system/fakehost"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")

@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"strings"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // ListLoopDevices returns every loop device bound on the host, mapped to its

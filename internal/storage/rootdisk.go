@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // RootHandles records the kernel objects behind an active dm root disk, so

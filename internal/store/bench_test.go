@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/model"
+	"github.com/banger-dev/banger/internal/model"
 )
 
 // benchStore is a store with n VM rows shaped like the daemon's. It lives on

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/model"
+	"github.com/banger-dev/banger/internal/model"
 
 	_ "modernc.org/sqlite" // driver "sqlite"
 )

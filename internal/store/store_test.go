@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/model"
+	"github.com/banger-dev/banger/internal/model"
 )
 
 func open(t *testing.T) (*Store, string) {

@@ -13,9 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // client returns an API client for the daemon the environment names.

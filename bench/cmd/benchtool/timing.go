@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // stats summarises a set of durations.

@@ -18,7 +18,7 @@ import (
 	"strings"
 	"sync"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // Host is the simulated host. Its zero value is not usable; call New. It is

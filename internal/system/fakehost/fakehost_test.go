@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/system"
-	"banger/internal/system/fakehost"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/system/fakehost"
 )
 
 type env struct {

@@ -20,7 +20,7 @@ import (
 	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 
-	"banger/internal/vmm/firecracker/fcdouble"
+	"github.com/banger-dev/banger/internal/vmm/firecracker/fcdouble"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/golden")

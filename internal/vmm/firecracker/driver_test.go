@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
-	"banger/internal/vmm/firecracker/fcdouble"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm/firecracker/fcdouble"
 )
 
 func readFile(t *testing.T, path string) string {

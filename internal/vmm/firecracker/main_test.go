@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
-	"banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 // doubleBin is cmd/fc-double, built once for the package's tests.

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata")

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
-	"banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 // Real boots need a guest image. The test binary's root parent process (the

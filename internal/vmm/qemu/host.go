@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // kvmGetAPIVersion is KVM_GET_API_VERSION, _IO(KVMIO=0xAE, 0x00); the stable

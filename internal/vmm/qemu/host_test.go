@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 func TestParseCPUInfoKHz(t *testing.T) {

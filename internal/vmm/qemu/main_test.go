@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/image"
-	"banger/internal/system"
+	"github.com/banger-dev/banger/internal/image"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 func TestMain(m *testing.M) {

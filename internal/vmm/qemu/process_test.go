@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
-	"banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 // fakeVM is a VM run by a fake QEMU process (this test binary, see

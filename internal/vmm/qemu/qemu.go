@@ -16,8 +16,8 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/system"
-	"banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 const (
