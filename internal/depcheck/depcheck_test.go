@@ -14,7 +14,7 @@ import (
 	"testing"
 )
 
-const modulePath = "banger"
+const modulePath = "github.com/banger-dev/banger"
 
 // moduleRoot walks up from the test's working directory to go.mod.
 func moduleRoot(t *testing.T) string {
