@@ -12,6 +12,9 @@ have unshare || need+=(util-linux)
 have dpkg-deb || need+=(dpkg)
 have nft || need+=(nftables)          # egress NAT (tested inside a private netns)
 have debootstrap || need+=(debootstrap) # image build --base debian
+have docker-registry || need+=(docker-registry) # a real OCI registry for the image pull tests (loopback, in a netns)
+have skopeo || need+=(skopeo)         # pushes test images to that registry; pull benchmark baseline
+have umoci || need+=(umoci)           # OCI unpack baseline for the pull benchmark
 have apt-get || { echo "host-deps: not a Debian/Ubuntu host; install qemu-system-x86, e2fsprogs, iproute2 by hand" >&2; exit 0; }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

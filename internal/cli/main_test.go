@@ -90,7 +90,7 @@ func buildHelpers() (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for _, b := range []struct{ pkg, name string }{{"./cmd/bangerd", "bangerd"}, {"./cmd/fc-double", "fc-double"}} {
-		if err := system.GoBuild(ctx, b.pkg, filepath.Join(dir, b.name)); err != nil {
+		if err := system.GoBuild(ctx, b.pkg, filepath.Join(dir, b.name), "bangertest"); err != nil {
 			os.RemoveAll(dir)
 			return "", err
 		}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
-	"github.com/banger-dev/banger/internal/model"
 )
 
 // Main is bangerd's entry point: flags over config over defaults, logs to
@@ -91,21 +90,6 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// testHooks reads the two test-only settings that let the CLI's end-to-end
-// scripts stand a host process in for every guest: BANGER_TEST_GUEST_ADDR
-// (where every VM's SSH server answers) and BANGER_TEST_GUEST_SESSIONS_ROOT
-// (the guest directory of sessions). Unset, as in production, they change
-// nothing.
-func testHooks(logger *slog.Logger) Deps {
-	var deps Deps
-	if addr := os.Getenv("BANGER_TEST_GUEST_ADDR"); addr != "" {
-		logger.Warn("test hook: every vm's ssh is served at " + addr)
-		deps.GuestAddr = func(model.VMRecord) string { return addr }
-	}
-	deps.GuestSessionsRoot = os.Getenv("BANGER_TEST_GUEST_SESSIONS_ROOT")
-	return deps
 }
 
 // rotateLog keeps one previous log: at start, a log over max bytes becomes

@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // GoBuild runs "go build -o out pkg" from the module root, so tests can build
 // helper binaries (such as the Firecracker double) once per run. It fails
 // with ErrNoTool when the go command is not installed.
-func GoBuild(ctx context.Context, pkg, out string) error {
+//
+// Test binaries pass the build tag "bangertest", which compiles in the test
+// hooks (failpoints, stand-in guests) that production builds do not have.
+func GoBuild(ctx context.Context, pkg, out string, tags ...string) error {
 	goBin, err := LookPath("go")
 	if err != nil {
 		return &CommandError{Argv: []string{"go", "build"}, ExitCode: -1, Err: err, Kind: ErrNoTool}
@@ -22,7 +26,11 @@ func GoBuild(ctx context.Context, pkg, out string) error {
 	}
 	// Run from the module root: ExecRunner has no working directory, so go's
 	// -C flag selects it.
-	if _, err := (ExecRunner{}).Run(ctx, goBin, "-C", root, "build", "-o", out, pkg); err != nil {
+	args := []string{"-C", root, "build", "-o", out}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	if _, err := (ExecRunner{}).Run(ctx, goBin, append(args, pkg)...); err != nil {
 		return fmt.Errorf("go build %s: %w", pkg, err)
 	}
 	return nil
