@@ -1,0 +1,27 @@
+package model
+
+import "fmt"
+
+// MaxNameLen is the longest VM, image or session name.
+const MaxNameLen = 32
+
+// ValidateName checks a VM, image or session name: lowercase letters,
+// digits and inner hyphens, 1 to MaxNameLen characters. Kernel resource
+// names come from a VM's id, never from its name, but names still appear in
+// DNS names and paths, which is why the rule is this narrow.
+func ValidateName(name string) error {
+	if len(name) == 0 {
+		return fmt.Errorf("invalid name: empty (use lowercase letters, digits and inner hyphens, 1 to %d characters)", MaxNameLen)
+	}
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("invalid name: %d characters, at most %d", len(name), MaxNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' && i > 0 && i < len(name)-1
+		if !ok {
+			return fmt.Errorf("invalid name %q: use lowercase letters, digits and inner hyphens, 1 to %d characters", name, MaxNameLen)
+		}
+	}
+	return nil
+}
