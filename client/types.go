@@ -1,0 +1,91 @@
+package client
+
+import (
+	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/model"
+)
+
+// The wire types, under names an importing module can use: they are aliases,
+// so values move between this package and banger's own code unchanged.
+type (
+	// VersionResponse is the daemon's answer to Version.
+	VersionResponse = api.VersionResponse
+
+	// VM is a VM as the API shows it: its record plus live facts.
+	VM = api.VM
+	// VMRecord is what a VM is: identity, intent and durable runtime.
+	VMRecord = model.VMRecord
+	// VMSpec is the machine a user asked for.
+	VMSpec = model.VMSpec
+	// VMRuntime is the durable part of a VM's runtime (state, paths, addresses).
+	VMRuntime = model.VMRuntime
+	// VMState is a VM's lifecycle state.
+	VMState = model.VMState
+	// LiveFacts are what is currently true about a VM on the host.
+	LiveFacts = api.LiveFacts
+	// VMHandles are the host objects a running VM holds.
+	VMHandles = model.VMHandles
+
+	// CreateVMRequest asks for a new VM record (CreateVM).
+	CreateVMRequest = api.CreateVMRequest
+	// StopRequest stops or restarts a VM (StopVM, RestartVM).
+	StopRequest = api.StopRequest
+	// WaitSSHRequest bounds WaitSSH.
+	WaitSSHRequest = api.WaitSSHRequest
+	// ExecRequest describes a command to run in a guest (Exec).
+	ExecRequest = api.ExecRequest
+
+	// GuestSession is a long-running guest process and where its logs are.
+	GuestSession = model.GuestSession
+	// SessionStatus is a guest session's status.
+	SessionStatus = model.SessionStatus
+	// StartSessionRequest starts a guest session (StartSession).
+	StartSessionRequest = api.StartSessionRequest
+	// StopSessionRequest signals a guest session (StopSession).
+	StopSessionRequest = api.StopSessionRequest
+
+	// Image is an image as the API shows it: its record and which VMM boots it.
+	Image = api.Image
+	// ImageRecord is the stored part of an Image.
+	ImageRecord = model.Image
+	// ImportImageRequest registers an image from files on the daemon's host.
+	ImportImageRequest = api.ImportImageRequest
+	// BuildImageRequest builds an image from Debian packages (BuildImage).
+	BuildImageRequest = api.BuildImageRequest
+
+	// DoctorReport is the daemon's host check (Doctor).
+	DoctorReport = api.DoctorReport
+	// DoctorCheck is one host check.
+	DoctorCheck = api.DoctorCheck
+	// HostObject is a kernel or filesystem object banger owns.
+	HostObject = api.HostObject
+	// GCResponse lists what GC removed, or would remove.
+	GCResponse = api.GCResponse
+)
+
+// VM states.
+const (
+	StateCreated  = model.StateCreated
+	StateStarting = model.StateStarting
+	StateRunning  = model.StateRunning
+	StateStopping = model.StateStopping
+	StateStopped  = model.StateStopped
+	StateError    = model.StateError
+	StateDeleting = model.StateDeleting
+)
+
+// Guest session statuses.
+const (
+	SessionRunning = model.SessionRunning
+	SessionExited  = model.SessionExited
+	SessionFailed  = model.SessionFailed
+	SessionLost    = model.SessionLost
+)
+
+// MaxBodyBytes is the largest request body the daemon reads, and so the most
+// SendSession can send at once.
+const MaxBodyBytes = api.MaxBodyBytes
+
+// ClientVersion is the version of banger this client was built from. The
+// daemon reports its own in Version and on every response (DaemonVersion).
+func ClientVersion() string { return api.Version }
