@@ -191,9 +191,12 @@ type HostObject struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// GCResponse lists what gc removed (or would remove with dry_run).
+// GCResponse lists what gc removed (or would remove with dry_run), and the
+// orphans it found but left alone (not proven banger's, or their VM being
+// changed), with the reason in Detail.
 type GCResponse struct {
 	DryRun  bool         `json:"dry_run"`
 	Removed []HostObject `json:"removed"`
+	Kept    []HostObject `json:"kept,omitempty"`
 	Errors  []string     `json:"errors,omitempty"`
 }

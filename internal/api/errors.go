@@ -17,6 +17,9 @@ const (
 	CodeConflict        Code = "conflict"
 	CodeInternal        Code = "internal"
 	CodeUnavailable     Code = "unavailable"
+	// CodeNoSpace: the daemon's state disk is full; what could be recorded
+	// was, and the request can be retried once space is freed.
+	CodeNoSpace Code = "no_space"
 )
 
 // Error is an error with a wire code. The daemon returns these; the client
@@ -50,6 +53,8 @@ func HTTPStatus(c Code) int {
 		return http.StatusBadRequest
 	case CodeUnavailable:
 		return http.StatusServiceUnavailable
+	case CodeNoSpace:
+		return http.StatusInsufficientStorage
 	default:
 		return http.StatusInternalServerError
 	}

@@ -4,15 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/engine"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/network"
 )
@@ -25,8 +27,7 @@ import (
 
 // benchDaemon is a daemon on temp dirs (tmpfs when there is one: seeding
 // 10,000 rows with an fsync each is slow on a disk) with n VMs recorded as
-// createVM records them. It does not serve a socket: requests go to its
-// handler directly.
+// CreateVM records them, serving its socket.
 func benchDaemon(b *testing.B, n int) *Daemon {
 	b.Helper()
 	parent := "/dev/shm"
@@ -47,67 +48,76 @@ func benchDaemon(b *testing.B, n int) *Daemon {
 	cfg.Subnet = "10.99.0.0/16"
 	cfg.Finish()
 	ctx := context.Background()
-	d, err := New(ctx, cfg, Deps{KVMUsable: func() bool { return false }}, nil)
+	d, err := New(ctx, cfg, Deps{Deps: engine.Deps{KVMUsable: func() bool { return false }}}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { d.Close() })
-	d.gates = map[string]chan struct{}{}
-	close(d.ready)
-	subnet := d.netConfig().Subnet
+	subnet := engine.NetConfigOf(cfg).Subnet
 	now := time.Now().UTC()
 	ipAddr := subnet.Masked().Addr().Next() // the gateway; guests start after it
 	for i := range n {
-		id := newID()
+		id := fmt.Sprintf("%032x", i+1)
 		ipAddr = ipAddr.Next()
 		if !subnet.Contains(ipAddr) {
 			b.Fatalf("subnet %s too small for %d vms", subnet, n)
 		}
 		ip := ipAddr.String()
 		name := fmt.Sprintf("seed-%05d", i)
-		dir := vmDir(cfg, id)
+		dir := engine.VMDir(cfg, id)
 		vm := model.VMRecord{
 			ID: id, Name: name, Image: "base",
-			Spec: model.VMSpec{VCPUs: defaultVCPUs, MemoryMiB: defaultMemoryMiB, DiskSizeBytes: defaultDiskSize, WorkDiskBytes: defaultWorkDisk},
+			Spec: model.VMSpec{VCPUs: 2, MemoryMiB: 1024, DiskSizeBytes: 8 << 30, WorkDiskBytes: 4 << 30},
 			Runtime: model.VMRuntime{
 				State: model.StateCreated, RootDiskMethod: "copy",
 				GuestIP: ip, GuestMAC: network.MACFromID(id),
-				APISockPath: apiSockPath(cfg, id), VSockPath: vsockPath(cfg, id), VSockCID: uint32(3 + i),
+				APISockPath: filepath.Join(engine.VMRunDir(cfg, id), "api.sock"), VSockPath: filepath.Join(engine.VMRunDir(cfg, id), "vsock.sock"), VSockCID: uint32(3 + i),
 				LogPath: filepath.Join(dir, "console.log"), MetricsPath: filepath.Join(dir, "metrics.log"),
 				DNSName: name + "." + cfg.DNSZone, VMDir: dir, SystemOverlay: filepath.Join(dir, "overlay"),
 				WorkDiskPath: filepath.Join(dir, "work.ext4"),
 			},
 			CreatedAt: now.Add(time.Duration(i) * time.Microsecond), UpdatedAt: now,
 		}
-		if err := d.store.CreateVM(ctx, vm); err != nil {
+		if err := d.Store.CreateVM(ctx, vm); err != nil {
 			b.Fatal(err)
 		}
 	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { d.Serve(sctx); close(done) }()
+	b.Cleanup(func() { cancel(); <-done; d.Close() })
+	<-d.Ready()
 	return d
 }
 
-// serve runs one request through the daemon's routes as root would.
-func serve(h http.Handler, method, path string, body []byte) *httptest.ResponseRecorder {
-	r := httptest.NewRequest(method, path, bytes.NewReader(body))
-	r = r.WithContext(context.WithValue(r.Context(), peerKey, peerCred{ok: true, uid: 0}))
-	w := httptest.NewRecorder()
-	h.ServeHTTP(w, r)
-	return w
+// serve runs one request over the daemon's socket and returns an HTTP
+// status (200 for any success) and the body's size.
+func serve(c *api.Client, method, path string, body []byte) (int, int) {
+	var in any
+	if body != nil {
+		in = bytes.NewReader(body)
+	}
+	rc, err := c.Stream(context.Background(), method, path, in)
+	if err != nil {
+		return 0, 0
+	}
+	defer rc.Close()
+	n, _ := io.Copy(io.Discard, rc)
+	return http.StatusOK, int(n)
 }
 
 func BenchmarkVMList(b *testing.B) {
 	for _, n := range []int{100, 10000} {
 		b.Run(fmt.Sprintf("vms=%d", n), func(b *testing.B) {
 			d := benchDaemon(b, n)
-			h := d.routes()
+			h := &api.Client{Socket: d.cfg.Socket}
 			b.ReportAllocs()
 			var size int
 			for b.Loop() {
-				w := serve(h, http.MethodGet, "/v1/vms", nil)
-				if w.Code != http.StatusOK {
-					b.Fatalf("list: %d %s", w.Code, w.Body.String())
+				code, n := serve(h, http.MethodGet, "/v1/vms", nil)
+				if code != http.StatusOK {
+					b.Fatalf("list: %d", code)
 				}
-				size = w.Body.Len()
+				size = n
 			}
 			b.ReportMetric(float64(size), "bytes/list")
 		})
@@ -118,7 +128,7 @@ func BenchmarkVMList(b *testing.B) {
 // 10,000 VMs, the part of its resident memory a list can grow.
 func BenchmarkVMListHeap(b *testing.B) {
 	d := benchDaemon(b, 10000)
-	h := d.routes()
+	h := &api.Client{Socket: d.cfg.Socket}
 	var ms runtime.MemStats
 	for b.Loop() {
 		serve(h, http.MethodGet, "/v1/vms", nil)
@@ -133,14 +143,13 @@ func BenchmarkVMCreate(b *testing.B) {
 	for _, n := range []int{0, 10000} {
 		b.Run(fmt.Sprintf("vms=%d", n), func(b *testing.B) {
 			d := benchDaemon(b, n)
-			h := d.routes()
+			h := &api.Client{Socket: d.cfg.Socket}
 			i := 0
 			for b.Loop() {
 				body := fmt.Appendf(nil, `{"name":"new-%d"}`, i)
 				i++
-				w := serve(h, http.MethodPost, "/v1/vms", body)
-				if w.Code != http.StatusCreated {
-					b.Fatalf("create: %d %s", w.Code, w.Body.String())
+				if code, _ := serve(h, http.MethodPost, "/v1/vms", body); code != http.StatusOK {
+					b.Fatalf("create: %d", code)
 				}
 			}
 		})

@@ -1,84 +1,62 @@
-// Package daemon is bangerd: it owns the store, the per-VM locks, the
-// in-memory handles cache, and the orchestration of disks, network and VMMs.
-// What a VM IS comes from the store; what is CURRENTLY TRUE comes from the
-// handles cache, rebuilt at startup from handles.json scratch files and the OS.
+// Package daemon wires one bangerd together: the store, the VM engine, the
+// publishers (DNS names, port forwards), the inventory (doctor, gc) and the
+// local API on its unix socket. It runs no VM and serves no route itself.
 package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
-	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/engine"
+	"github.com/banger-dev/banger/internal/inventory"
+	"github.com/banger-dev/banger/internal/localapi"
+	"github.com/banger-dev/banger/internal/network"
+	"github.com/banger-dev/banger/internal/publish"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/store"
-	"github.com/banger-dev/banger/internal/vmm"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm/firecracker"
+	"github.com/banger-dev/banger/internal/vmm/qemu"
 	"golang.org/x/sys/unix"
 )
+
+// Disks is a disk manager serving the engine's root disks and disk files
+// and the inventory's host disks (storage.Manager in production).
+type Disks interface {
+	engine.RootDisks
+	engine.DiskFiles
+	ListDMDevices(ctx context.Context) ([]string, error)
+}
 
 // Deps are the daemon's collaborators. Tests substitute fakes; New fills
 // the real ones for anything left nil.
 type Deps struct {
-	Firecracker VMMDriver
-	QEMU        VMMDriver
-	Disks       DiskManager
-	Network     Networker // nil: VMs get no network device
-	Runner      Runner
-	Now         func() time.Time
-	// KVMUsable reports whether /dev/kvm works; used by VMM auto-selection.
-	KVMUsable func() bool
-	// WatchEvery is how often the daemon looks for VMs whose VMM exited on
-	// its own (default 2s).
-	WatchEvery time.Duration
-	// GuestAddr overrides where a VM's SSH server answers (tests with a fake guest).
-	GuestAddr func(vm model.VMRecord) string
-	// GuestSessionsRoot overrides the guest directory of sessions (tests
-	// whose stand-in guest runs on the host).
-	GuestSessionsRoot string
-	// RootMethod is the root-disk method Disks implements (detected when Disks is nil).
-	RootMethod storage.Method
+	engine.Deps
+	// Disks, when set, serves every disk need (engine and inventory).
+	Disks Disks
 }
 
 // Daemon is one bangerd.
 type Daemon struct {
-	cfg   config.Config
-	deps  Deps
-	log   *slog.Logger
-	store *store.Store
-
-	locks    vmLocks
-	createMu sync.Mutex // guards name, address and CID allocation
-	addrs    addrBook   // guarded by createMu
-	// identifying serialises VMM identification per VM (see processIsVMM).
-	identifying vmLocks
-	handles     *handleCache
-	list        listCache
-	guests      *guestPool
-	extras      *extras // DNS, port forwards (network.go)
-
-	ready      chan struct{}            // closed when startup reconcile finished
-	gates      map[string]chan struct{} // per VM, closed once reconcile processed it; fixed after Serve starts
-	lockFile   *os.File
-	listener   net.Listener
-	server     *http.Server
-	shutdownCh chan struct{}
-	shutOnce   sync.Once
+	Engine    *engine.Engine
+	Store     *store.Store
+	API       *localapi.Server
+	publisher *publish.Publisher
+	cfg       config.Config
+	log       *slog.Logger
+	lockFile  *os.File
 }
 
-// New opens the store and prepares a daemon; Serve starts it.
+// New opens the store under the state-dir lock and wires a daemon; Serve
+// starts it.
 func New(ctx context.Context, cfg config.Config, deps Deps, logger *slog.Logger) (*Daemon, error) {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -87,9 +65,6 @@ func New(ctx context.Context, cfg config.Config, deps Deps, logger *slog.Logger)
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
-	}
-	if l := len(apiSockPath(cfg, "0123456789abcdef0123456789abcdef")); l > 107 {
-		return nil, fmt.Errorf("run dir %s is too long: VM API socket paths would be %d bytes, over the 107-byte unix socket limit", cfg.RunDir, l)
 	}
 	lf, err := lockStateDir(cfg.StateDir)
 	if err != nil {
@@ -100,26 +75,103 @@ func New(ctx context.Context, cfg config.Config, deps Deps, logger *slog.Logger)
 		lf.Close()
 		return nil, err
 	}
-	d := &Daemon{
-		cfg:        cfg,
-		deps:       deps,
-		log:        logger,
-		store:      st,
-		handles:    newHandleCache(),
-		ready:      make(chan struct{}),
-		lockFile:   lf,
-		shutdownCh: make(chan struct{}),
+	d := &Daemon{Store: st, cfg: cfg, log: logger, lockFile: lf}
+	fail := func(err error) (*Daemon, error) {
+		st.Close()
+		lf.Close()
+		return nil, err
 	}
-	d.fillDeps()
-	d.guests = newGuestPool(d)
-	d.extras = newExtras(d)
+	ed := fillDeps(cfg, deps, logger)
+	if d.Engine, err = engine.New(cfg, st, ed, logger); err != nil {
+		return fail(err)
+	}
+	d.publisher = publish.New(publish.Config{
+		Zone: cfg.DNSZone, Upstream: cfg.DNSUpstream, Listen: cfg.DNSListen, Bridge: cfg.Bridge,
+		Gateway: gatewayIf(ed.Network != nil, d.Engine.Gateway()), Runner: ed.Runner, Logger: logger, Resolvctl: true,
+	})
+	d.Engine.Subscribe(d.publisher.Handle)
+	d.Engine.SetPortBinder(d.publisher)
+	var net inventory.Networker
+	if ed.Network != nil {
+		net = ed.Network
+	}
+	inv := &inventory.Inventory{Engine: d.Engine, Config: cfg, Disks: inventoryDisks(deps, ed), Network: net, Runner: ed.Runner, Log: logger}
+	d.API = localapi.New(cfg, d.Engine, inv, logger)
 	return d, nil
 }
 
-// lockStateDir takes the one-daemon-per-state-dir lock.
+func gatewayIf(on bool, gw string) string {
+	if on {
+		return gw
+	}
+	return ""
+}
+
+// inventoryDisks is the disk manager the inventory lists and removes with.
+func inventoryDisks(deps Deps, ed engine.Deps) inventory.HostDisks {
+	if deps.Disks != nil {
+		return deps.Disks
+	}
+	if hd, ok := ed.RootDisks.(inventory.HostDisks); ok {
+		return hd
+	}
+	return &storage.Manager{Runner: ed.Runner, Method: ed.RootMethod}
+}
+
+// fillDeps sets real implementations for every dependency left nil.
+func fillDeps(cfg config.Config, deps Deps, log *slog.Logger) engine.Deps {
+	ed := deps.Deps
+	if deps.Disks != nil {
+		if ed.RootDisks == nil {
+			ed.RootDisks = deps.Disks
+		}
+		if ed.DiskFiles == nil {
+			ed.DiskFiles = deps.Disks
+		}
+	}
+	if ed.Runner == nil {
+		ed.Runner = system.ExecRunner{Logger: log}
+	}
+	if ed.Now == nil {
+		ed.Now = time.Now
+	}
+	if ed.KVMUsable == nil {
+		ed.KVMUsable = qemu.KVMUsable
+	}
+	if ed.Firecracker == nil {
+		ed.Firecracker = &firecracker.Driver{Binary: cfg.FirecrackerBin, Logger: log}
+	}
+	if ed.QEMU == nil {
+		ed.QEMU = &qemu.Driver{Binary: cfg.QEMUBin, Logger: log}
+	}
+	if ed.RootDisks == nil || ed.DiskFiles == nil {
+		method := storage.Method(cfg.RootDiskMethod)
+		if method == "" || method == "auto" {
+			method = storage.DetectMethod(context.Background(), ed.Runner)
+		}
+		m := &storage.Manager{Runner: ed.Runner, Method: method, Logger: log, LockDir: cfg.RunDir}
+		if ed.RootDisks == nil {
+			ed.RootDisks = m
+			ed.RootMethod = method
+		}
+		if ed.DiskFiles == nil {
+			ed.DiskFiles = m
+		}
+	}
+	if ed.RootMethod == "" {
+		ed.RootMethod = storage.MethodCopy
+	}
+	if ed.Network == nil && cfg.Network != "off" && cfg.Network != "false" && os.Geteuid() == 0 {
+		ed.Network = &network.Manager{Config: engine.NetConfigOf(cfg), Logger: log}
+	}
+	return ed
+}
+
+// lockStateDir takes the one-daemon-per-state-dir lock. The lock file is
+// opened without following a symlink: a link planted at its path is refused.
 func lockStateDir(stateDir string) (*os.File, error) {
 	path := filepath.Join(stateDir, "bangerd.lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
 	}
@@ -133,189 +185,46 @@ func lockStateDir(stateDir string) (*os.File, error) {
 	return f, nil
 }
 
-// Listen opens the API socket. A leftover socket is dialed first: an answer
-// means a daemon already serves it; silence means it is stale and removed.
-func (d *Daemon) Listen() error {
-	path := d.cfg.Socket
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	if _, err := os.Lstat(path); err == nil {
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
-			return fmt.Errorf("a daemon already answers on %s", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("remove stale socket %s: %w", path, err)
-		}
-	}
-	// Create the socket with no access, then set owner and mode: there is no
-	// window in which it is world-connectable.
-	old := syscall.Umask(0o177)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", path, err)
-	}
-	l.(*net.UnixListener).SetUnlinkOnClose(true)
-	mode := os.FileMode(0o600)
-	if gid, ok := lookupGroup(d.cfg.Group); ok {
-		if err := os.Chown(path, os.Getuid(), gid); err == nil {
-			mode = 0o660
-		}
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		l.Close()
-		return err
-	}
-	d.listener = l
-	return nil
-}
+// Listen opens the API socket.
+func (d *Daemon) Listen() error { return d.API.Listen() }
 
-func lookupGroup(name string) (int, bool) {
-	if name == "" {
-		return 0, false
-	}
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		return 0, false
-	}
-	gid, err := strconv.Atoi(g.Gid)
-	return gid, err == nil
-}
-
-// Serve runs startup reconcile in the background and serves the API until
-// ctx is done or a shutdown is requested. The API answers while reconcile runs.
+// Serve starts the engine (reconcile in the background, then the
+// publishers) and serves the API until ctx is done or a client asks the
+// daemon to stop. The API answers while reconcile runs.
 func (d *Daemon) Serve(ctx context.Context) error {
-	if d.listener == nil {
-		if err := d.Listen(); err != nil {
-			return err
-		}
-	}
-	d.server = &http.Server{
-		Handler:     d.routes(),
-		ConnContext: peerCredContext,
-		ErrorLog:    slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
-	}
-	// Every VM known now gets a gate before the first request is served, so
-	// no request sees a VM that reconcile has not looked at yet.
-	vms, err := d.store.ListVMs(ctx)
-	if err != nil {
-		return fmt.Errorf("listing vms for reconcile: %w", err)
-	}
-	d.gates = make(map[string]chan struct{}, len(vms))
-	for _, vm := range vms {
-		d.gates[vm.ID] = make(chan struct{})
-	}
-	go func() {
-		d.reconcile(ctx, vms)
-		d.extras.start(ctx)
-		close(d.ready)
-		if len(vms) >= bigListVMs {
-			releaseMemory()
-		}
-	}()
-	// The SSH key every VM will trust, made on first start (0600).
-	if _, err := d.guests.signerKey(); err != nil {
-		return fmt.Errorf("ssh key %s: %w", d.cfg.SSHKeyPath, err)
-	}
-	go d.keepConsoles(ctx, 5*time.Second)
-	watchEvery := d.deps.WatchEvery
-	if watchEvery <= 0 {
-		watchEvery = 2 * time.Second
-	}
-	go func() {
-		<-d.ready // reconcile seeds the handles first
-		d.watchVMs(ctx, watchEvery)
-	}()
-	errc := make(chan error, 1)
-	go func() { errc <- d.server.Serve(d.listener) }()
-	d.log.Info("bangerd serving", "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir, "version", api.Version, "pid", os.Getpid())
-	select {
-	case <-ctx.Done():
-	case <-d.shutdownCh:
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-	}
-	d.log.Info("bangerd shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	d.server.Shutdown(sctx)
-	return nil
-}
-
-// Close releases the store, the extras and the state-dir lock. VMs keep
-// running: they outlive the daemon by design.
-func (d *Daemon) Close() error {
-	d.extras.stop()
-	d.guests.closeAll()
-	err := d.store.Close()
-	if d.lockFile != nil {
-		d.lockFile.Close()
+	err := d.Engine.Start(ectx, func() {
+		ports, err := d.Engine.StoredPorts(ectx)
+		if err != nil {
+			d.log.Error("loading port forwards", "err", err)
+		}
+		var sp []publish.StoredPort
+		for _, p := range ports {
+			sp = append(sp, publish.StoredPort{VMID: p.VMID, Spec: p.Spec})
+		}
+		d.publisher.Start(sp)
+	})
+	if err != nil {
+		return err
 	}
+	d.log.Info("bangerd serving", "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir, "version", api.Version, "pid", os.Getpid())
+	err = d.API.Serve(ectx)
+	d.log.Info("bangerd shutting down")
 	return err
 }
 
 // Ready is closed once startup reconcile finished.
-func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+func (d *Daemon) Ready() <-chan struct{} { return d.Engine.Ready() }
 
-func (d *Daemon) requestShutdown() { d.shutOnce.Do(func() { close(d.shutdownCh) }) }
-
-// Paths derived deterministically from a VM's id.
-
-func vmDir(cfg config.Config, id string) string { return filepath.Join(cfg.StateDir, "vms", id) }
-
-// vmRunDir holds sockets; kept short for the 108-byte unix socket limit.
-func vmRunDir(cfg config.Config, id string) string { return filepath.Join(cfg.RunDir, "vm", id[:16]) }
-
-func apiSockPath(cfg config.Config, id string) string {
-	return filepath.Join(vmRunDir(cfg, id), "api.sock")
-}
-
-func vsockPath(cfg config.Config, id string) string {
-	return filepath.Join(vmRunDir(cfg, id), "vsock.sock")
-}
-
-func handlesPath(vm model.VMRecord) string { return filepath.Join(vm.Runtime.VMDir, "handles.json") }
-
-func knownHostsPath(vm model.VMRecord) string { return filepath.Join(vm.Runtime.VMDir, "known_hosts") }
-
-func rootDiskPath(vm model.VMRecord) string {
-	if vm.Runtime.RootDiskMethod == "dm-snapshot" {
-		return filepath.Join(vm.Runtime.VMDir, "root.cow")
+// Close releases the publishers, the engine's guest connections, the store
+// and the state-dir lock. VMs keep running: they outlive the daemon.
+func (d *Daemon) Close() error {
+	d.publisher.Close()
+	d.Engine.Close()
+	err := d.Store.Close()
+	if d.lockFile != nil {
+		d.lockFile.Close()
 	}
-	return filepath.Join(vm.Runtime.VMDir, "root.img")
-}
-
-// machine describes vm to a VMM driver.
-func (d *Daemon) machine(vm model.VMRecord, im model.Image, rootDev string, h model.VMHandles) vmm.Machine {
-	m := vmm.Machine{
-		ID: vm.ID, Name: vm.Name, VCPUs: vm.Spec.VCPUs, MemoryMiB: vm.Spec.MemoryMiB,
-		Accel:    vm.Runtime.Accel,
-		Kernel:   im.KernelPath,
-		Initrd:   im.InitrdPath,
-		BootArgs: im.BootArgs,
-		RootDisk: rootDev, WorkDisk: vm.Runtime.WorkDiskPath,
-		TapDevice: h.TapDevice, GuestMAC: vm.Runtime.GuestMAC,
-		APISock: vm.Runtime.APISockPath, VSockPath: vm.Runtime.VSockPath, VSockCID: vm.Runtime.VSockCID,
-		ConsoleLog: vm.Runtime.LogPath, MetricsPath: vm.Runtime.MetricsPath,
-		LogPath: filepath.Join(vm.Runtime.VMDir, "vmm.log"),
-	}
-	if vm.Runtime.VMM == "firecracker" {
-		m.Binary = d.cfg.FirecrackerBin
-		if im.VMLinux != "" {
-			m.Kernel = im.VMLinux
-		}
-	} else {
-		m.Binary = d.cfg.QEMUBin
-	}
-	if h.TapDevice != "" {
-		m.GuestIP = vm.Runtime.GuestIP
-		m.GatewayIP = d.gateway()
-		m.Netmask = d.netmask()
-	}
-	return m
+	return err
 }

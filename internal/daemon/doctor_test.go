@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,7 @@ func TestDoctorAndGCOrphans(t *testing.T) {
 	e.importImage()
 	ctx := context.Background()
 	live := e.createStarted("keeper")
-	lh, _ := e.d.handles.get(live.ID)
+	lh := e.handles(live)
 
 	// An orphan VMM: a double serving a socket under our run dir for no VM.
 	orphanDir := filepath.Join(e.cfg.RunDir, "vm", "0badc0de0badc0de")
@@ -56,14 +57,14 @@ func TestDoctorAndGCOrphans(t *testing.T) {
 			t.Errorf("object %+v owned by unknown vm", o)
 		}
 	}
-	want := []string{"process:" + itoa(op.PID), "tap:bgrorphan00000", "loop:" + strings.TrimSpace(string(loop)),
+	want := []string{"process:" + strconv.Itoa(op.PID), "tap:bgrorphan00000", "loop:" + strings.TrimSpace(string(loop)),
 		"rundir:0badc0de0badc0de", "vmdir:0badc0de0badc0de0badc0de0badc0de"}
 	for _, w := range want {
 		if !orphans[w] {
 			t.Errorf("doctor did not flag %s; objects: %+v", w, rep.Objects)
 		}
 	}
-	for _, own := range []string{"tap:" + lh.TapDevice, "process:" + itoa(lh.PID), "dm:" + lh.DMName, "vmdir:" + live.ID} {
+	for _, own := range []string{"tap:" + lh.TapDevice, "process:" + strconv.Itoa(lh.PID), "dm:" + lh.DMName, "vmdir:" + live.ID} {
 		if orphans[own] {
 			t.Errorf("live vm's %s flagged as orphan", own)
 		}

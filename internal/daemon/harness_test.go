@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/engine"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/system"
@@ -151,6 +153,7 @@ type testEnv struct {
 	t       *testing.T
 	cfg     config.Config
 	deps    Deps
+	fc      *switchDriver // the Firecracker driver, replaceable by a test
 	d       *Daemon
 	c       *api.Client
 	host    *fakehost.Host
@@ -192,7 +195,7 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 	placeholder := filepath.Join(base, "dm-placeholder")
 	os.WriteFile(placeholder, make([]byte, 1<<20), 0o644)
 	drv := &firecracker.Driver{Binary: double}
-	e.deps = Deps{KVMUsable: func() bool { return true }, WatchEvery: 50 * time.Millisecond}
+	e.deps = Deps{Deps: engine.Deps{KVMUsable: func() bool { return true }, WatchEvery: 50 * time.Millisecond}}
 	if o.dm {
 		e.host = fakehost.New()
 		e.host.SetDMAvailable(true)
@@ -202,14 +205,16 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		e.deps.Runner = e.host
 		e.deps.Disks = fakeDMDisks{&storage.Manager{Runner: e.host, Method: storage.MethodDM, LockDir: base, BusyBackoff: time.Millisecond}, e.host}
 		e.deps.RootMethod = storage.MethodDM
-		e.deps.Firecracker = devMapDriver{Driver: drv, placeholder: placeholder}
+		e.fc = &switchDriver{VMMDriver: devMapDriver{Driver: drv, placeholder: placeholder}}
+		e.deps.Firecracker = e.fc
 	} else {
 		if _, err := (system.ExecRunner{}).Run(context.Background(), "mkfs.ext4", "-q", "-F", "-L", "root", e.rootfs, "32M"); err != nil {
 			t.Skipf("mkfs.ext4 not usable: %v", err)
 		}
 		e.deps.Disks = &storage.Manager{Runner: system.ExecRunner{}, Method: storage.MethodCopy, LockDir: base}
 		e.deps.RootMethod = storage.MethodCopy
-		e.deps.Firecracker = drv
+		e.fc = &switchDriver{VMMDriver: drv}
+		e.deps.Firecracker = e.fc
 	}
 	if o.network {
 		e.net = newFakeNet(filepath.Join(base, "sys-class-net"))
@@ -264,9 +269,9 @@ func (e *testEnv) crash() {
 func (e *testEnv) cleanup() {
 	// Kill whatever VMM the test left, then stop the daemon.
 	if !e.stopped {
-		vms, _ := e.d.store.ListVMs(context.Background())
+		vms, _ := e.d.Store.ListVMs(context.Background())
 		for _, vm := range vms {
-			e.d.deleteVM(context.Background(), vm.Name, true)
+			e.d.Engine.DeleteVM(context.Background(), vm.Name, true)
 		}
 	}
 	e.crash()
@@ -295,12 +300,63 @@ func (e *testEnv) createStarted(name string) model.VMRecord {
 	if _, err := e.c.StartVM(ctx, name); err != nil {
 		e.t.Fatal(err)
 	}
-	vm, err := e.d.store.GetVM(ctx, name)
+	vm, err := e.d.Store.GetVM(ctx, name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	return vm
 }
+
+// switchDriver is a VMM driver a test can swap while the daemon runs.
+type switchDriver struct {
+	mu sync.Mutex
+	engine.VMMDriver
+	next engine.VMMDriver
+}
+
+func (s *switchDriver) set(d engine.VMMDriver) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.next = d
+}
+
+func (s *switchDriver) cur() engine.VMMDriver {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.next != nil {
+		return s.next
+	}
+	return s.VMMDriver
+}
+
+func (s *switchDriver) Launch(ctx context.Context, m vmm.Machine) (system.Process, error) {
+	return s.cur().Launch(ctx, m)
+}
+
+// handlesPath is where the engine keeps a VM's scratch file.
+func handlesPath(vm model.VMRecord) string { return filepath.Join(vm.Runtime.VMDir, "handles.json") }
+
+// writeHandlesFile plants a scratch file, as a crash or a tamperer would leave it.
+func writeHandlesFile(path string, h model.VMHandles) error {
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
+}
+
+// readHandlesFile reads a VM's scratch file.
+func readHandlesFile(path string) (model.VMHandles, error) {
+	var h model.VMHandles
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return h, err
+	}
+	return h, json.Unmarshal(b, &h)
+}
+
+// handles is what the daemon knows of vm's host objects.
+func (e *testEnv) handles(vm model.VMRecord) model.VMHandles { return e.d.Engine.HandlesHint(vm) }
 
 // vmmProcess finds the double serving vm, if any.
 func (e *testEnv) vmmProcess(vm model.VMRecord) (system.Process, bool) {
@@ -319,7 +375,7 @@ func (e *testEnv) assertNothingLeft(vm model.VMRecord) {
 			e.t.Errorf("%s still exists", p)
 		}
 	}
-	if _, ok := e.d.handles.get(vm.ID); ok {
+	if e.d.Engine.HasRuntime(vm.ID) {
 		e.t.Errorf("handles of %s still cached", vm.Name)
 	}
 	if e.host != nil {

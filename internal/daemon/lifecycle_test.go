@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"syscall"
@@ -9,7 +10,10 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/engine"
+	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/network"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vmm"
 )
@@ -58,7 +62,7 @@ func TestStartWritesHandlesAndStopCleansUp(t *testing.T) {
 			if e.net.bridge {
 				t.Error("bridge kept after its last tap went")
 			}
-			st, _ := e.d.store.GetVM(context.Background(), "web")
+			st, _ := e.d.Store.GetVM(context.Background(), "web")
 			if st.Runtime.State != model.StateStopped {
 				t.Fatalf("state %s", st.Runtime.State)
 			}
@@ -72,8 +76,8 @@ func TestStartWritesHandlesAndStopCleansUp(t *testing.T) {
 			if _, err := os.Stat(vm.Runtime.VMDir); !os.IsNotExist(err) {
 				t.Fatalf("vm dir left: %v", err)
 			}
-			if err := e.d.deleteLocked(context.Background(), &vm, false); err != nil {
-				t.Fatalf("delete of an already deleted vm: %v", err)
+			if err := e.d.Engine.DeleteVM(context.Background(), "web", false); !errors.Is(err, errdefs.ErrNotFound) {
+				t.Fatalf("delete of an already deleted vm: %v, want not found", err)
 			}
 		})
 	}
@@ -83,7 +87,7 @@ func TestStopAfterResourcesRemovedByHand(t *testing.T) {
 	e := newEnv(t, envOpts{dm: true, network: true})
 	e.importImage()
 	vm := e.createStarted("hand")
-	h, _ := e.d.handles.get(vm.ID)
+	h := e.handles(vm)
 	// Someone kills the VMM, removes the dm device and the tap.
 	p, _ := e.vmmProcess(vm)
 	if err := p.Kill(5 * time.Second); err != nil {
@@ -115,21 +119,20 @@ func TestFailedStartUnwinds(t *testing.T) {
 	}
 	// The kernel vanishes after the daemon checked the image and made the
 	// disks, the dm device and the tap: Firecracker refuses PUT /boot-source.
-	drv := e.d.deps.Firecracker
-	e.d.deps.Firecracker = vanishingKernel{VMMDriver: drv, kernel: e.kernel}
-	defer func() { e.d.deps.Firecracker = drv }()
+	e.fc.set(vanishingKernel{VMMDriver: e.fc.VMMDriver, kernel: e.kernel})
+	defer e.fc.set(nil)
 	_, err := e.c.StartVM(ctx, "broken")
 	if err == nil || !strings.Contains(err.Error(), "boot-source") {
 		t.Fatalf("start error %v does not name the failing call", err)
 	}
-	vm, _ := e.d.store.GetVM(ctx, "broken")
+	vm, _ := e.d.Store.GetVM(ctx, "broken")
 	if vm.Runtime.State != model.StateError || !strings.Contains(vm.Runtime.LastError, "boot-source") {
 		t.Fatalf("state %s last error %q", vm.Runtime.State, vm.Runtime.LastError)
 	}
 	e.assertNothingLeft(vm)
 	// Fixed, it starts.
 	os.Rename(e.kernel+".gone", e.kernel)
-	e.d.deps.Firecracker = drv
+	e.fc.set(nil)
 	if _, err := e.c.StartVM(ctx, "broken"); err != nil {
 		t.Fatalf("start after fix: %v", err)
 	}
@@ -144,7 +147,7 @@ func TestTapFailureUnwindsRootDisk(t *testing.T) {
 	if _, err := e.c.StartVM(ctx, "notap"); err == nil || !strings.Contains(err.Error(), "creating tap") {
 		t.Fatalf("start error: %v", err)
 	}
-	vm, _ := e.d.store.GetVM(ctx, "notap")
+	vm, _ := e.d.Store.GetVM(ctx, "notap")
 	e.assertNothingLeft(vm)
 }
 
@@ -154,12 +157,12 @@ func TestPIDReuseNeverAdoptedOrSignalled(t *testing.T) {
 	e := newEnv(t, envOpts{dm: true, network: true})
 	e.importImage()
 	vm := e.createStarted("reuse")
-	h, _ := e.d.handles.get(vm.ID)
+	h := e.handles(vm)
 	e.crash()
 	p, _ := e.vmmProcess(vm)
 	p.Kill(5 * time.Second)
 	// An impostor takes the place: same socket path in its argv, no API.
-	imp, err := system.StartDetached(system.DetachedSpec{Argv: []string{"sh", "-c", "sleep 60", "sh", "--api-sock", vm.Runtime.APISockPath, "--id", vm.ID}})
+	imp, err := system.StartDecoy([]string{"fc-double", "--api-sock", vm.Runtime.APISockPath, "--id", vm.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,11 +170,11 @@ func TestPIDReuseNeverAdoptedOrSignalled(t *testing.T) {
 	h.PID, h.PIDStart = imp.PID, imp.Start
 	writeHandlesFile(handlesPath(vm), h)
 	e.start()
-	got, _ := e.d.store.GetVM(context.Background(), "reuse")
+	got, _ := e.d.Store.GetVM(context.Background(), "reuse")
 	if got.Runtime.State != model.StateStopped {
 		t.Fatalf("impostor adopted: state %s", got.Runtime.State)
 	}
-	if alive, _ := e.d.vmAlive(context.Background(), got); alive {
+	if alive, _ := e.d.Engine.Alive(context.Background(), got); alive {
 		t.Fatal("vmAlive trusts the impostor")
 	}
 	if !imp.Alive() {
@@ -179,9 +182,8 @@ func TestPIDReuseNeverAdoptedOrSignalled(t *testing.T) {
 	}
 	// And a stop or delete never signals it either.
 	writeHandlesFile(handlesPath(got), h)
-	e.d.handles.set(got.ID, h)
 	got.Runtime.State = model.StateRunning
-	e.d.store.UpdateVM(context.Background(), &got)
+	e.d.Store.UpdateVM(context.Background(), &got)
 	if _, err := e.c.StopVM(context.Background(), "reuse", api.StopRequest{Force: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +198,7 @@ func TestDaemonCrashKeepsLiveVM(t *testing.T) {
 	e := newEnv(t, envOpts{dm: true, network: true})
 	e.importImage()
 	vm := e.createStarted("survivor")
-	before, _ := e.d.handles.get(vm.ID)
+	before := e.handles(vm)
 	e.crash()
 	e.start()
 	got, err := e.c.GetVM(context.Background(), "survivor")
@@ -225,7 +227,7 @@ func TestReconcileDemotesDeadVM(t *testing.T) {
 	}
 	p.WaitExit(5 * time.Second)
 	e.start()
-	got, _ := e.d.store.GetVM(context.Background(), "victim")
+	got, _ := e.d.Store.GetVM(context.Background(), "victim")
 	if got.Runtime.State != model.StateStopped || got.Runtime.LastError == "" {
 		t.Fatalf("state %s, last error %q", got.Runtime.State, got.Runtime.LastError)
 	}
@@ -239,56 +241,32 @@ func TestReconcileFromScratchTearsDown(t *testing.T) {
 	ctx := context.Background()
 	e.importImage()
 	e.c.CreateVM(ctx, api.CreateVMRequest{Name: "ghost", DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20})
-	vm, _ := e.d.store.GetVM(ctx, "ghost")
+	vm, _ := e.d.Store.GetVM(ctx, "ghost")
 	os.MkdirAll(vm.Runtime.VMDir, 0o750)
-	cow, err := e.d.deps.Disks.CreateRootDisk(ctx, vm.ID, e.rootfs, vm.Runtime.VMDir, 64<<20)
+	cow, err := e.deps.Disks.CreateRootDisk(ctx, vm.ID, e.rootfs, vm.Runtime.VMDir, 64<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rh, err := e.d.deps.Disks.ActivateRootDisk(ctx, vm.ID, e.rootfs, cow)
+	_, rh, err := e.deps.Disks.ActivateRootDisk(ctx, vm.ID, e.rootfs, cow)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.net.CreateTap(ctx, "bgrghost")
-	h := model.VMHandles{PID: 0, TapDevice: "bgrghost", BaseLoop: rh.BaseLoop, COWLoop: rh.COWLoop, DMName: rh.DMName, DMDev: rh.DMDev}
+	tap := network.TapName(vm.ID)
+	e.net.CreateTap(ctx, tap)
+	h := model.VMHandles{PID: 0, TapDevice: tap, RootHandles: rh}
 	writeHandlesFile(handlesPath(vm), h)
 	vm.Runtime.State, vm.Runtime.VMM = model.StateRunning, "firecracker"
-	e.d.store.UpdateVM(ctx, &vm)
+	e.d.Store.UpdateVM(ctx, &vm)
 	e.crash()
 	if !strings.Contains(e.host.State(), "dm "+rh.DMName) {
 		t.Fatal("setup: no dm device")
 	}
 	e.start()
-	got, _ := e.d.store.GetVM(ctx, "ghost")
+	got, _ := e.d.Store.GetVM(ctx, "ghost")
 	if got.Runtime.State != model.StateStopped {
 		t.Fatalf("state %s", got.Runtime.State)
 	}
 	e.assertNothingLeft(got)
-}
-
-func TestDecideReconcile(t *testing.T) {
-	cases := []struct {
-		state      model.VMState
-		alive, has bool
-		want       reconcileAction
-	}{
-		{model.StateRunning, true, true, actKeep},
-		{model.StateRunning, false, true, actDemote},
-		{model.StateRunning, false, false, actDemote},
-		{model.StateStarting, true, true, actKillAndDemote},
-		{model.StateStarting, false, true, actDemote},
-		{model.StateStopping, false, false, actDemote},
-		{model.StateDeleting, false, false, actFinishDelete},
-		{model.StateStopped, false, false, actNothing},
-		{model.StateStopped, false, true, actKillAndDemote},
-		{model.StateCreated, false, false, actNothing},
-		{model.StateError, true, true, actKillAndDemote},
-	}
-	for _, c := range cases {
-		if got := decideReconcile(c.state, c.alive, c.has); got != c.want {
-			t.Errorf("decideReconcile(%s, alive=%v, handles=%v) = %s, want %s", c.state, c.alive, c.has, got, c.want)
-		}
-	}
 }
 
 func TestInterruptedDeleteFinishedAtStartup(t *testing.T) {
@@ -296,10 +274,10 @@ func TestInterruptedDeleteFinishedAtStartup(t *testing.T) {
 	e.importImage()
 	vm := e.createStarted("halfgone")
 	vm.Runtime.State = model.StateDeleting
-	e.d.store.UpdateVM(context.Background(), &vm)
+	e.d.Store.UpdateVM(context.Background(), &vm)
 	e.crash()
 	e.start()
-	if _, err := e.d.store.GetVM(context.Background(), "halfgone"); err == nil {
+	if _, err := e.d.Store.GetVM(context.Background(), "halfgone"); err == nil {
 		t.Fatal("interrupted delete not finished")
 	}
 	e.assertNothingLeft(vm)
@@ -310,7 +288,7 @@ func TestInterruptedDeleteFinishedAtStartup(t *testing.T) {
 
 // vanishingKernel moves the kernel away just before the VMM is launched.
 type vanishingKernel struct {
-	VMMDriver
+	engine.VMMDriver
 	kernel string
 }
 
@@ -329,7 +307,7 @@ func TestUnbootableImageRefusedBeforeAnything(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cannot be booted by firecracker") {
 		t.Fatalf("start of an unbootable image: %v", err)
 	}
-	vm, _ := e.d.store.GetVM(ctx, "nokernel")
+	vm, _ := e.d.Store.GetVM(ctx, "nokernel")
 	if _, err := os.Stat(vm.Runtime.WorkDiskPath); err == nil {
 		t.Fatal("work disk made for an unbootable image")
 	}
@@ -348,7 +326,7 @@ func TestVMMExitNoticedWhileRunning(t *testing.T) {
 	}
 	var got model.VMRecord
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		got, _ = e.d.store.GetVM(context.Background(), "shortlived")
+		got, _ = e.d.Store.GetVM(context.Background(), "shortlived")
 		if got.Runtime.State == model.StateStopped {
 			break
 		}

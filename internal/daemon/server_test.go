@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -79,7 +80,7 @@ func TestAddressAllocation(t *testing.T) {
 	}
 	for i, n := range []string{"a", "b", "c"} {
 		vm := create(n)
-		if vm.Runtime.GuestIP != "172.30.0."+itoa(i+2) || vm.Runtime.VSockCID != uint32(i+3) {
+		if vm.Runtime.GuestIP != "172.30.0."+strconv.Itoa(i+2) || vm.Runtime.VSockCID != uint32(i+3) {
 			t.Fatalf("%s got %s cid %d", n, vm.Runtime.GuestIP, vm.Runtime.VSockCID)
 		}
 	}

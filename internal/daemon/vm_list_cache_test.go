@@ -27,13 +27,17 @@ func TestListCacheMatchesStore(t *testing.T) {
 		return b
 	}
 	fresh := func() []byte {
-		vms, err := e.d.store.ListVMs(ctx)
+		vms, err := e.d.Store.ListVMs(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		out := make([]api.VM, 0, len(vms))
 		for _, vm := range vms {
-			out = append(out, e.d.view(ctx, vm, false))
+			v := api.VM{VMRecord: vm}
+			if l := e.d.Engine.Live(ctx, vm, false); l != nil {
+				v.Live = &api.LiveFacts{Alive: l.Alive, Handles: l.Handles, Reason: l.Reason}
+			}
+			out = append(out, v)
 		}
 		b, _ := json.Marshal(out)
 		return append(b, '\n')

@@ -1,7 +1,8 @@
-package daemon
+package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,32 +18,32 @@ const (
 )
 
 // keepConsoles trims the console logs of running VMs until ctx is done.
-func (d *Daemon) keepConsoles(ctx context.Context, every time.Duration) {
+func (e *Engine) keepConsoles(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.shutdownCh:
+		case <-e.stopCh:
 			return
 		case <-t.C:
 		}
-		d.handles.mu.RLock()
-		ids := make([]string, 0, len(d.handles.m))
-		for id := range d.handles.m {
+		e.handles.mu.RLock()
+		ids := make([]string, 0, len(e.handles.m))
+		for id := range e.handles.m {
 			ids = append(ids, id)
 		}
-		d.handles.mu.RUnlock()
+		e.handles.mu.RUnlock()
 		for _, id := range ids {
-			vm, err := d.store.GetVMByID(ctx, id)
+			vm, err := e.store.GetVMByID(ctx, id)
 			if err != nil {
 				continue
 			}
 			if cut, err := trimLog(vm.Runtime.LogPath, consoleLogMax, consoleLogKeep); err != nil {
-				d.log.Warn("trimming console log", "vm", vm.Name, "err", err)
+				e.log.Warn("trimming console log", "vm", vm.Name, "err", err)
 			} else if cut > 0 {
-				d.log.Info("console log trimmed", "vm", vm.Name, "dropped_bytes", cut)
+				e.log.Info("console log trimmed", "vm", vm.Name, "dropped_bytes", cut)
 			}
 		}
 	}
@@ -77,4 +78,51 @@ func trimLog(path string, max, keep int64) (int64, error) {
 		return 0, err
 	}
 	return size - keep, nil
+}
+
+// ConsoleLog writes a VM's console log to w; with follow it keeps writing
+// new output until ctx ends or the VM is deleted. A trimmed log or a new
+// boot's log is read again from its start.
+func (e *Engine) ConsoleLog(ctx context.Context, name string, follow bool, w io.Writer) error {
+	vm, err := e.GetVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	var off int64
+	for {
+		n, err := copyFileFrom(vm.Runtime.LogPath, off, w)
+		if err != nil {
+			return nil // the reader went away
+		}
+		off = n
+		if !follow {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		if _, err := e.store.GetVMByID(ctx, vm.ID); err != nil {
+			return nil // deleted
+		}
+	}
+}
+
+// copyFileFrom writes path's bytes from off to its end to w and returns the
+// new offset. A missing file is empty; a file now shorter than off (a new
+// boot, or trimmed by keepConsoles) is read from its start.
+func copyFileFrom(path string, off int64, w io.Writer) (int64, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return off, nil
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() < off {
+		off = 0
+	}
+	n, err := io.Copy(w, io.NewSectionReader(f, off, 1<<62))
+	return off + n, err
 }

@@ -1,14 +1,12 @@
-package daemon
+package engine
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/network"
 	"github.com/banger-dev/banger/internal/store"
@@ -27,9 +25,21 @@ const (
 	maxDiskSize      = 16 << 40
 )
 
-// validateCreate checks and fills a create request. Bad input is
-// invalid_argument and nothing is made.
-func validateCreate(req *api.CreateVMRequest) error {
+// CreateSpec is what a new VM is asked to be. Zero values take defaults.
+type CreateSpec struct {
+	Name          string
+	Image         string
+	VMM           string // "", "auto", "firecracker", "qemu"
+	VCPUs         int
+	MemoryMiB     int
+	DiskSizeBytes int64
+	WorkDiskBytes int64
+	Ports         []string // port forward specs, [ADDR:]HOST:GUEST[/tcp|udp]
+}
+
+// validateCreate checks and fills a create spec. Bad input is
+// ErrInvalidArgument and nothing is made.
+func validateCreate(req *CreateSpec) error {
 	if req.VCPUs == 0 {
 		req.VCPUs = defaultVCPUs
 	}
@@ -44,98 +54,99 @@ func validateCreate(req *api.CreateVMRequest) error {
 	}
 	switch {
 	case req.VCPUs < 1 || req.VCPUs > maxVCPUs:
-		return api.Errorf(api.CodeInvalidArgument, "invalid vcpus %d: want 1 to %d", req.VCPUs, maxVCPUs)
+		return errdefs.Invalid("invalid vcpus %d: want 1 to %d", req.VCPUs, maxVCPUs)
 	case req.MemoryMiB < minMemoryMiB || req.MemoryMiB > maxMemoryMiB:
-		return api.Errorf(api.CodeInvalidArgument, "invalid memory %d MiB: want %d to %d", req.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+		return errdefs.Invalid("invalid memory %d MiB: want %d to %d", req.MemoryMiB, minMemoryMiB, maxMemoryMiB)
 	case req.DiskSizeBytes < minDiskSize || req.DiskSizeBytes > maxDiskSize:
-		return api.Errorf(api.CodeInvalidArgument, "invalid disk size %d bytes: want 16MiB to 16TiB", req.DiskSizeBytes)
+		return errdefs.Invalid("invalid disk size %d bytes: want 16MiB to 16TiB", req.DiskSizeBytes)
 	case req.WorkDiskBytes < minDiskSize || req.WorkDiskBytes > maxDiskSize:
-		return api.Errorf(api.CodeInvalidArgument, "invalid work disk size %d bytes: want 16MiB to 16TiB", req.WorkDiskBytes)
+		return errdefs.Invalid("invalid work disk size %d bytes: want 16MiB to 16TiB", req.WorkDiskBytes)
 	}
 	switch req.VMM {
 	case "", "auto", "firecracker", "qemu":
 	default:
-		return api.Errorf(api.CodeInvalidArgument, "invalid vmm %q: want auto, firecracker or qemu", req.VMM)
+		return errdefs.Invalid("invalid vmm %q: want auto, firecracker or qemu", req.VMM)
 	}
 	return nil
 }
 
-// createVM records a new VM: name, id, derived paths, guest address and vsock
-// CID. Disks are made at first start, so a create is a single row insert.
-func (d *Daemon) createVM(ctx context.Context, req api.CreateVMRequest) (model.VMRecord, error) {
+// CreateVM records a new VM: name, id, derived paths, guest address and
+// vsock CID, and binds its port forwards. Disks are made at first start, so
+// a create is a single row insert; on failure nothing remains.
+func (e *Engine) CreateVM(ctx context.Context, req CreateSpec) (model.VMRecord, error) {
 	if err := validateCreate(&req); err != nil {
 		return model.VMRecord{}, err
 	}
 	if req.Name != "" {
 		if err := validName(req.Name); err != nil {
-			return model.VMRecord{}, api.Errorf(api.CodeInvalidArgument, "%v", err)
+			return model.VMRecord{}, errdefs.Invalid("%w", err)
 		}
 	}
-	ports, err := d.extras.validatePorts(req.Ports, "")
+	ports, err := e.validatePorts(ctx, req.Ports)
 	if err != nil {
 		return model.VMRecord{}, err
 	}
 	imageName := req.Image
 	if imageName != "" {
-		if _, err := d.store.GetImage(ctx, imageName); err != nil {
-			return model.VMRecord{}, api.Errorf(api.CodeNotFound, "image %q not found (banger image list shows the images)", imageName)
+		if _, err := e.store.GetImage(ctx, imageName); err != nil {
+			return model.VMRecord{}, errdefs.NotFound("image %q not found (banger image list shows the images)", imageName)
 		}
-	} else if im, err := d.store.GetImage(ctx, ""); err == nil {
+	} else if im, err := e.store.GetImage(ctx, ""); err == nil {
 		imageName = im.Name
 	}
 	vmmName, accel := "", ""
 	if req.VMM != "" && req.VMM != "auto" {
-		if vmmName, accel, _, err = d.chooseVMM(req.VMM); err != nil {
-			return model.VMRecord{}, api.Errorf(api.CodeInvalidArgument, "%v", err)
+		if vmmName, accel, _, err = e.ChooseVMM(req.VMM); err != nil {
+			return model.VMRecord{}, errdefs.Invalid("%w", err)
 		}
 	}
 
-	d.createMu.Lock()
-	defer d.createMu.Unlock()
+	e.createMu.Lock()
+	defer e.createMu.Unlock()
 	if req.Name == "" {
-		req.Name = generateName(func(n string) bool { _, err := d.store.GetVM(ctx, n); return err == nil })
-	} else if _, err := d.store.GetVM(ctx, req.Name); err == nil {
-		return model.VMRecord{}, api.Errorf(api.CodeAlreadyExists, "vm %q already exists", req.Name)
+		req.Name = generateName(func(n string) bool { _, err := e.store.GetVM(ctx, n); return err == nil })
+	} else if _, err := e.store.GetVM(ctx, req.Name); err == nil {
+		return model.VMRecord{}, errdefs.AlreadyExists("vm %q already exists", req.Name)
 	}
-	if err := d.addrs.loadLocked(ctx, d.store); err != nil {
+	if err := e.addrs.loadLocked(ctx, e.store); err != nil {
 		return model.VMRecord{}, err
 	}
-	ip, err := d.addrs.allocateIPLocked(d.netConfig().Subnet)
+	ip, err := e.addrs.allocateIPLocked(e.NetConfig().Subnet)
 	if err != nil {
-		return model.VMRecord{}, api.Errorf(api.CodeConflict, "allocating a guest address: %v", err)
+		return model.VMRecord{}, errdefs.Conflict("allocating a guest address: %w", err)
 	}
-	cid := d.addrs.nextCIDLocked()
+	cid := e.addrs.nextCIDLocked()
 	id := newID()
-	now := d.deps.Now().UTC()
-	dir := vmDir(d.cfg, id)
+	now := e.deps.Now().UTC()
+	dir := VMDir(e.cfg, id)
 	vm := model.VMRecord{
 		ID: id, Name: req.Name, Image: imageName,
 		Spec: model.VMSpec{VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskSizeBytes: req.DiskSizeBytes, WorkDiskBytes: req.WorkDiskBytes},
 		Runtime: model.VMRuntime{
-			State: model.StateCreated, VMM: vmmName, Accel: accel, RootDiskMethod: string(d.deps.RootMethod),
+			State: model.StateCreated, VMM: vmmName, Accel: accel, RootDiskMethod: string(e.deps.RootMethod),
 			GuestIP: ip, GuestMAC: network.MACFromID(id),
-			APISockPath: apiSockPath(d.cfg, id), VSockPath: vsockPath(d.cfg, id), VSockCID: cid,
+			APISockPath: apiSockPath(e.cfg, id), VSockPath: vsockPath(e.cfg, id), VSockCID: cid,
 			LogPath: filepath.Join(dir, "console.log"), MetricsPath: filepath.Join(dir, "metrics.log"),
-			DNSName: req.Name + "." + d.cfg.DNSZone, VMDir: dir, SystemOverlay: filepath.Join(dir, "overlay"),
+			DNSName: req.Name + "." + e.cfg.DNSZone, VMDir: dir, SystemOverlay: filepath.Join(dir, "overlay"),
 			WorkDiskPath: filepath.Join(dir, "work.ext4"),
 		},
 		CreatedAt: now, UpdatedAt: now,
 	}
-	if err := d.store.CreateVM(ctx, vm); err != nil {
+	if err := e.store.CreateVM(ctx, vm); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return model.VMRecord{}, api.Errorf(api.CodeAlreadyExists, "%v", err)
+			return model.VMRecord{}, errdefs.AlreadyExists("%w", err)
 		}
 		return model.VMRecord{}, err
 	}
-	d.putVM(vm)
-	d.addrs.takeLocked(vm)
-	if err := d.extras.addPorts(ctx, vm, ports); err != nil {
-		d.store.DeleteVM(ctx, vm.ID)
-		d.dropVM(vm.ID)
-		d.addrs.releaseLocked(vm)
+	e.emit(EventUpdated, vm)
+	e.addrs.takeLocked(vm)
+	if err := e.addPorts(ctx, vm, ports); err != nil {
+		e.store.DeleteVM(context.WithoutCancel(ctx), vm.ID)
+		e.emit(EventDeleted, vm)
+		e.addrs.releaseLocked(vm)
 		return model.VMRecord{}, err
 	}
-	d.log.Info("vm created", "vm", vm.Name, "id", vm.ID, "ip", ip)
+	e.log.Info("vm created", "vm", vm.Name, "id", vm.ID, "ip", ip)
 	return vm, nil
 }
 
@@ -208,17 +219,4 @@ func (b *addrBook) releaseLocked(vm model.VMRecord) {
 		delete(b.ips, a)
 	}
 	delete(b.cids, vm.Runtime.VSockCID)
-}
-
-// removeVMFiles deletes a VM's directories. The paths come from the VM's id
-// and the configured dirs, never from its name; refuse anything else.
-func (d *Daemon) removeVMFiles(vm model.VMRecord) error {
-	want := vmDir(d.cfg, vm.ID)
-	if vm.Runtime.VMDir != want || len(vm.ID) != 32 {
-		return fmt.Errorf("refusing to remove %q: not the derived directory of vm %s", vm.Runtime.VMDir, vm.ID)
-	}
-	if err := os.RemoveAll(want); err != nil {
-		return err
-	}
-	return os.RemoveAll(vmRunDir(d.cfg, vm.ID))
 }

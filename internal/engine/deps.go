@@ -1,42 +1,72 @@
-package daemon
+package engine
 
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/network"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vmm"
-	"github.com/banger-dev/banger/internal/vmm/firecracker"
-	"github.com/banger-dev/banger/internal/vmm/qemu"
 )
 
-// VMMDriver is what the daemon needs of a VMM (Firecracker or QEMU).
+// Deps are the engine's collaborators. Tests substitute fakes; New fills
+// the real ones for anything left nil.
+type Deps struct {
+	Firecracker VMMDriver
+	QEMU        VMMDriver
+	RootDisks   RootDisks
+	DiskFiles   DiskFiles
+	Network     Networker // nil: VMs get no network device
+	Runner      Runner
+	Now         func() time.Time
+	// KVMUsable reports whether /dev/kvm works; used by VMM auto-selection.
+	KVMUsable func() bool
+	// WatchEvery is how often the engine looks for VMs whose VMM exited on
+	// its own (default 2s).
+	WatchEvery time.Duration
+	// GuestAddr overrides where a VM's SSH server answers (tests with a fake guest).
+	GuestAddr func(vm model.VMRecord) string
+	// GuestSessionsRoot overrides the guest directory of sessions (tests
+	// whose stand-in guest runs on the host).
+	GuestSessionsRoot string
+	// RootMethod is the root-disk method RootDisks implements (detected when RootDisks is nil).
+	RootMethod storage.Method
+}
+
+// VMMDriver is what the engine needs of a VMM (Firecracker or QEMU).
 type VMMDriver interface {
 	Launch(ctx context.Context, m vmm.Machine) (system.Process, error)
 	Shutdown(ctx context.Context, m vmm.Machine, p system.Process, timeout time.Duration, force bool) error
 	Identify(ctx context.Context, m vmm.Machine, p system.Process) error
 	FindProcess(m vmm.Machine) (system.Process, bool)
+	// MatchesArgv reports whether argv carries m's identity tokens exactly.
+	MatchesArgv(m vmm.Machine, argv []string) bool
 }
 
-// DiskManager is what the daemon needs of root and work disks.
-type DiskManager interface {
+// RootDisks makes, activates and tears down VMs' root disks.
+type RootDisks interface {
 	CreateRootDisk(ctx context.Context, vmID, baseRootfs, vmDir string, sizeBytes int64) (string, error)
-	ActivateRootDisk(ctx context.Context, vmID, baseRootfs, diskPath string) (string, storage.RootHandles, error)
-	DeactivateRootDisk(ctx context.Context, h storage.RootHandles) error
+	ActivateRootDisk(ctx context.Context, vmID, baseRootfs, diskPath string) (string, model.RootHandles, error)
+	DeactivateRootDisk(ctx context.Context, h model.RootHandles) error
+	// ListLoopDevices maps each attached loop device to its backing file, so
+	// a loop named in a scratch file is checked before it is detached.
+	ListLoopDevices(ctx context.Context) (map[string]string, error)
+}
+
+// DiskFiles makes work disks and reads and writes files inside disk images
+// that no guest has open.
+type DiskFiles interface {
 	CreateWorkDisk(ctx context.Context, path string, sizeBytes int64, seedDir string) error
 	InjectFiles(ctx context.Context, image string, files []storage.File) error
 	WithImageMounted(ctx context.Context, image string, fn func(dir string) error) error
 	ReadFileFromImage(ctx context.Context, image, path string) ([]byte, error)
-	ListLoopDevices(ctx context.Context) (map[string]string, error)
-	ListDMDevices(ctx context.Context) ([]string, error)
 }
 
-// Networker is what the daemon needs of host networking.
+// Networker is what the engine needs of host networking.
 type Networker interface {
 	CreateTap(ctx context.Context, name string) error
 	DeleteTap(ctx context.Context, name string) error
@@ -49,73 +79,53 @@ type Runner interface {
 	Run(ctx context.Context, name string, args ...string) ([]byte, error)
 }
 
-// fillDeps sets real implementations for every dependency left nil.
-func (d *Daemon) fillDeps() {
-	if d.deps.Runner == nil {
-		d.deps.Runner = system.ExecRunner{Logger: d.log}
-	}
-	if d.deps.Now == nil {
-		d.deps.Now = time.Now
-	}
-	if d.deps.KVMUsable == nil {
-		d.deps.KVMUsable = qemu.KVMUsable
-	}
-	if d.deps.Firecracker == nil {
-		d.deps.Firecracker = &firecracker.Driver{Binary: d.cfg.FirecrackerBin, Logger: d.log}
-	}
-	if d.deps.QEMU == nil {
-		d.deps.QEMU = &qemu.Driver{Binary: d.cfg.QEMUBin, Logger: d.log}
-	}
-	if d.deps.Disks == nil {
-		method := storage.Method(d.cfg.RootDiskMethod)
-		if method == "" || method == "auto" {
-			method = storage.DetectMethod(context.Background(), d.deps.Runner)
-		}
-		d.deps.Disks = &storage.Manager{Runner: d.deps.Runner, Method: method, Logger: d.log, LockDir: d.cfg.RunDir}
-		d.deps.RootMethod = method
-	}
-	if d.deps.RootMethod == "" {
-		d.deps.RootMethod = storage.MethodCopy
-	}
-	if d.deps.Network == nil && d.cfg.Network != "off" && d.cfg.Network != "false" && os.Geteuid() == 0 {
-		nm := &network.Manager{Config: d.netConfig(), Logger: d.log}
-		d.deps.Network = nm
-	}
-}
+// NetConfig is the host network VMs get (bridge, subnet, egress NAT).
+func (e *Engine) NetConfig() network.Config { return NetConfigOf(e.cfg) }
 
-func (d *Daemon) netConfig() network.Config {
-	c := network.Config{Bridge: d.cfg.Bridge, EgressNAT: d.cfg.EgressNAT}
-	c.Subnet, _ = parsePrefix(d.cfg.Subnet)
+// NetConfigOf is the host network of a configuration.
+func NetConfigOf(cfg config.Config) network.Config {
+	c := network.Config{Bridge: cfg.Bridge, EgressNAT: cfg.EgressNAT}
+	c.Subnet, _ = parsePrefix(cfg.Subnet)
 	return c.WithDefaults()
 }
 
-func (d *Daemon) gateway() string { return d.netConfig().Gateway().String() }
-func (d *Daemon) netmask() string { return d.netConfig().Netmask() }
+// Gateway is the host's address on the bridge: the guests' gateway and resolver.
+func (e *Engine) Gateway() string { return e.NetConfig().Gateway().String() }
+func (e *Engine) netmask() string { return e.NetConfig().Netmask() }
+
+// RootMethod is the root-disk method in use.
+func (e *Engine) RootMethod() storage.Method { return e.deps.RootMethod }
+
+// KVMUsable reports whether /dev/kvm works on this host.
+func (e *Engine) KVMUsable() bool { return e.deps.KVMUsable() }
+
+// Networking reports whether VMs get a network device (root and network not off).
+func (e *Engine) Networking() bool { return e.deps.Network != nil }
 
 // driverFor returns the driver of a VM's VMM.
-func (d *Daemon) driverFor(name string) (VMMDriver, error) {
+func (e *Engine) driverFor(name string) (VMMDriver, error) {
 	switch name {
 	case "firecracker":
-		return d.deps.Firecracker, nil
+		return e.deps.Firecracker, nil
 	case "qemu":
-		return d.deps.QEMU, nil
+		return e.deps.QEMU, nil
 	}
 	return nil, fmt.Errorf("unknown vmm %q", name)
 }
 
-// chooseVMM resolves a requested VMM ("", "auto", "firecracker", "qemu") to
+// ChooseVMM resolves a requested VMM ("", "auto", "firecracker", "qemu") to
 // a VMM and accelerator this host can run, or explains why not.
-func (d *Daemon) chooseVMM(requested string) (vmmName, accel, warning string, err error) {
+func (e *Engine) ChooseVMM(requested string) (vmmName, accel, warning string, err error) {
 	if requested == "" {
-		requested = d.cfg.VMM
+		requested = e.cfg.VMM
 	}
-	kvm := d.deps.KVMUsable()
-	_, fcErr := system.LookPath(d.cfg.FirecrackerBin)
-	_, qErr := system.LookPath(d.cfg.QEMUBin)
+	kvm := e.deps.KVMUsable()
+	_, fcErr := system.LookPath(e.cfg.FirecrackerBin)
+	_, qErr := system.LookPath(e.cfg.QEMUBin)
 	qAccel := func() string {
-		switch d.cfg.Accel {
+		switch e.cfg.Accel {
 		case "kvm", "tcg":
-			return d.cfg.Accel
+			return e.cfg.Accel
 		}
 		if kvm {
 			return "kvm"
@@ -126,12 +136,12 @@ func (d *Daemon) chooseVMM(requested string) (vmmName, accel, warning string, er
 	case "firecracker":
 		// Firecracker's own error reports a missing /dev/kvm; doctor warns beforehand.
 		if fcErr != nil {
-			return "", "", "", fmt.Errorf("vmm firecracker: binary %q not found", d.cfg.FirecrackerBin)
+			return "", "", "", fmt.Errorf("vmm firecracker: binary %q not found", e.cfg.FirecrackerBin)
 		}
 		return "firecracker", "kvm", "", nil
 	case "qemu":
 		if qErr != nil {
-			return "", "", "", fmt.Errorf("vmm qemu: binary %q not found (install qemu-system-x86)", d.cfg.QEMUBin)
+			return "", "", "", fmt.Errorf("vmm qemu: binary %q not found (install qemu-system-x86)", e.cfg.QEMUBin)
 		}
 		a := qAccel()
 		if a == "kvm" && !kvm {
@@ -158,9 +168,4 @@ func (d *Daemon) chooseVMM(requested string) (vmmName, accel, warning string, er
 		return "", "", "", fmt.Errorf("no VMM found: install firecracker (with /dev/kvm) or qemu-system-x86")
 	}
 	return "", "", "", fmt.Errorf("unknown vmm %q: want auto, firecracker or qemu", requested)
-}
-
-// rootHandles and the VM handles convert between storage's view and the model's.
-func rootHandles(h model.VMHandles) storage.RootHandles {
-	return storage.RootHandles{BaseLoop: h.BaseLoop, COWLoop: h.COWLoop, DMName: h.DMName, DMDev: h.DMDev}
 }

@@ -1,4 +1,4 @@
-package daemon
+package engine
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/system"
@@ -21,7 +21,7 @@ import (
 // guestPool keeps one SSH connection per running VM, reused by exec, cp and
 // sessions so a command costs one SSH channel, not a handshake.
 type guestPool struct {
-	d  *Daemon
+	e  *Engine
 	mu sync.Mutex
 	m  map[string]*guest.Client
 
@@ -30,16 +30,16 @@ type guestPool struct {
 	keyErr  error
 }
 
-func newGuestPool(d *Daemon) *guestPool { return &guestPool{d: d, m: make(map[string]*guest.Client)} }
+func newGuestPool(e *Engine) *guestPool { return &guestPool{e: e, m: make(map[string]*guest.Client)} }
 
 // signerKey loads or creates the daemon's SSH key (0600 in the state dir).
 func (p *guestPool) signerKey() (ssh.Signer, error) {
 	p.keyOnce.Do(func() {
-		if err := os.MkdirAll(dirOf(p.d.cfg.SSHKeyPath), 0o700); err != nil {
+		if err := os.MkdirAll(dirOf(p.e.cfg.SSHKeyPath), 0o700); err != nil {
 			p.keyErr = err
 			return
 		}
-		p.signer, p.keyErr = guest.Keygen(p.d.cfg.SSHKeyPath)
+		p.signer, p.keyErr = guest.Keygen(p.e.cfg.SSHKeyPath)
 	})
 	return p.signer, p.keyErr
 }
@@ -51,18 +51,18 @@ func dirOf(p string) string {
 	return "."
 }
 
-func (d *Daemon) sshPublicKey() ([]byte, error) {
-	s, err := d.guests.signerKey()
+func (e *Engine) sshPublicKey() ([]byte, error) {
+	s, err := e.guests.signerKey()
 	if err != nil {
-		return nil, fmt.Errorf("loading ssh key %s: %w", d.cfg.SSHKeyPath, err)
+		return nil, fmt.Errorf("loading ssh key %s: %w", e.cfg.SSHKeyPath, err)
 	}
 	return ssh.MarshalAuthorizedKey(s.PublicKey()), nil
 }
 
 // guestAddr is where a VM's SSH server answers.
-func (d *Daemon) guestAddr(vm model.VMRecord) string {
-	if d.deps.GuestAddr != nil {
-		return d.deps.GuestAddr(vm)
+func (e *Engine) guestAddr(vm model.VMRecord) string {
+	if e.deps.GuestAddr != nil {
+		return e.deps.GuestAddr(vm)
 	}
 	return net.JoinHostPort(vm.Runtime.GuestIP, "22")
 }
@@ -70,8 +70,8 @@ func (d *Daemon) guestAddr(vm model.VMRecord) string {
 // get returns a connected client for vm, dialing (and retrying up to wait)
 // when there is none. The VM must be alive.
 func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Duration) (*guest.Client, error) {
-	if alive, reason := p.d.vmAlive(ctx, vm); !alive {
-		return nil, api.Errorf(api.CodeConflict, "vm %q is not running (%s): start it with banger vm start %s", vm.Name, reason, vm.Name)
+	if alive, reason := p.e.vmAlive(ctx, vm); !alive {
+		return nil, errdefs.Conflict("vm %q is not running (%s): start it with banger vm start %s", vm.Name, reason, vm.Name)
 	}
 	p.mu.Lock()
 	c, ok := p.m[vm.ID]
@@ -87,27 +87,27 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 	if err != nil {
 		return nil, err
 	}
-	cfg := guest.Config{Addr: p.d.guestAddr(vm), Signer: signer, KnownHostsFile: knownHostsPath(vm), DialTimeout: 2 * time.Second}
+	cfg := guest.Config{Addr: p.e.guestAddr(vm), Signer: signer, KnownHostsFile: knownHostsPath(vm), DialTimeout: 2 * time.Second}
 	start := time.Now()
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	dctx, exited := p.d.untilVMMExits(wctx, vm)
+	dctx, exited := p.e.untilVMMExits(wctx, vm)
 	c, err = guest.DialRetry(dctx, cfg, wait)
 	if err != nil {
 		if errors.Is(err, guest.ErrHostKeyChanged) {
-			return nil, api.Errorf(api.CodeConflict, "vm %q: %v", vm.Name, err)
+			return nil, errdefs.Conflict("vm %q: %w", vm.Name, err)
 		}
 		if exited() {
 			// A guest that panicked or powered off will never answer: say so
 			// now instead of after the whole wait.
-			return nil, api.Errorf(api.CodeUnavailable, "vm %q stopped while waiting %s for ssh at %s: its VMM process exited after %s%s", vm.Name, wait, cfg.Addr,
+			return nil, errdefs.Unavailable("vm %q stopped while waiting %s for ssh at %s: its VMM process exited after %s%s", vm.Name, wait, cfg.Addr,
 				time.Since(start).Round(time.Millisecond), consoleTail(vm.Runtime.LogPath))
 		}
-		return nil, api.Errorf(api.CodeUnavailable, "vm %q did not answer ssh at %s after %s: %v%s", vm.Name, cfg.Addr,
+		return nil, errdefs.Unavailable("vm %q did not answer ssh at %s after %s: %w%s", vm.Name, cfg.Addr,
 			time.Since(start).Round(time.Millisecond), err, consoleTail(vm.Runtime.LogPath))
 	}
-	if p.d.deps.GuestSessionsRoot != "" {
-		c.SessionsRoot = p.d.deps.GuestSessionsRoot
+	if p.e.deps.GuestSessionsRoot != "" {
+		c.SessionsRoot = p.e.deps.GuestSessionsRoot
 	}
 	p.mu.Lock()
 	if old, ok := p.m[vm.ID]; ok {
@@ -143,8 +143,8 @@ func (p *guestPool) closeAll() {
 // exits (checked cheaply, by PID and start time, every 250 ms), and a
 // function reporting whether that happened. The watch ends with ctx: callers
 // cancel it once they stop waiting.
-func (d *Daemon) untilVMMExits(ctx context.Context, vm model.VMRecord) (context.Context, func() bool) {
-	h, ok := d.handles.get(vm.ID)
+func (e *Engine) untilVMMExits(ctx context.Context, vm model.VMRecord) (context.Context, func() bool) {
+	h, ok := e.handles.get(vm.ID)
 	if !ok || h.PID == 0 {
 		return ctx, func() bool { return false }
 	}

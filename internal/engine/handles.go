@@ -1,4 +1,4 @@
-package daemon
+package engine
 
 import (
 	"encoding/json"
@@ -121,19 +121,19 @@ func removeHandlesFile(path string) error {
 	return nil
 }
 
-// processFinder finds the VMM process serving a VM (a VMMDriver's FindProcess).
-type processFinder interface {
-	FindProcessFor(vm model.VMRecord) (system.Process, bool)
+// rediscoverHandles rebuilds a VM's handles: the scratch file for kernel
+// objects (tap, loops, dm), and the OS for the process, which it prefers
+// over the scratch file (the process whose argv holds exactly this VM's
+// identity). When no process is found it still returns the scratch
+// contents, without a PID, so teardown can check and remove the kernel
+// objects. The scratch file is a hint: every undo proves before it acts.
+func (e *Engine) rediscoverHandles(vm model.VMRecord) (model.VMHandles, error) {
+	return rediscover(vm, e.findVMM)
 }
 
-// rediscoverHandles rebuilds a VM's handles: the scratch file for kernel
-// objects (tap, loops, dm), and the OS for the process, which it prefers over
-// the scratch file (the process whose argv holds exactly this VM's API
-// socket). When the process is dead it still returns the scratch contents,
-// without a PID, so cleanup can tear the kernel objects down.
-func rediscoverHandles(vm model.VMRecord, pf processFinder) (model.VMHandles, error) {
+func rediscover(vm model.VMRecord, find func(model.VMRecord) (system.Process, bool)) (model.VMHandles, error) {
 	h, err := readHandlesFile(handlesPath(vm))
-	if p, ok := pf.FindProcessFor(vm); ok {
+	if p, ok := find(vm); ok {
 		h.PID, h.PIDStart = p.PID, p.Start
 	} else {
 		h.PID, h.PIDStart = 0, 0

@@ -1,4 +1,4 @@
-package daemon
+package engine
 
 import (
 	"encoding/json"
@@ -14,8 +14,8 @@ import (
 )
 
 func sampleHandles() model.VMHandles {
-	return model.VMHandles{PID: 4242, PIDStart: 987654, TapDevice: "bgr0123456789ab", BaseLoop: "/dev/loop3", COWLoop: "/dev/loop4",
-		DMName: "banger-0123456789abcdef0123456789abcdef", DMDev: "/dev/mapper/banger-0123456789abcdef0123456789abcdef"}
+	return model.VMHandles{PID: 4242, PIDStart: 987654, TapDevice: "bgr0123456789ab", RootHandles: model.RootHandles{BaseLoop: "/dev/loop3", COWLoop: "/dev/loop4",
+		DMName: "banger-0123456789abcdef0123456789abcdef", DMDev: "/dev/mapper/banger-0123456789abcdef0123456789abcdef"}}
 }
 
 func TestHandlesFileRoundTrip(t *testing.T) {
@@ -106,13 +106,13 @@ type fakeFinder struct {
 	ok bool
 }
 
-func (f fakeFinder) FindProcessFor(model.VMRecord) (system.Process, bool) { return f.p, f.ok }
+func (f fakeFinder) find(model.VMRecord) (system.Process, bool) { return f.p, f.ok }
 
 func TestRediscoverPrefersOS(t *testing.T) {
 	vm := model.VMRecord{Runtime: model.VMRuntime{VMDir: t.TempDir()}}
 	scratch := sampleHandles()
 	writeHandlesFile(handlesPath(vm), scratch)
-	h, err := rediscoverHandles(vm, fakeFinder{p: system.Process{PID: 777, Start: 555}, ok: true})
+	h, err := rediscover(vm, fakeFinder{p: system.Process{PID: 777, Start: 555}, ok: true}.find)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestRediscoverDeadProcessKeepsScratch(t *testing.T) {
 	vm := model.VMRecord{Runtime: model.VMRuntime{VMDir: t.TempDir()}}
 	scratch := sampleHandles()
 	writeHandlesFile(handlesPath(vm), scratch)
-	h, err := rediscoverHandles(vm, fakeFinder{})
+	h, err := rediscover(vm, fakeFinder{}.find)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestRediscoverDeadProcessKeepsScratch(t *testing.T) {
 func TestRediscoverCorruptScratchStillAsksOS(t *testing.T) {
 	vm := model.VMRecord{Runtime: model.VMRuntime{VMDir: t.TempDir()}}
 	os.WriteFile(handlesPath(vm), []byte("{\"pid\": 12"), 0o600)
-	h, err := rediscoverHandles(vm, fakeFinder{p: system.Process{PID: 9, Start: 1}, ok: true})
+	h, err := rediscover(vm, fakeFinder{p: system.Process{PID: 9, Start: 1}, ok: true}.find)
 	if !errors.Is(err, errCorruptHandles) || h.PID != 9 {
 		t.Fatalf("got %+v, %v", h, err)
 	}

@@ -1,46 +1,52 @@
-package daemon
+package engine
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/store"
 )
 
-func (d *Daemon) imageView(ctx context.Context, im model.Image) api.Image {
-	b := inspectImage(im)
-	users, _ := d.store.VMsUsingImage(ctx, im.Name)
-	return api.Image{Image: im, QEMUBootable: b.QEMU, FirecrackerBootable: b.Firecracker, Notes: b.Reasons, UsedBy: users}
+// ImageInfo is an image with what the engine knows of it.
+type ImageInfo struct {
+	model.Image
+	Bootability image.Bootability
+	UsedBy      []string
 }
 
-func (d *Daemon) handleImageList(w http.ResponseWriter, r *http.Request) error {
-	ims, err := d.store.ListImages(r.Context())
+func (e *Engine) imageInfo(ctx context.Context, im model.Image) ImageInfo {
+	users, _ := e.store.VMsUsingImage(ctx, im.Name)
+	return ImageInfo{Image: im, Bootability: inspectImage(im), UsedBy: users}
+}
+
+// ListImages lists every image.
+func (e *Engine) ListImages(ctx context.Context) ([]ImageInfo, error) {
+	ims, err := e.store.ListImages(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	out := []api.Image{}
+	out := []ImageInfo{}
 	for _, im := range ims {
-		out = append(out, d.imageView(r.Context(), im))
+		out = append(out, e.imageInfo(ctx, im))
 	}
-	return writeJSON(w, out)
+	return out, nil
 }
 
-func (d *Daemon) handleImageShow(w http.ResponseWriter, r *http.Request) error {
-	im, err := d.store.GetImage(r.Context(), r.PathValue("name"))
+// GetImage finds an image by name.
+func (e *Engine) GetImage(ctx context.Context, name string) (ImageInfo, error) {
+	im, err := e.store.GetImage(ctx, name)
 	if err != nil {
-		return toAPIError(err)
+		return ImageInfo{}, err
 	}
-	return writeJSON(w, d.imageView(r.Context(), im))
+	return e.imageInfo(ctx, im), nil
 }
 
 func absFile(what, p string) (string, error) {
@@ -48,58 +54,57 @@ func absFile(what, p string) (string, error) {
 		return "", nil
 	}
 	if !filepath.IsAbs(p) {
-		return "", api.Errorf(api.CodeInvalidArgument, "%s path %q must be absolute", what, p)
+		return "", errdefs.Invalid("%s path %q must be absolute", what, p)
 	}
 	st, err := os.Stat(p)
 	if err != nil {
-		return "", api.Errorf(api.CodeInvalidArgument, "%s %s: %v", what, p, err)
+		return "", errdefs.Invalid("%s %s: %w", what, p, err)
 	}
 	if !st.Mode().IsRegular() {
-		return "", api.Errorf(api.CodeInvalidArgument, "%s %s is not a regular file", what, p)
+		return "", errdefs.Invalid("%s %s is not a regular file", what, p)
 	}
 	return filepath.Clean(p), nil
 }
 
-// handleImageImport registers an image from files already on the host. The
-// files stay where they are; banger never deletes them.
-func (d *Daemon) handleImageImport(w http.ResponseWriter, r *http.Request) error {
-	var req api.ImportImageRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
+// ImportSpec names the files of an image already on the host.
+type ImportSpec struct {
+	Name, Kernel, Initrd, Rootfs, BootArgs, VMLinux string
+}
+
+// ImportImage registers an image from files already on the host. The files
+// stay where they are; banger never deletes them.
+func (e *Engine) ImportImage(ctx context.Context, req ImportSpec) (ImageInfo, error) {
 	if err := validName(req.Name); err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "image %v", err)
+		return ImageInfo{}, errdefs.Invalid("image %w", err)
 	}
 	if req.Kernel == "" || req.Rootfs == "" {
-		return api.Errorf(api.CodeInvalidArgument, "an image needs --kernel and --rootfs")
+		return ImageInfo{}, errdefs.Invalid("an image needs --kernel and --rootfs")
 	}
-	im := model.Image{Name: req.Name, BootArgs: req.BootArgs, CreatedAt: d.deps.Now().UTC()}
+	im := model.Image{Name: req.Name, BootArgs: req.BootArgs, CreatedAt: e.deps.Now().UTC()}
 	var err error
 	if im.KernelPath, err = absFile("kernel", req.Kernel); err != nil {
-		return err
+		return ImageInfo{}, err
 	}
 	if im.RootfsPath, err = absFile("rootfs", req.Rootfs); err != nil {
-		return err
+		return ImageInfo{}, err
 	}
 	if im.InitrdPath, err = absFile("initrd", req.Initrd); err != nil {
-		return err
+		return ImageInfo{}, err
 	}
 	if im.VMLinux, err = absFile("vmlinux", req.VMLinux); err != nil {
-		return err
+		return ImageInfo{}, err
 	}
 	b := inspectImage(im)
 	if !b.QEMU && !b.Firecracker {
-		return api.Errorf(api.CodeInvalidArgument, "image %q is not bootable by any vmm: %s", req.Name, strings.Join(b.Reasons, "; "))
+		return ImageInfo{}, errdefs.Invalid("image %q is not bootable by any vmm: %s", req.Name, strings.Join(b.Reasons, "; "))
 	}
-	if err := d.store.CreateImage(r.Context(), im); err != nil {
+	if err := e.store.CreateImage(ctx, im); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return api.Errorf(api.CodeAlreadyExists, "image %q already exists", req.Name)
+			return ImageInfo{}, errdefs.AlreadyExists("image %q already exists", req.Name)
 		}
-		return err
+		return ImageInfo{}, err
 	}
-	im, _ = d.store.GetImage(r.Context(), im.Name)
-	w.WriteHeader(http.StatusCreated)
-	return writeJSON(w, d.imageView(r.Context(), im))
+	return e.GetImage(ctx, im.Name)
 }
 
 // inspectImage says which VMM can boot im. Firecracker boots the separate
@@ -114,78 +119,85 @@ func inspectImage(im model.Image) image.Bootability {
 
 // ownedImageDir is where built images live; only these are deleted with
 // their record.
-func (d *Daemon) ownedImageDir(name string) string {
-	return filepath.Join(d.cfg.StateDir, "images", name)
+func (e *Engine) ownedImageDir(name string) string {
+	return filepath.Join(e.cfg.StateDir, "images", name)
 }
 
-func (d *Daemon) handleImageDelete(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	im, err := d.store.GetImage(r.Context(), name)
+// DeleteImage removes an image's record, refused while a VM uses it, and
+// the files of an image banger built.
+func (e *Engine) DeleteImage(ctx context.Context, name string) error {
+	im, err := e.store.GetImage(ctx, name)
 	if err != nil {
-		return toAPIError(err)
-	}
-	if err := d.store.DeleteImage(r.Context(), name); err != nil {
-		return toAPIError(err)
-	}
-	if dir := d.ownedImageDir(im.Name); validName(im.Name) == nil && strings.HasPrefix(im.RootfsPath, dir+"/") {
-		os.RemoveAll(dir)
-	}
-	return writeJSON(w, struct{}{})
-}
-
-// handleImageBuild builds an image from Debian packages, streaming progress
-// lines; the last line is "ok NAME" or "error: ...". A failed build leaves
-// nothing registered and no files.
-func (d *Daemon) handleImageBuild(w http.ResponseWriter, r *http.Request) error {
-	var req api.BuildImageRequest
-	if err := decode(r, &req); err != nil {
 		return err
 	}
+	if err := e.store.DeleteImage(ctx, name); err != nil {
+		return err
+	}
+	if dir := e.ownedImageDir(im.Name); validName(im.Name) == nil && strings.HasPrefix(im.RootfsPath, dir+"/") {
+		os.RemoveAll(dir)
+	}
+	return nil
+}
+
+// BuildSpec asks for an image built from Debian packages.
+type BuildSpec struct {
+	Name     string
+	Base     string
+	Packages []string
+}
+
+// CheckBuild validates and fills a build request before anything is made
+// (so the caller can refuse it before streaming progress).
+func (e *Engine) CheckBuild(ctx context.Context, req *BuildSpec) error {
 	if req.Name == "" {
 		req.Name = "default"
 	}
 	if err := validName(req.Name); err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "image %v", err)
+		return errdefs.Invalid("image %w", err)
 	}
 	if req.Base == "" {
 		req.Base = image.BaseMinimal
 	}
 	if req.Base != image.BaseMinimal && req.Base != image.BaseDebian {
-		return api.Errorf(api.CodeInvalidArgument, "invalid base %q: want minimal or debian", req.Base)
+		return errdefs.Invalid("invalid base %q: want minimal or debian", req.Base)
 	}
-	if _, err := d.store.GetImage(r.Context(), req.Name); err == nil {
-		return api.Errorf(api.CodeAlreadyExists, "image %q already exists", req.Name)
+	if _, err := e.store.GetImage(ctx, req.Name); err == nil {
+		return errdefs.AlreadyExists("image %q already exists", req.Name)
 	}
-	dir := d.ownedImageDir(req.Name)
+	return nil
+}
+
+// Built is a finished image build.
+type Built struct {
+	Image         model.Image
+	Notes         []string
+	KernelVersion string
+}
+
+// BuildImage builds and registers an image, reporting progress steps. A
+// failed build leaves nothing registered and no files.
+func (e *Engine) BuildImage(ctx context.Context, req BuildSpec, progress func(step string)) (Built, error) {
+	if err := e.CheckBuild(ctx, &req); err != nil {
+		return Built{}, err
+	}
+	dir := e.ownedImageDir(req.Name)
 	if _, err := os.Stat(dir); err == nil {
 		os.RemoveAll(dir) // leftover of a build the daemon did not finish
 	}
-	w.Header().Set("Content-Type", "text/plain")
-	w.WriteHeader(http.StatusOK)
-	out := bufio.NewWriter(flushWriter{w})
-	say := func(format string, args ...any) {
-		fmt.Fprintf(out, format+"\n", args...)
-		out.Flush()
-	}
 	start := time.Now()
-	res, err := image.Build(r.Context(), image.BuildOptions{
-		Dir: dir, Base: req.Base, Packages: req.Packages, CacheDir: d.cfg.ImageCacheDir, Runner: d.deps.Runner,
-		Progress: func(step string) { say("[%5.1fs] %s", time.Since(start).Seconds(), step) },
+	res, err := image.Build(ctx, image.BuildOptions{
+		Dir: dir, Base: req.Base, Packages: req.Packages, CacheDir: e.cfg.ImageCacheDir, Runner: e.deps.Runner,
+		Progress: progress,
 	})
 	if err != nil {
-		say("error: building image %q: %v", req.Name, err)
-		return nil
+		return Built{}, fmt.Errorf("building image %q: %w", req.Name, err)
 	}
 	im := model.Image{Name: req.Name, KernelPath: res.Kernel, VMLinux: res.VMLinux, InitrdPath: res.Initrd,
-		RootfsPath: res.Rootfs, BootArgs: res.BootArgs, CreatedAt: d.deps.Now().UTC()}
-	if err := d.store.CreateImage(context.WithoutCancel(r.Context()), im); err != nil {
+		RootfsPath: res.Rootfs, BootArgs: res.BootArgs, CreatedAt: e.deps.Now().UTC()}
+	if err := e.store.CreateImage(context.WithoutCancel(ctx), im); err != nil {
 		os.RemoveAll(dir)
-		say("error: registering image %q: %v", req.Name, err)
-		return nil
+		return Built{}, fmt.Errorf("registering image %q: %w", req.Name, err)
 	}
-	for _, n := range res.Notes {
-		say("note: %s", n)
-	}
-	say("ok %s (kernel %s, %.1fs)", req.Name, res.KernelVersion, time.Since(start).Seconds())
-	return nil
+	e.log.Info("image built", "image", req.Name, "kernel", res.KernelVersion, "took", time.Since(start))
+	return Built{Image: im, Notes: res.Notes, KernelVersion: res.KernelVersion}, nil
 }

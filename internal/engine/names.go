@@ -1,32 +1,16 @@
-package daemon
+package engine
 
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"math/big"
 	"net/netip"
+
+	"github.com/banger-dev/banger/internal/model"
 )
 
-// validName reports whether name is a VM name: lowercase letters, digits and
-// inner hyphens, 1 to 32 characters. Kernel resource names come from the
-// VM's id, never from its name, but names still appear in DNS and paths.
-func validName(name string) error {
-	if len(name) == 0 {
-		return fmt.Errorf("invalid name: empty (use lowercase letters, digits and inner hyphens, 1 to 32 characters)")
-	}
-	if len(name) > 32 {
-		return fmt.Errorf("invalid name: %d characters, at most 32", len(name))
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		ok := (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (c == '-' && i > 0 && i < len(name)-1)
-		if !ok {
-			return fmt.Errorf("invalid name %q: use lowercase letters, digits and inner hyphens, 1 to 32 characters", name)
-		}
-	}
-	return nil
-}
+// validName is the naming rule of VMs, images and sessions.
+func validName(name string) error { return model.ValidateName(name) }
 
 // newID returns a VM or session id: 32 lowercase hex characters, no hyphens
 // (Firecracker ids and dm names take it as is).

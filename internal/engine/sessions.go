@@ -1,73 +1,77 @@
-package daemon
+package engine
 
 import (
 	"context"
 	"errors"
 	"io"
-	"net/http"
 	"os"
 	"path"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/store"
 )
 
-func (d *Daemon) handleSessionStart(w http.ResponseWriter, r *http.Request) error {
-	var req api.StartSessionRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
+// SessionSpec asks for a guest session.
+type SessionSpec struct {
+	Name  string
+	Argv  []string
+	Cwd   string
+	Env   []string
+	Stdin bool
+}
+
+// StartSession starts a command in a VM's guest as a session whose output
+// is kept on the work disk.
+func (e *Engine) StartSession(ctx context.Context, vmName string, req SessionSpec) (model.GuestSession, error) {
 	if len(req.Argv) == 0 {
-		return api.Errorf(api.CodeInvalidArgument, "no command given")
+		return model.GuestSession{}, errdefs.Invalid("no command given")
 	}
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+	vm, err := e.GetVM(ctx, vmName)
 	if err != nil {
-		return err
+		return model.GuestSession{}, err
 	}
 	id := newID()
 	if req.Name == "" {
 		req.Name = "s-" + id[:8]
 	} else if err := validName(req.Name); err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "session %v", err)
+		return model.GuestSession{}, errdefs.Invalid("session %w", err)
 	}
-	if _, err := d.store.GetSession(r.Context(), vm.ID, req.Name); err == nil {
-		return api.Errorf(api.CodeAlreadyExists, "session %q already exists on vm %q", req.Name, vm.Name)
+	if _, err := e.store.GetSession(ctx, vm.ID, req.Name); err == nil {
+		return model.GuestSession{}, errdefs.AlreadyExists("session %q already exists on vm %q", req.Name, vm.Name)
 	}
-	gc, err := d.guests.get(r.Context(), vm, 5*time.Second)
+	gc, err := e.guests.get(ctx, vm, 5*time.Second)
 	if err != nil {
-		return err
+		return model.GuestSession{}, err
 	}
 	dir := path.Join(guest.SessionsDir, id)
 	gs := model.GuestSession{
 		ID: id, VMID: vm.ID, Name: req.Name, Command: req.Argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin,
-		Status: model.SessionRunning, StartedAt: d.deps.Now().UTC(),
+		Status: model.SessionRunning, StartedAt: e.deps.Now().UTC(),
 		StdoutPath: path.Join(dir, "stdout.log"), StderrPath: path.Join(dir, "stderr.log"),
 	}
-	if err := d.store.CreateSession(r.Context(), gs); err != nil {
+	if err := e.store.CreateSession(ctx, gs); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return api.Errorf(api.CodeAlreadyExists, "session %q already exists on vm %q", req.Name, vm.Name)
+			return model.GuestSession{}, errdefs.AlreadyExists("session %q already exists on vm %q", req.Name, vm.Name)
 		}
-		return err
+		return model.GuestSession{}, err
 	}
-	if _, err := gc.StartSession(r.Context(), guest.SessionSpec{ID: id, Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin}); err != nil {
-		d.store.DeleteSession(context.WithoutCancel(r.Context()), id)
-		return api.Errorf(api.CodeInvalidArgument, "starting session %q on vm %q: %v", req.Name, vm.Name, err)
+	if _, err := gc.StartSession(ctx, guest.SessionSpec{ID: id, Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin}); err != nil {
+		e.store.DeleteSession(context.WithoutCancel(ctx), id)
+		return model.GuestSession{}, errdefs.Invalid("starting session %q on vm %q: %w", req.Name, vm.Name, err)
 	}
-	w.WriteHeader(http.StatusCreated)
-	return writeJSON(w, gs)
+	return gs, nil
 }
 
 // refreshSession brings a session's status up to date from its state on the
 // work disk: over SSH while the VM runs, else from the stopped VM's disk. A
 // session that was running when its VM stopped is lost unless it wrote an
 // exit code.
-func (d *Daemon) refreshSession(ctx context.Context, vm model.VMRecord, gs *model.GuestSession, gc *guest.Client, offline *offlineDisk) {
+func (e *Engine) refreshSession(ctx context.Context, vm model.VMRecord, gs *model.GuestSession, gc *guest.Client, offline *offlineDisk) {
 	if gs.Status != model.SessionRunning {
 		return
 	}
@@ -84,7 +88,7 @@ func (d *Daemon) refreshSession(ctx context.Context, vm model.VMRecord, gs *mode
 	if err != nil {
 		return
 	}
-	now := d.deps.Now().UTC()
+	now := e.deps.Now().UTC()
 	switch {
 	case st.ExitCode != nil:
 		gs.Status, gs.ExitCode, gs.EndedAt = model.SessionExited, st.ExitCode, &now
@@ -95,23 +99,23 @@ func (d *Daemon) refreshSession(ctx context.Context, vm model.VMRecord, gs *mode
 	default:
 		return
 	}
-	d.store.UpdateSession(context.WithoutCancel(ctx), *gs)
+	e.store.UpdateSession(context.WithoutCancel(ctx), *gs)
 }
 
 // offlineDisk reads session state from a stopped VM's work disk.
 type offlineDisk struct {
-	d  *Daemon
+	e  *Engine
 	vm model.VMRecord
 }
 
 // guestDiskFree reports whether no VMM can have the VM's work disk open, so
 // the host may mount it.
-func (d *Daemon) guestDiskFree(ctx context.Context, vm model.VMRecord) bool {
-	if alive, _ := d.vmAlive(ctx, vm); alive {
+func (e *Engine) guestDiskFree(ctx context.Context, vm model.VMRecord) bool {
+	if alive, _ := e.vmAlive(ctx, vm); alive {
 		return false
 	}
 	if vm.Runtime.VMM != "" {
-		if _, found := d.FindProcessFor(vm); found {
+		if _, found := e.findVMM(vm); found {
 			return false
 		}
 	}
@@ -125,7 +129,7 @@ func (d *Daemon) guestDiskFree(ctx context.Context, vm model.VMRecord) bool {
 func (o *offlineDisk) withSessionDir(ctx context.Context, id string, fn func(dir string) error) error {
 	rel := filepath.Join(".banger", "sessions", id)
 	if os.Geteuid() == 0 {
-		return o.d.deps.Disks.WithImageMounted(ctx, o.vm.Runtime.WorkDiskPath, func(mnt string) error {
+		return o.e.deps.DiskFiles.WithImageMounted(ctx, o.vm.Runtime.WorkDiskPath, func(mnt string) error {
 			// The disk is the guest's: no directory on the way may be a
 			// symlink, or it could point the host at its own files.
 			dir := filepath.Join(mnt, rel)
@@ -133,10 +137,10 @@ func (o *offlineDisk) withSessionDir(ctx context.Context, id string, fn func(dir
 				next := filepath.Join(p, strings.SplitN(strings.TrimPrefix(dir, p+"/"), "/", 2)[0])
 				st, err := os.Lstat(next)
 				if err != nil {
-					return api.Errorf(api.CodeNotFound, "session %s has no state on the work disk", id)
+					return errdefs.NotFound("session %s has no state on the work disk", id)
 				}
 				if !st.IsDir() {
-					return api.Errorf(api.CodeConflict, "session %s: %s on the work disk is not a directory", id, strings.TrimPrefix(next, mnt))
+					return errdefs.Conflict("session %s: %s on the work disk is not a directory", id, strings.TrimPrefix(next, mnt))
 				}
 				p = next
 			}
@@ -149,7 +153,7 @@ func (o *offlineDisk) withSessionDir(ctx context.Context, id string, fn func(dir
 	}
 	defer os.RemoveAll(tmp)
 	for _, name := range []string{"stdout.log", "stderr.log", "pid", "exit"} {
-		b, err := o.d.deps.Disks.ReadFileFromImage(ctx, o.vm.Runtime.WorkDiskPath, "/"+filepath.Join(rel, name))
+		b, err := o.e.deps.DiskFiles.ReadFileFromImage(ctx, o.vm.Runtime.WorkDiskPath, "/"+filepath.Join(rel, name))
 		if err == nil {
 			os.WriteFile(filepath.Join(tmp, name), b, 0o600)
 		}
@@ -167,148 +171,148 @@ func (o *offlineDisk) state(ctx context.Context, id string) (guest.SessionState,
 	return st, err
 }
 
-func (d *Daemon) handleSessionList(w http.ResponseWriter, r *http.Request) error {
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+// ListSessions lists a VM's sessions with their status brought up to date.
+func (e *Engine) ListSessions(ctx context.Context, vmName string) ([]model.GuestSession, error) {
+	vm, err := e.GetVM(ctx, vmName)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	sessions, err := d.store.ListSessions(r.Context(), vm.ID)
+	sessions, err := e.store.ListSessions(ctx, vm.ID)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	gc, offline := d.sessionAccess(r.Context(), vm)
+	gc, offline := e.sessionAccess(ctx, vm)
 	for i := range sessions {
-		d.refreshSession(r.Context(), vm, &sessions[i], gc, offline)
+		e.refreshSession(ctx, vm, &sessions[i], gc, offline)
 	}
 	if sessions == nil {
 		sessions = []model.GuestSession{}
 	}
-	return writeJSON(w, sessions)
+	return sessions, nil
 }
 
 // sessionAccess picks how to read a VM's sessions: SSH while it is alive,
 // else its work disk when no guest has it.
-func (d *Daemon) sessionAccess(ctx context.Context, vm model.VMRecord) (*guest.Client, *offlineDisk) {
-	if alive, _ := d.vmAlive(ctx, vm); alive {
-		if gc, err := d.guests.get(ctx, vm, 3*time.Second); err == nil {
+func (e *Engine) sessionAccess(ctx context.Context, vm model.VMRecord) (*guest.Client, *offlineDisk) {
+	if alive, _ := e.vmAlive(ctx, vm); alive {
+		if gc, err := e.guests.get(ctx, vm, 3*time.Second); err == nil {
 			return gc, nil
 		}
 		return nil, nil
 	}
-	if d.guestDiskFree(ctx, vm) {
-		return nil, &offlineDisk{d: d, vm: vm}
+	if e.guestDiskFree(ctx, vm) {
+		return nil, &offlineDisk{e: e, vm: vm}
 	}
 	return nil, nil
 }
 
-func (d *Daemon) sessionFromRequest(r *http.Request) (model.VMRecord, model.GuestSession, error) {
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+func (e *Engine) session(ctx context.Context, vmName, name string) (model.VMRecord, model.GuestSession, error) {
+	vm, err := e.GetVM(ctx, vmName)
 	if err != nil {
 		return vm, model.GuestSession{}, err
 	}
-	gs, err := d.store.GetSession(r.Context(), vm.ID, r.PathValue("session"))
+	gs, err := e.store.GetSession(ctx, vm.ID, name)
 	if err != nil {
-		return vm, gs, api.Errorf(api.CodeNotFound, "session %q not found on vm %q", r.PathValue("session"), vm.Name)
+		return vm, gs, errdefs.NotFound("session %q not found on vm %q", name, vm.Name)
 	}
 	return vm, gs, nil
 }
 
-func (d *Daemon) handleSessionLogs(w http.ResponseWriter, r *http.Request) error {
-	vm, gs, err := d.sessionFromRequest(r)
+// LogOptions choose what SessionLogs writes.
+type LogOptions struct {
+	Stream string // stdout (default) or stderr
+	Tail   int    // last lines only; 0 = all
+	Follow bool
+}
+
+// CheckLogOptions validates and fills o.
+func CheckLogOptions(o *LogOptions) error {
+	if o.Stream == "" {
+		o.Stream = "stdout"
+	}
+	if o.Stream != "stdout" && o.Stream != "stderr" {
+		return errdefs.Invalid("invalid stream %q: want stdout or stderr", o.Stream)
+	}
+	if o.Tail < 0 {
+		return errdefs.Invalid("invalid tail %d: want a number of lines >= 0", o.Tail)
+	}
+	return nil
+}
+
+// SessionLogs writes a session's log to w: over SSH while the VM runs
+// (following it with o.Follow), else from the stopped VM's work disk.
+// started is called once, before the first byte, when the logs can be read.
+func (e *Engine) SessionLogs(ctx context.Context, vmName, name string, o LogOptions, started func(), w io.Writer) error {
+	if err := CheckLogOptions(&o); err != nil {
+		return err
+	}
+	vm, gs, err := e.session(ctx, vmName, name)
 	if err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	stream := q.Get("stream")
-	if stream == "" {
-		stream = "stdout"
-	}
-	if stream != "stdout" && stream != "stderr" {
-		return api.Errorf(api.CodeInvalidArgument, "invalid stream %q: want stdout or stderr", stream)
-	}
-	tail := 0
-	if s := q.Get("tail"); s != "" {
-		if tail, err = strconv.Atoi(s); err != nil || tail < 0 {
-			return api.Errorf(api.CodeInvalidArgument, "invalid tail %q: want a number of lines >= 0", s)
-		}
-	}
-	follow, _ := strconv.ParseBool(q.Get("follow"))
-	gc, offline := d.sessionAccess(r.Context(), vm)
-	out := flushWriter{w}
-	w.Header().Set("Content-Type", "text/plain")
+	gc, offline := e.sessionAccess(ctx, vm)
 	switch {
-	case gc != nil && follow:
-		w.WriteHeader(http.StatusOK)
-		gc.FollowSessionLogs(r.Context(), gs.ID, stream, tail, out)
+	case gc != nil && o.Follow:
+		started()
+		gc.FollowSessionLogs(ctx, gs.ID, o.Stream, o.Tail, w)
 		return nil
 	case gc != nil:
-		return gc.SessionLogs(r.Context(), gs.ID, stream, tail, out)
+		started()
+		return gc.SessionLogs(ctx, gs.ID, o.Stream, o.Tail, w)
 	case offline != nil:
-		return offline.withSessionDir(r.Context(), gs.ID, func(dir string) error {
-			return guest.ReadSessionLogDir(dir, stream, tail, out)
+		return offline.withSessionDir(ctx, gs.ID, func(dir string) error {
+			started()
+			return guest.ReadSessionLogDir(dir, o.Stream, o.Tail, w)
 		})
 	}
-	return api.Errorf(api.CodeConflict, "vm %q: its work disk is in use and its guest does not answer; logs cannot be read now", vm.Name)
+	return errdefs.Conflict("vm %q: its work disk is in use and its guest does not answer; logs cannot be read now", vm.Name)
 }
 
-type flushWriter struct{ w http.ResponseWriter }
-
-func (f flushWriter) Write(p []byte) (int, error) {
-	n, err := f.w.Write(p)
-	if fl, ok := f.w.(http.Flusher); ok {
-		fl.Flush()
-	}
-	return n, err
-}
-
-func (d *Daemon) handleSessionSend(w http.ResponseWriter, r *http.Request) error {
-	vm, gs, err := d.sessionFromRequest(r)
+// SendSession writes data to a session's stdin.
+func (e *Engine) SendSession(ctx context.Context, vmName, name string, data io.Reader) error {
+	vm, gs, err := e.session(ctx, vmName, name)
 	if err != nil {
 		return err
 	}
 	if !gs.Stdin {
-		return api.Errorf(api.CodeConflict, "session %q has no stdin pipe (start it with --stdin)", gs.Name)
+		return errdefs.Conflict("session %q has no stdin pipe (start it with --stdin)", gs.Name)
 	}
-	gc, err := d.guests.get(r.Context(), vm, 3*time.Second)
+	gc, err := e.guests.get(ctx, vm, 3*time.Second)
 	if err != nil {
 		return err
 	}
-	d.refreshSession(r.Context(), vm, &gs, gc, nil)
+	e.refreshSession(ctx, vm, &gs, gc, nil)
 	if gs.Status != model.SessionRunning {
-		return api.Errorf(api.CodeConflict, "session %q has ended (%s)", gs.Name, gs.Status)
+		return errdefs.Conflict("session %q has ended (%s)", gs.Name, gs.Status)
 	}
-	if err := gc.SendToSession(r.Context(), gs.ID, io.LimitReader(r.Body, api.MaxBodyBytes)); err != nil {
-		return api.Errorf(api.CodeConflict, "sending to session %q: %v", gs.Name, err)
+	if err := gc.SendToSession(ctx, gs.ID, data); err != nil {
+		return errdefs.Conflict("sending to session %q: %w", gs.Name, err)
 	}
-	return writeJSON(w, struct{}{})
+	return nil
 }
 
-func (d *Daemon) handleSessionStop(w http.ResponseWriter, r *http.Request) error {
-	var req api.StopSessionRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	vm, gs, err := d.sessionFromRequest(r)
+// StopSession signals a session (TERM by default), and kills it after grace.
+func (e *Engine) StopSession(ctx context.Context, vmName, name, signal string, grace time.Duration) (model.GuestSession, error) {
+	vm, gs, err := e.session(ctx, vmName, name)
 	if err != nil {
-		return err
+		return gs, err
 	}
-	if req.Signal == "" {
-		req.Signal = "TERM"
+	if signal == "" {
+		signal = "TERM"
 	}
-	grace := time.Duration(req.GraceSeconds) * time.Second
 	if grace <= 0 {
 		grace = 5 * time.Second
 	}
-	gc, err := d.guests.get(r.Context(), vm, 3*time.Second)
+	gc, err := e.guests.get(ctx, vm, 3*time.Second)
 	if err != nil {
-		return err
+		return gs, err
 	}
-	d.refreshSession(r.Context(), vm, &gs, gc, nil)
+	e.refreshSession(ctx, vm, &gs, gc, nil)
 	if gs.Status == model.SessionRunning {
-		if err := gc.StopSession(r.Context(), gs.ID, req.Signal, grace); err != nil {
-			return api.Errorf(api.CodeInvalidArgument, "stopping session %q: %v", gs.Name, err)
+		if err := gc.StopSession(ctx, gs.ID, signal, grace); err != nil {
+			return gs, errdefs.Invalid("stopping session %q: %w", gs.Name, err)
 		}
-		d.refreshSession(r.Context(), vm, &gs, gc, nil)
+		e.refreshSession(ctx, vm, &gs, gc, nil)
 	}
-	return writeJSON(w, gs)
+	return gs, nil
 }

@@ -1,4 +1,4 @@
-package daemon
+package engine
 
 import (
 	"context"
@@ -12,47 +12,52 @@ import (
 // the VMM crashed) while the daemon runs, and stops them for real: their
 // tap, loops and sockets are released at once instead of when someone next
 // touches the VM.
-func (d *Daemon) watchVMs(ctx context.Context, every time.Duration) {
+func (e *Engine) watchVMs(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.shutdownCh:
+		case <-e.stopCh:
 			return
 		case <-t.C:
 		}
-		d.handles.mu.RLock()
+		e.handles.mu.RLock()
 		var gone []string
-		for id, h := range d.handles.m {
+		for id, h := range e.handles.m {
 			if h.PID != 0 && !(system.Process{PID: h.PID, Start: h.PIDStart}).Alive() {
 				gone = append(gone, id)
 			}
 		}
-		d.handles.mu.RUnlock()
+		e.handles.mu.RUnlock()
 		for _, id := range gone {
-			d.demoteExited(ctx, id)
+			e.demoteExited(ctx, id)
 		}
 	}
 }
 
-// demoteExited stops a running VM whose VMM process is gone.
-func (d *Daemon) demoteExited(ctx context.Context, id string) {
-	unlock := d.lockVM(ctx, id)
+// demoteExited stops a running VM whose VMM process is gone: nextState
+// with the facts of a dead VMM says tear down and record stopped.
+func (e *Engine) demoteExited(ctx context.Context, id string) {
+	unlock := e.lockVM(ctx, id)
 	defer unlock()
-	vm, err := d.store.GetVMByID(ctx, id)
+	vm, err := e.store.GetVMByID(ctx, id)
 	if err != nil || vm.Runtime.State != model.StateRunning {
 		return // deleted, or an operation on it is under way or done
 	}
-	h, ok := d.handles.get(id)
+	h, ok := e.handles.get(id)
 	if !ok || h.PID == 0 || (system.Process{PID: h.PID, Start: h.PIDStart}).Alive() {
 		return
 	}
-	d.log.Info("vm process exited on its own; stopping the vm", "vm", vm.Name, "pid", h.PID)
-	if err := d.stopLocked(ctx, &vm, true, 0); err != nil {
-		d.log.Error("cleaning up a vm whose process exited", "vm", vm.Name, "err", err)
+	dec := nextState(vm.Runtime.State, Facts{Alive: false, HostObjects: true})
+	e.log.Info("vm process exited on its own; stopping the vm", "vm", vm.Name, "pid", h.PID)
+	e.guests.drop(vm.ID)
+	if err := e.teardown(ctx, &run{vm: &vm, h: h, force: true}); err != nil {
+		e.log.Error("cleaning up a vm whose process exited", "vm", vm.Name, "err", err)
+		e.commitState(ctx, &vm, model.StateError, "cleaning up after the vmm exited: "+err.Error())
 		return
 	}
-	d.commitState(ctx, &vm, model.StateStopped, "vm process exited (guest powered off or the vmm died)")
+	e.emit(EventStopped, vm)
+	e.commitState(ctx, &vm, dec.State, dec.Reason)
 }

@@ -1,53 +1,119 @@
-package daemon
+// Package inventory accounts for every host object banger may own (VMM
+// processes, taps, loop and dm devices, run and VM directories): doctor
+// reports them with the VM that owns each, gc removes the orphans. It reads
+// through the engine's view of the VMs and proves ownership from the kernel
+// before it destroys anything; what it cannot prove it reports and leaves.
+package inventory
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"net/http"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/engine"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/system"
 )
 
-func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
-	rep := api.DoctorReport{RootDiskMethod: string(d.deps.RootMethod)}
+// HostDisks is what the inventory needs of disks.
+type HostDisks interface {
+	ListLoopDevices(ctx context.Context) (map[string]string, error)
+	ListDMDevices(ctx context.Context) ([]string, error)
+	DeactivateRootDisk(ctx context.Context, h model.RootHandles) error
+}
+
+// Networker is what the inventory needs of host networking.
+type Networker interface {
+	ListTaps(ctx context.Context) ([]string, error)
+	DeleteTap(ctx context.Context, name string) error
+	ReleaseBridgeIfUnused(ctx context.Context) error
+}
+
+// Runner runs host tools (version probes).
+type Runner interface {
+	Run(ctx context.Context, name string, args ...string) ([]byte, error)
+}
+
+// Inventory is doctor and gc of one bangerd.
+type Inventory struct {
+	Engine  *engine.Engine
+	Config  config.Config
+	Disks   HostDisks
+	Network Networker // nil: VMs get no network
+	Runner  Runner
+	Log     *slog.Logger
+}
+
+// Object is a host object with its owner.
+type Object struct {
+	Kind   string // process, tap, loop, dm, rundir, vmdir
+	Name   string
+	VM     string // owning VM's name; "" = orphan
+	Orphan bool
+	Detail string
+}
+
+// Check is one host check.
+type Check struct {
+	Name   string
+	OK     bool
+	Detail string
+}
+
+// Report is doctor's answer.
+type Report struct {
+	Checks         []Check
+	RootDiskMethod string
+	DefaultVMM     string
+	Objects        []Object
+}
+
+// Doctor checks the host and lists every object banger may own.
+func (inv *Inventory) Doctor(ctx context.Context) (Report, error) {
+	e := inv.Engine
+	cfg := inv.Config
+	rep := Report{RootDiskMethod: string(e.RootMethod())}
 	check := func(name string, ok bool, detail string) {
-		rep.Checks = append(rep.Checks, api.DoctorCheck{Name: name, OK: ok, Detail: detail})
+		rep.Checks = append(rep.Checks, Check{Name: name, OK: ok, Detail: detail})
 	}
-	kvm := d.deps.KVMUsable()
+	kvm := e.KVMUsable()
 	check("kvm", kvm, map[bool]string{true: "/dev/kvm is usable", false: "/dev/kvm is missing or not usable: Firecracker cannot run; QEMU falls back to TCG (slow)"}[kvm])
-	if p, err := system.LookPath(d.cfg.FirecrackerBin); err == nil {
-		v, verr := runVersion(r.Context(), d.deps.Runner, p)
+	if p, err := system.LookPath(cfg.FirecrackerBin); err == nil {
+		v, verr := runVersion(ctx, inv.Runner, p)
 		check("firecracker", verr == nil, p+" "+v)
 	} else {
-		check("firecracker", false, fmt.Sprintf("%q not found (config firecracker_bin)", d.cfg.FirecrackerBin))
+		check("firecracker", false, fmt.Sprintf("%q not found (config firecracker_bin)", cfg.FirecrackerBin))
 	}
-	if p, err := system.LookPath(d.cfg.QEMUBin); err == nil {
-		v, verr := runVersion(r.Context(), d.deps.Runner, p)
+	if p, err := system.LookPath(cfg.QEMUBin); err == nil {
+		v, verr := runVersion(ctx, inv.Runner, p)
 		check("qemu", verr == nil, p+" "+v)
 	} else {
-		check("qemu", false, fmt.Sprintf("%q not found (config qemu_bin; apt-get install qemu-system-x86)", d.cfg.QEMUBin))
+		check("qemu", false, fmt.Sprintf("%q not found (config qemu_bin; apt-get install qemu-system-x86)", cfg.QEMUBin))
 	}
+	dm := e.RootMethod() == storage.MethodDM
 	_, dmErr := os.Stat("/dev/mapper/control")
-	check("device-mapper", d.deps.RootMethod == storage.MethodDM,
-		map[bool]string{true: "available: root disks are dm snapshots", false: "not available (" + errString(dmErr) + "): root disks are per-VM copies"}[d.deps.RootMethod == storage.MethodDM])
+	check("device-mapper", dm, map[bool]string{true: "available: root disks are dm snapshots", false: "not available (" + errString(dmErr) + "): root disks are per-VM copies"}[dm])
 	_, loopErr := os.Stat("/dev/loop-control")
 	check("loop", loopErr == nil, errOr(loopErr, "/dev/loop-control present"))
 	_, tunErr := os.Stat("/dev/net/tun")
 	check("tun", tunErr == nil, errOr(tunErr, "/dev/net/tun present"))
-	check("network", d.deps.Network != nil, map[bool]string{true: "bridge " + d.cfg.Bridge + " on " + d.cfg.Subnet + " (made when a VM starts)",
-		false: "disabled (daemon not root, or network = off): VMs get no network device"}[d.deps.Network != nil])
+	net := inv.Network != nil
+	check("network", net, map[bool]string{true: "bridge " + cfg.Bridge + " on " + cfg.Subnet + " (made when a VM starts)",
+		false: "disabled (daemon not root, or network = off): VMs get no network device"}[net])
+	gw := e.Gateway()
 	check("dns", true, fmt.Sprintf("zone %s served on %s:53 once a VM runs; for host lookups point your resolver at it for that zone (e.g. resolvectl dns %s %s; resolvectl domain %s ~%s)",
-		d.cfg.DNSZone, d.gateway(), d.cfg.Bridge, d.gateway(), d.cfg.Bridge, d.cfg.DNSZone))
-	if name, accel, warning, err := d.chooseVMM(""); err == nil {
+		cfg.DNSZone, gw, cfg.Bridge, gw, cfg.Bridge, cfg.DNSZone))
+	if name, accel, warning, err := e.ChooseVMM(""); err == nil {
 		rep.DefaultVMM = name + "/" + accel
 		if warning != "" {
 			check("vmm", true, warning)
@@ -55,12 +121,12 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		check("vmm", false, err.Error())
 	}
-	objs, err := d.hostObjects(r.Context())
+	objs, err := inv.objects(ctx)
 	if err != nil {
-		return err
+		return rep, err
 	}
 	rep.Objects = objs
-	return writeJSON(w, rep)
+	return rep, nil
 }
 
 func errString(err error) string {
@@ -85,105 +151,110 @@ func runVersion(ctx context.Context, r Runner, bin string) (string, error) {
 	return line, err
 }
 
-// hostObjects lists every host object banger owns, with the VM that owns
+// runDirName matches the per-VM run directories (the first 16 hex
+// characters of a VM id) and vmDirName the VM directories (a whole id).
+var (
+	runDirName = regexp.MustCompile(`^[0-9a-f]{16}$`)
+	vmDirName  = regexp.MustCompile(`^[0-9a-f]{32}$`)
+)
+
+// objects lists every host object banger may own, with the VM that owns
 // it; objects no VM accounts for are orphans.
-func (d *Daemon) hostObjects(ctx context.Context) ([]api.HostObject, error) {
-	vms, err := d.store.ListVMs(ctx)
+func (inv *Inventory) objects(ctx context.Context) ([]Object, error) {
+	e := inv.Engine
+	cfg := inv.Config
+	vms, err := e.ListVMs(ctx)
 	if err != nil {
 		return nil, err
 	}
 	byID := map[string]model.VMRecord{}
-	bySock := map[string]model.VMRecord{}
 	for _, vm := range vms {
 		byID[vm.ID] = vm
-		bySock[vm.Runtime.APISockPath] = vm
 	}
 	// What the VMs account for: their handles (cache, else scratch file).
 	owner := map[string]string{} // "kind:name" -> vm name
 	for _, vm := range vms {
-		h, ok := d.handles.get(vm.ID)
-		if !ok {
-			h, _ = readHandlesFile(handlesPath(vm))
-		}
+		h := e.HandlesHint(vm)
 		for kind, name := range map[string]string{"tap": h.TapDevice, "loop": h.BaseLoop, "loop2": h.COWLoop, "dm": h.DMName} {
 			if name != "" {
 				owner[strings.TrimSuffix(kind, "2")+":"+name] = vm.Name
 			}
 		}
+		// A VM's own tap and dm names are derived from its id.
+		owner["tap:"+e.TapName(vm.ID)] = vm.Name
+		owner["dm:"+storage.DMName(vm.ID)] = vm.Name
 		if h.PID != 0 {
 			owner["process:"+strconv.Itoa(h.PID)] = vm.Name
 		}
 	}
-	var objs []api.HostObject
+	var objs []Object
 	add := func(kind, name, detail string) {
 		vm := owner[kind+":"+name]
-		objs = append(objs, api.HostObject{Kind: kind, Name: name, VM: vm, Orphan: vm == "", Detail: detail})
+		objs = append(objs, Object{Kind: kind, Name: name, VM: vm, Orphan: vm == "", Detail: detail})
 	}
-	if d.deps.Network != nil {
-		taps, err := d.deps.Network.ListTaps(ctx)
-		if err == nil {
+	if inv.Network != nil {
+		if taps, err := inv.Network.ListTaps(ctx); err == nil {
 			for _, t := range taps {
 				add("tap", t, "")
 			}
 		}
 	}
-	if loops, err := d.deps.Disks.ListLoopDevices(ctx); err == nil {
+	images := e.ImageFiles(ctx)
+	if loops, err := inv.Disks.ListLoopDevices(ctx); err == nil {
 		for dev, file := range loops {
-			if strings.HasPrefix(file, d.cfg.StateDir+"/") || d.isImageFile(ctx, file) {
+			if strings.HasPrefix(file, cfg.StateDir+"/") || images[file] {
 				add("loop", dev, file)
 			}
 		}
 	}
-	if dms, err := d.deps.Disks.ListDMDevices(ctx); err == nil {
+	if dms, err := inv.Disks.ListDMDevices(ctx); err == nil {
 		for _, name := range dms {
 			add("dm", name, "")
 		}
 	}
-	// VMM processes: argv naming a socket under our run dir.
-	prefix := filepath.Join(d.cfg.RunDir, "vm") + "/"
+	// VMM processes: a process is a candidate when its argv names a socket
+	// under our run dir; it is listed with what proves (or fails to prove)
+	// that it is a VMM banger launched.
+	prefix := filepath.Join(cfg.RunDir, "vm") + "/"
 	pids, _ := system.ListPIDs()
 	for _, pid := range pids {
-		argv, err := system.ProcCmdline(pid)
-		if err != nil || pid == os.Getpid() {
+		if pid == os.Getpid() {
 			continue
 		}
-		for _, a := range argv {
-			if i := strings.Index(a, prefix); i >= 0 && strings.Contains(a, "api.sock") {
-				sock := a[i:]
-				if j := strings.Index(sock, ","); j >= 0 {
-					sock = sock[:j]
+		argv, err := system.ProcCmdline(pid)
+		if err != nil || !mentions(argv, prefix) {
+			continue
+		}
+		name := strconv.Itoa(pid)
+		if owner["process:"+name] == "" {
+			for _, vm := range vms {
+				// Found by argv but not recorded (a VMM being launched, or
+				// a scratch file that was lost): a process proven to be a
+				// VM's VMM belongs to that VM, alive or not.
+				if e.ProvesVMM(vm, pid) {
+					owner["process:"+name] = vm.Name
 				}
-				name := strconv.Itoa(pid)
-				if vm, ok := bySock[sock]; ok && owner["process:"+name] == "" {
-					// Found by argv but not recorded: owned only if vmAlive agrees.
-					if alive, _ := d.vmAlive(ctx, vm); alive {
-						owner["process:"+name] = vm.Name
-					}
-				}
-				add("process", name, strings.Join(argv, " "))
-				break
 			}
 		}
+		add("process", name, strings.Join(argv, " "))
 	}
 	// Sockets and directories of VMs that no longer exist.
-	if ents, err := os.ReadDir(filepath.Join(d.cfg.RunDir, "vm")); err == nil {
-		for _, e := range ents {
-			found := ""
+	if ents, err := os.ReadDir(filepath.Join(cfg.RunDir, "vm")); err == nil {
+		for _, ent := range ents {
 			for _, vm := range vms {
-				if strings.HasPrefix(vm.ID, e.Name()) {
-					found = vm.Name
+				if strings.HasPrefix(vm.ID, ent.Name()) {
+					owner["rundir:"+ent.Name()] = vm.Name
 				}
 			}
-			owner["rundir:"+e.Name()] = found
-			add("rundir", e.Name(), filepath.Join(d.cfg.RunDir, "vm", e.Name()))
+			add("rundir", ent.Name(), filepath.Join(cfg.RunDir, "vm", ent.Name()))
 		}
 	}
-	if ents, err := os.ReadDir(filepath.Join(d.cfg.StateDir, "vms")); err == nil {
-		for _, e := range ents {
-			if vm, ok := byID[e.Name()]; ok {
-				owner["vmdir:"+e.Name()] = vm.Name
+	if ents, err := os.ReadDir(filepath.Join(cfg.StateDir, "vms")); err == nil {
+		for _, ent := range ents {
+			if vm, ok := byID[ent.Name()]; ok {
+				owner["vmdir:"+ent.Name()] = vm.Name
 			}
-			add("vmdir", e.Name(), filepath.Join(d.cfg.StateDir, "vms", e.Name()))
+			add("vmdir", ent.Name(), filepath.Join(cfg.StateDir, "vms", ent.Name()))
 		}
 	}
 	sort.Slice(objs, func(i, j int) bool {
@@ -195,60 +266,224 @@ func (d *Daemon) hostObjects(ctx context.Context) ([]api.HostObject, error) {
 	return objs, nil
 }
 
-func (d *Daemon) isImageFile(ctx context.Context, file string) bool {
-	ims, _ := d.store.ListImages(ctx)
-	for _, im := range ims {
-		if im.RootfsPath == file {
+// mentions reports whether any argument holds a path under prefix.
+func mentions(argv []string, prefix string) bool {
+	for _, a := range argv {
+		if strings.Contains(a, prefix) {
 			return true
 		}
 	}
 	return false
 }
 
-// handleGC removes orphaned host objects (idempotent: a second run finds none).
-func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
-	dry, _ := strconv.ParseBool(r.URL.Query().Get("dry_run"))
-	objs, err := d.hostObjects(r.Context())
+// GCResult lists what gc removed (or would remove with dryRun), what it
+// found but left, and what failed.
+type GCResult struct {
+	DryRun  bool
+	Removed []Object
+	Kept    []Object // orphans gc will not touch, with the reason in Detail
+	Errors  []string
+}
+
+// GC removes orphaned host objects. It never touches a VM that an
+// operation holds or that is in a transitional state, signals only
+// processes proven to be VMMs banger launched, and moves VM directories it
+// cannot account for to STATE_DIR/lost+found instead of deleting disks. It
+// is idempotent: a second run removes nothing.
+func (inv *Inventory) GC(ctx context.Context, dryRun bool) (GCResult, error) {
+	e := inv.Engine
+	res := GCResult{DryRun: dryRun, Removed: []Object{}}
+	// Hold every idle VM's lock for the whole sweep: a VM whose lock is
+	// held, or whose state is transitional, is being changed, and
+	// everything that could be its (its run and VM dirs, its derived tap and
+	// dm, any process) is left alone.
+	vms, err := e.ListVMs(ctx)
 	if err != nil {
-		return err
+		return res, err
 	}
-	resp := api.GCResponse{DryRun: dry, Removed: []api.HostObject{}}
-	ctx := r.Context()
+	busy := map[string]bool{}
+	for _, vm := range vms {
+		unlock, ok := e.TryLockVM(vm.ID)
+		if !ok {
+			busy[vm.ID] = true
+			continue
+		}
+		defer unlock()
+		if cur, err := e.GetVMByID(ctx, vm.ID); err == nil && cur.Runtime.State.Transitional() {
+			busy[vm.ID] = true
+		}
+	}
+	objs, err := inv.objects(ctx)
+	if err != nil {
+		return res, err
+	}
 	// Processes first: they may hold taps and loops.
 	order := map[string]int{"process": 0, "dm": 1, "loop": 2, "tap": 3, "rundir": 4, "vmdir": 5}
 	sort.SliceStable(objs, func(i, j int) bool { return order[objs[i].Kind] < order[objs[j].Kind] })
+	keep := func(o Object, why string) {
+		o.Detail = why
+		res.Kept = append(res.Kept, o)
+	}
 	for _, o := range objs {
 		if !o.Orphan {
 			continue
 		}
-		if dry {
-			resp.Removed = append(resp.Removed, o)
+		if (o.Kind == "rundir" || o.Kind == "vmdir") && busyPrefix(busy, o.Name) {
+			keep(o, "its vm is being changed")
 			continue
 		}
-		var err error
+		var proof func() error
+		var remove func() error
 		switch o.Kind {
 		case "process":
 			pid, _ := strconv.Atoi(o.Name)
-			st, serr := system.ProcStartTime(pid)
-			if serr != nil {
+			p, err := inv.provenOrphanVMM(pid)
+			if err != nil {
+				keep(o, "not proven a vmm banger launched, not signalled: "+err.Error())
 				continue
 			}
-			err = system.Process{PID: pid, Start: st}.Kill(5 * time.Second)
+			remove = func() error { return p.Kill(5 * time.Second) }
 		case "dm":
-			err = d.deps.Disks.DeactivateRootDisk(ctx, storage.RootHandles{DMName: o.Name})
+			if !strings.HasPrefix(o.Name, storage.DMName("")) {
+				keep(o, "not a banger dm device")
+				continue
+			}
+			remove = func() error { return inv.Disks.DeactivateRootDisk(ctx, model.RootHandles{DMName: o.Name}) }
 		case "loop":
-			err = d.deps.Disks.DeactivateRootDisk(ctx, storage.RootHandles{BaseLoop: o.Name})
+			remove = func() error { return inv.Disks.DeactivateRootDisk(ctx, model.RootHandles{BaseLoop: o.Name}) }
 		case "tap":
-			err = d.deps.Network.DeleteTap(ctx, o.Name)
-			d.deps.Network.ReleaseBridgeIfUnused(ctx)
-		case "rundir", "vmdir":
-			err = os.RemoveAll(o.Detail)
-		}
-		if err != nil {
-			resp.Errors = append(resp.Errors, fmt.Sprintf("%s %s: %v", o.Kind, o.Name, err))
+			if !strings.HasPrefix(o.Name, e.TapName("")) {
+				keep(o, "not a banger tap")
+				continue
+			}
+			remove = func() error {
+				if err := inv.Network.DeleteTap(ctx, o.Name); err != nil {
+					return err
+				}
+				return inv.Network.ReleaseBridgeIfUnused(ctx)
+			}
+		case "rundir":
+			if !runDirName.MatchString(o.Name) {
+				keep(o, "not named like a vm run dir")
+				continue
+			}
+			proof = func() error { return notSymlink(o.Detail) }
+			remove = func() error { return os.RemoveAll(o.Detail) }
+		case "vmdir":
+			if !vmDirName.MatchString(o.Name) {
+				keep(o, "not named like a vm dir")
+				continue
+			}
+			src, dest := o.Detail, filepath.Join(inv.Config.StateDir, "lost+found", o.Name)
+			proof = func() error { return notSymlink(src) }
+			remove = func() error {
+				if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
+					return err
+				}
+				return os.Rename(src, dest)
+			}
+			o.Detail = "moved to " + dest
+		default:
 			continue
 		}
-		resp.Removed = append(resp.Removed, o)
+		if proof != nil {
+			if err := proof(); err != nil {
+				keep(o, err.Error())
+				continue
+			}
+		}
+		if dryRun {
+			res.Removed = append(res.Removed, o)
+			continue
+		}
+		if err := remove(); err != nil {
+			res.Errors = append(res.Errors, fmt.Sprintf("%s %s: %v", o.Kind, o.Name, err))
+			continue
+		}
+		if inv.Log != nil {
+			inv.Log.Info("gc removed", "kind", o.Kind, "name", o.Name, "detail", o.Detail)
+		}
+		res.Removed = append(res.Removed, o)
 	}
-	return writeJSON(w, resp)
+	return res, nil
+}
+
+func busyPrefix(busy map[string]bool, name string) bool {
+	for id := range busy {
+		if strings.HasPrefix(id, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func notSymlink(path string) error {
+	st, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	if st.Mode()&os.ModeSymlink != 0 {
+		return errors.New(path + " is a symlink")
+	}
+	return nil
+}
+
+// provenOrphanVMM proves that pid is a VMM that banger launched for a VM
+// that no longer exists: its executable is a configured VMM binary, and its
+// argv holds the exact API socket argument banger gives a VMM, for a socket
+// in a per-VM run dir named like a VM id prefix. A process that merely
+// mentions the path (a debugging client, a PID reused by another program)
+// fails.
+func (inv *Inventory) provenOrphanVMM(pid int) (system.Process, error) {
+	st, err := system.ProcStartTime(pid)
+	if err != nil {
+		return system.Process{}, fmt.Errorf("process %d is gone", pid)
+	}
+	p := system.Process{PID: pid, Start: st}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return p, err
+	}
+	exe = strings.TrimSuffix(exe, " (deleted)")
+	argv, err := system.ProcCmdline(pid)
+	if err != nil {
+		return p, err
+	}
+	runVM := filepath.Join(inv.Config.RunDir, "vm")
+	sockOK := func(sock string) bool {
+		dir, file := filepath.Split(sock)
+		return file == "api.sock" && filepath.Dir(filepath.Clean(dir)) == runVM && runDirName.MatchString(filepath.Base(filepath.Clean(dir)))
+	}
+	switch exe {
+	case resolve(inv.Config.FirecrackerBin):
+		for i := 0; i+1 < len(argv); i++ {
+			if argv[i] == "--api-sock" && sockOK(argv[i+1]) {
+				return p, nil
+			}
+		}
+	case resolve(inv.Config.QEMUBin):
+		for i := 0; i+1 < len(argv); i++ {
+			if argv[i] == "-qmp" {
+				if s, ok := strings.CutPrefix(argv[i+1], "unix:"); ok {
+					if s, ok = strings.CutSuffix(s, ",server=on,wait=off"); ok && sockOK(s) {
+						return p, nil
+					}
+				}
+			}
+		}
+	default:
+		return p, fmt.Errorf("its executable %s is not a configured vmm", exe)
+	}
+	return p, errors.New("its argv is not that of a vmm banger launched")
+}
+
+func resolve(bin string) string {
+	p, err := system.LookPath(bin)
+	if err != nil {
+		return "\x00" // matches no executable
+	}
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return p
 }

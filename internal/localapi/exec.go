@@ -1,4 +1,4 @@
-package daemon
+package localapi
 
 import (
 	"bufio"
@@ -11,45 +11,38 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guest"
 )
 
-// handleVMWaitSSH waits until the guest answers SSH (connecting the pool).
-func (d *Daemon) handleVMWaitSSH(w http.ResponseWriter, r *http.Request) error {
+// vmWaitSSH waits until the guest answers SSH (connecting the pool).
+func (s *Server) vmWaitSSH(w http.ResponseWriter, r *http.Request) error {
 	var req api.WaitSSHRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(r, &req, true); err != nil {
 		return err
 	}
 	wait := time.Duration(req.TimeoutSeconds) * time.Second
 	if wait <= 0 {
 		wait = 60 * time.Second
 	}
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return err
-	}
-	if _, err := d.guests.get(r.Context(), vm, wait); err != nil {
+	if _, _, err := s.eng.Guest(r.Context(), r.PathValue("name"), wait); err != nil {
 		return err
 	}
 	return writeJSON(w, struct{}{})
 }
 
-// handleVMExec runs a command in a guest. Errors found before the command
+// vmExec runs a command in a guest. Errors found before the command
 // starts are ordinary JSON errors; then the connection is upgraded and
 // carries frames (api/stream.go) until the command's exit code.
-func (d *Daemon) handleVMExec(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) vmExec(w http.ResponseWriter, r *http.Request) error {
 	var req api.ExecRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(r, &req, false); err != nil {
 		return err
 	}
 	if len(req.Argv) == 0 && !req.TTY {
-		return api.Errorf(api.CodeInvalidArgument, "no command given")
+		return errdefs.Invalid("no command given")
 	}
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return err
-	}
-	gc, err := d.guests.get(r.Context(), vm, 5*time.Second)
+	gc, vm, err := s.eng.Guest(r.Context(), r.PathValue("name"), 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -76,7 +69,7 @@ func (d *Daemon) handleVMExec(w http.ResponseWriter, r *http.Request) error {
 		stdin = stdinR
 	}
 	resize := make(chan guest.Size, 4)
-	go d.readExecFrames(brw.Reader, conn, stdinW, resize, cancel)
+	go readExecFrames(brw.Reader, conn, stdinW, resize, cancel)
 
 	var code int
 	if req.TTY {
@@ -96,7 +89,7 @@ func (d *Daemon) handleVMExec(w http.ResponseWriter, r *http.Request) error {
 
 // readExecFrames feeds client frames to the running command. A client that
 // goes away cancels the command.
-func (d *Daemon) readExecFrames(r *bufio.Reader, conn net.Conn, stdin *io.PipeWriter, resize chan<- guest.Size, cancel context.CancelFunc) {
+func readExecFrames(r *bufio.Reader, conn net.Conn, stdin *io.PipeWriter, resize chan<- guest.Size, cancel context.CancelFunc) {
 	defer stdin.Close()
 	for {
 		t, p, err := api.ReadFrame(r)

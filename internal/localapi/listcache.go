@@ -1,4 +1,4 @@
-package daemon
+package localapi
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/engine"
 	"github.com/banger-dev/banger/internal/model"
 )
 
@@ -128,6 +129,13 @@ func (c *listCache) each(fn func(e *listEntry) error) error {
 	return nil
 }
 
-// putVM and dropVM keep the list cache in step with the store's vms table.
-func (d *Daemon) putVM(vm model.VMRecord) { d.list.put(vm) }
-func (d *Daemon) dropVM(id string)        { d.list.drop(id) }
+// follow keeps the cache in step with the store's vms table through the
+// engine's events.
+func (c *listCache) follow(ev engine.Event) {
+	switch ev.Kind {
+	case engine.EventUpdated, engine.EventStarted, engine.EventStopped:
+		c.put(ev.VM)
+	case engine.EventDeleted:
+		c.drop(ev.VM.ID)
+	}
+}

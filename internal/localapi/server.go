@@ -1,20 +1,157 @@
-package daemon
+// Package localapi is bangerd's HTTP API on its unix socket: one handler map
+// of thin handlers over the engine and the inventory, the exec stream, the
+// caller check (SO_PEERCRED), strict request decoding, and the only place
+// where an error's kind becomes a wire code and an HTTP status.
+package localapi
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/banger-dev/banger/internal/api"
-	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/engine"
+	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/inventory"
 	"golang.org/x/sys/unix"
 )
+
+// Server serves the API.
+type Server struct {
+	cfg  config.Config
+	eng  *engine.Engine
+	inv  *inventory.Inventory
+	log  *slog.Logger
+	list listCache
+
+	listener   net.Listener
+	httpServer *http.Server
+	shutdownCh chan struct{}
+	shutOnce   sync.Once
+}
+
+// Timeouts and limits of the HTTP server. Streaming routes (exec, logs,
+// image build) write for as long as they need: there is no write timeout.
+const (
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 60 * time.Second // a whole request, body included
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 64 << 10
+)
+
+// New makes a server over the engine and the inventory; it follows the
+// engine's events for its list cache.
+func New(cfg config.Config, eng *engine.Engine, inv *inventory.Inventory, logger *slog.Logger) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, eng: eng, inv: inv, log: logger, shutdownCh: make(chan struct{})}
+	eng.Subscribe(s.list.follow)
+	return s
+}
+
+// ShutdownRequested is closed when a client asked the daemon to stop.
+func (s *Server) ShutdownRequested() <-chan struct{} { return s.shutdownCh }
+
+// Listen opens the API socket. A leftover socket is dialed first: an answer
+// means a daemon already serves it; silence means it is stale and removed.
+func (s *Server) Listen() error {
+	path := s.cfg.Socket
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(path); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return fmt.Errorf("a daemon already answers on %s", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	// Create the socket with no access, then set owner and mode: there is no
+	// window in which it is world-connectable.
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", path, err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(true)
+	mode := os.FileMode(0o600)
+	if gid, ok := LookupGroup(s.cfg.Group); ok {
+		if err := os.Chown(path, os.Getuid(), gid); err == nil {
+			mode = 0o660
+		}
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return err
+	}
+	s.listener = l
+	return nil
+}
+
+// LookupGroup returns the gid of a group name.
+func LookupGroup(name string) (int, bool) {
+	if name == "" {
+		return 0, false
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, false
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	return gid, err == nil
+}
+
+// Serve serves the API until ctx is done or a shutdown is requested.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.listener == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	s.httpServer = &http.Server{
+		Handler:           s.Handler(),
+		ConnContext:       peerCredContext,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.httpServer.Serve(s.listener) }()
+	select {
+	case <-ctx.Done():
+	case <-s.shutdownCh:
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.httpServer.Shutdown(sctx)
+	return nil
+}
+
+func (s *Server) requestShutdown() { s.shutOnce.Do(func() { close(s.shutdownCh) }) }
 
 type ctxKey int
 
@@ -49,14 +186,14 @@ func peerCredContext(ctx context.Context, c net.Conn) context.Context {
 
 // authorized reports whether the caller may use the API: root, the daemon's
 // own user, or a member of the banger group.
-func (d *Daemon) authorized(p peerCred) bool {
+func (s *Server) authorized(p peerCred) bool {
 	if !p.ok {
 		return false
 	}
 	if p.uid == 0 || int(p.uid) == os.Getuid() {
 		return true
 	}
-	gid, ok := lookupGroup(d.cfg.Group)
+	gid, ok := LookupGroup(s.cfg.Group)
 	if !ok {
 		return false
 	}
@@ -82,81 +219,93 @@ func (d *Daemon) authorized(p peerCred) bool {
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
-// routes maps every route in internal/api to its handler.
-func (d *Daemon) routes() http.Handler {
+// Handler maps every route in internal/api to its handler: the one handler map.
+func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	h := func(pattern string, fn handlerFunc) { mux.Handle(pattern, d.wrap(fn)) }
-	h(api.RouteVersion, d.handleVersion)
-	h(api.RouteVMList, d.handleVMList)
-	h(api.RouteVMCreate, d.handleVMCreate)
-	h(api.RouteVMShow, d.handleVMShow)
-	h(api.RouteVMDelete, d.handleVMDelete)
-	h(api.RouteVMStart, d.handleVMStart)
-	h(api.RouteVMStop, d.handleVMStop)
-	h(api.RouteVMRestart, d.handleVMRestart)
-	h(api.RouteVMLogs, d.handleVMLogs)
-	h(api.RouteVMExec, d.handleVMExec)
-	h(api.RouteVMWait, d.handleVMWaitSSH)
-	h(api.RouteVMPorts, d.handlePortList)
-	h(api.RouteVMPortAdd, d.handlePortAdd)
-	h(api.RouteVMPortRemove, d.handlePortRemove)
-	h(api.RouteSessionList, d.handleSessionList)
-	h(api.RouteSessionStart, d.handleSessionStart)
-	h(api.RouteSessionLogs, d.handleSessionLogs)
-	h(api.RouteSessionSend, d.handleSessionSend)
-	h(api.RouteSessionStop, d.handleSessionStop)
-	h(api.RouteImageList, d.handleImageList)
-	h(api.RouteImageImport, d.handleImageImport)
-	h(api.RouteImageBuild, d.handleImageBuild)
-	h(api.RouteImageShow, d.handleImageShow)
-	h(api.RouteImageDelete, d.handleImageDelete)
-	h(api.RouteDoctor, d.handleDoctor)
-	h(api.RouteGC, d.handleGC)
-	h(api.RouteShutdown, d.handleShutdown)
-	mux.Handle("/", d.wrap(func(w http.ResponseWriter, r *http.Request) error {
-		return api.Errorf(api.CodeNotFound, "no route %s %s", r.Method, r.URL.Path)
+	for pattern, fn := range map[string]handlerFunc{
+		api.RouteVersion:      s.version,
+		api.RouteVMList:       s.vmList,
+		api.RouteVMCreate:     s.vmCreate,
+		api.RouteVMShow:       s.vmShow,
+		api.RouteVMDelete:     s.vmDelete,
+		api.RouteVMStart:      s.vmStart,
+		api.RouteVMStop:       s.vmStop,
+		api.RouteVMRestart:    s.vmRestart,
+		api.RouteVMLogs:       s.vmLogs,
+		api.RouteVMExec:       s.vmExec,
+		api.RouteVMWait:       s.vmWaitSSH,
+		api.RouteVMPorts:      s.portList,
+		api.RouteVMPortAdd:    s.portAdd,
+		api.RouteVMPortRemove: s.portRemove,
+		api.RouteSessionList:  s.sessionList,
+		api.RouteSessionStart: s.sessionStart,
+		api.RouteSessionLogs:  s.sessionLogs,
+		api.RouteSessionSend:  s.sessionSend,
+		api.RouteSessionStop:  s.sessionStop,
+		api.RouteImageList:    s.imageList,
+		api.RouteImageImport:  s.imageImport,
+		api.RouteImageBuild:   s.imageBuild,
+		api.RouteImageShow:    s.imageShow,
+		api.RouteImageDelete:  s.imageDelete,
+		api.RouteDoctor:       s.doctor,
+		api.RouteGC:           s.gc,
+		api.RouteShutdown:     s.shutdown,
+	} {
+		mux.Handle(pattern, s.wrap(fn))
+	}
+	mux.Handle("/", s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return errdefs.NotFound("no route %s %s", r.Method, r.URL.Path)
 	}))
 	return mux
 }
 
-func (d *Daemon) wrap(fn handlerFunc) http.Handler {
+func (s *Server) wrap(fn handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(api.VersionHeader, api.Version)
 		p, _ := r.Context().Value(peerKey).(peerCred)
-		if !d.authorized(p) {
-			d.log.Warn("refused caller", "uid", p.uid, "pid", p.pid)
-			writeError(w, &api.Error{Code: "permission_denied", Message: fmt.Sprintf("permission denied: uid %d is not root and not in group %q", p.uid, d.cfg.Group)}, http.StatusForbidden)
+		if !s.authorized(p) {
+			s.log.Warn("refused caller", "uid", p.uid, "pid", p.pid)
+			writeError(w, &api.Error{Code: "permission_denied", Message: fmt.Sprintf("permission denied: uid %d is not root and not in group %q", p.uid, s.cfg.Group)}, http.StatusForbidden)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
 		if err := fn(w, r); err != nil {
 			e := toAPIError(err)
 			if e.Code == api.CodeInternal {
-				d.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+				s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			}
 			writeError(w, e, api.HTTPStatus(e.Code))
 		}
 	})
 }
 
-// toAPIError gives every error a wire code.
+// toAPIError gives every error its wire code, from its errdefs kind. It is
+// the only place that does.
 func toAPIError(err error) *api.Error {
 	var e *api.Error
 	if errors.As(err, &e) {
 		return e
 	}
 	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
+	if errors.As(err, &mbe) {
 		return api.Errorf(api.CodeInvalidArgument, "request body over %d bytes", api.MaxBodyBytes)
-	case errors.Is(err, store.ErrNotFound):
-		return api.Errorf(api.CodeNotFound, "%v", err)
-	case errors.Is(err, store.ErrExists):
-		return api.Errorf(api.CodeAlreadyExists, "%v", err)
-	case errors.Is(err, store.ErrInUse):
-		return api.Errorf(api.CodeConflict, "%v", err)
 	}
-	return api.Errorf(api.CodeInternal, "%v", err)
+	code := api.CodeInternal
+	switch errdefs.Kind(err) {
+	case errdefs.ErrNotFound:
+		code = api.CodeNotFound
+	case errdefs.ErrAlreadyExists:
+		code = api.CodeAlreadyExists
+	case errdefs.ErrInvalidArgument:
+		code = api.CodeInvalidArgument
+	case errdefs.ErrConflict:
+		code = api.CodeConflict
+	case errdefs.ErrUnavailable:
+		code = api.CodeUnavailable
+	case errdefs.ErrNoSpace:
+		code = api.CodeNoSpace
+	}
+	return &api.Error{Code: code, Message: err.Error()}
 }
 
 func writeError(w http.ResponseWriter, e *api.Error, status int) {
@@ -170,35 +319,36 @@ func writeJSON(w http.ResponseWriter, v any) error {
 	return json.NewEncoder(w).Encode(v)
 }
 
-// decode reads a JSON body strictly.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
-		if err.Error() == "EOF" {
-			return nil
-		}
-		return api.Errorf(api.CodeInvalidArgument, "bad request body: %v", err)
-	}
-	return nil
+// decode reads a JSON body strictly: one object, no unknown fields, no
+// trailing data, no null; an empty body is allowed where the request has
+// only optional fields.
+func decode(r *http.Request, v any, allowEmpty bool) error {
+	return api.DecodeJSON(r.Body, v, allowEmpty)
 }
 
-func (d *Daemon) handleVersion(w http.ResponseWriter, r *http.Request) error {
+// flushWriter flushes each write, for streamed responses.
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if fl, ok := f.w.(http.Flusher); ok {
+		fl.Flush()
+	}
+	return n, err
+}
+
+func (s *Server) version(w http.ResponseWriter, r *http.Request) error {
 	ready := false
 	select {
-	case <-d.ready:
+	case <-s.eng.Ready():
 		ready = true
 	default:
 	}
-	return writeJSON(w, api.VersionResponse{Version: api.Version, PID: os.Getpid(), Socket: d.cfg.Socket, Config: d.cfg.File, Ready: ready})
+	return writeJSON(w, api.VersionResponse{Version: api.Version, PID: os.Getpid(), Socket: s.cfg.Socket, Config: s.cfg.File, Ready: ready})
 }
 
-func (d *Daemon) handleShutdown(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) shutdown(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, struct{}{})
-	d.requestShutdown()
+	s.requestShutdown()
 	return nil
 }

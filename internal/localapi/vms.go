@@ -1,41 +1,29 @@
-package daemon
+package localapi
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/engine"
+	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/model"
-	"github.com/banger-dev/banger/internal/system"
 )
 
-// view shows a VM with its live facts. full asks the VMM to confirm identity
-// (vmAlive); list views only check the recorded process, to stay cheap.
-func (d *Daemon) view(ctx context.Context, vm model.VMRecord, full bool) api.VM {
+// view shows a VM with its live facts.
+func (s *Server) view(ctx context.Context, vm model.VMRecord, full bool) api.VM {
 	out := api.VM{VMRecord: vm}
-	h, ok := d.handles.get(vm.ID)
-	if !ok && vm.Runtime.State != model.StateRunning {
-		return out
+	if l := s.eng.Live(ctx, vm, full); l != nil {
+		out.Live = &api.LiveFacts{Alive: l.Alive, Handles: l.Handles, Reason: l.Reason}
 	}
-	live := &api.LiveFacts{Handles: h}
-	if full {
-		live.Alive, live.Reason = d.vmAlive(ctx, vm)
-	} else {
-		live.Alive = vm.Runtime.State == model.StateRunning && h.PID != 0 && (system.Process{PID: h.PID, Start: h.PIDStart}).Alive()
-	}
-	out.Live = live
 	return out
 }
 
-func (d *Daemon) handleVMList(w http.ResponseWriter, r *http.Request) error {
-	if err := d.list.load(r.Context(), d.store.ListVMs); err != nil {
+func (s *Server) vmList(w http.ResponseWriter, r *http.Request) error {
+	if err := s.list.load(r.Context(), s.eng.ListVMs); err != nil {
 		return err
 	}
 	// Cached entries are written as they are; only VMs with a runtime get
@@ -44,15 +32,15 @@ func (d *Daemon) handleVMList(w http.ResponseWriter, r *http.Request) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.WriteByte('[')
 	n := 0
-	err := d.list.each(func(e *listEntry) error {
+	err := s.list.each(func(e *listEntry) error {
 		b := e.json
-		if _, cached := d.handles.get(e.id); cached || e.running {
+		if e.running || s.eng.HasRuntime(e.id) {
 			var v api.VM
 			if err := json.Unmarshal(e.json, &v); err != nil {
 				return err
 			}
 			var err error
-			if b, err = json.Marshal(d.view(r.Context(), v.VMRecord, false)); err != nil {
+			if b, err = json.Marshal(s.view(r.Context(), v.VMRecord, false)); err != nil {
 				return err
 			}
 		}
@@ -74,41 +62,48 @@ func (d *Daemon) handleVMList(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (d *Daemon) handleVMCreate(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) vmCreate(w http.ResponseWriter, r *http.Request) error {
 	var req api.CreateVMRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(r, &req, false); err != nil {
 		return err
 	}
-	vm, err := d.createVM(r.Context(), req)
+	vm, err := s.eng.CreateVM(r.Context(), engine.CreateSpec{
+		Name: req.Name, Image: req.Image, VMM: req.VMM, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
+		DiskSizeBytes: req.DiskSizeBytes, WorkDiskBytes: req.WorkDiskBytes, Ports: req.Ports,
+	})
 	if err != nil {
 		return err
 	}
+	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
-	return writeJSON(w, d.view(r.Context(), vm, false))
+	return writeJSON(w, s.view(r.Context(), vm, false))
 }
 
-func (d *Daemon) handleVMShow(w http.ResponseWriter, r *http.Request) error {
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+func (s *Server) vmShow(w http.ResponseWriter, r *http.Request) error {
+	vm, err := s.eng.GetVM(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, d.view(r.Context(), vm, true))
+	return writeJSON(w, s.view(r.Context(), vm, true))
 }
 
-func (d *Daemon) handleVMDelete(w http.ResponseWriter, r *http.Request) error {
-	force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
-	if err := d.deleteVM(r.Context(), r.PathValue("name"), force); err != nil {
+func (s *Server) vmDelete(w http.ResponseWriter, r *http.Request) error {
+	force, err := api.ParseBoolParam(r.URL.Query(), "force")
+	if err != nil {
+		return err
+	}
+	if err := s.eng.DeleteVM(r.Context(), r.PathValue("name"), force); err != nil {
 		return err
 	}
 	return writeJSON(w, struct{}{})
 }
 
-func (d *Daemon) handleVMStart(w http.ResponseWriter, r *http.Request) error {
-	vm, err := d.startVM(r.Context(), r.PathValue("name"))
+func (s *Server) vmStart(w http.ResponseWriter, r *http.Request) error {
+	vm, err := s.eng.StartVM(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return err
 	}
-	out := d.view(r.Context(), vm, true)
+	out := s.view(r.Context(), vm, true)
 	if vm.Runtime.Accel == "tcg" {
 		out.Warnings = append(out.Warnings, "no usable /dev/kvm: QEMU runs this VM under software emulation (TCG), which is slow")
 	}
@@ -118,98 +113,52 @@ func (d *Daemon) handleVMStart(w http.ResponseWriter, r *http.Request) error {
 // decodeStop reads a stop (or restart) request and its timeout (default 10s).
 func decodeStop(r *http.Request) (api.StopRequest, time.Duration, error) {
 	var req api.StopRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(r, &req, true); err != nil {
 		return req, 0, err
 	}
 	switch {
 	case req.TimeoutSeconds < 0:
-		return req, 0, api.Errorf(api.CodeInvalidArgument, "invalid timeout %ds", req.TimeoutSeconds)
+		return req, 0, errdefs.Invalid("invalid timeout %ds", req.TimeoutSeconds)
 	case req.TimeoutSeconds == 0:
 		return req, 10 * time.Second, nil
 	}
 	return req, time.Duration(req.TimeoutSeconds) * time.Second, nil
 }
 
-func (d *Daemon) handleVMStop(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) vmStop(w http.ResponseWriter, r *http.Request) error {
 	req, timeout, err := decodeStop(r)
 	if err != nil {
 		return err
 	}
-	vm, err := d.stopVM(r.Context(), r.PathValue("name"), req.Force, timeout)
+	vm, err := s.eng.StopVM(r.Context(), r.PathValue("name"), req.Force, timeout)
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, d.view(r.Context(), vm, false))
+	return writeJSON(w, s.view(r.Context(), vm, false))
 }
 
-func (d *Daemon) handleVMRestart(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) vmRestart(w http.ResponseWriter, r *http.Request) error {
 	req, timeout, err := decodeStop(r)
 	if err != nil {
 		return err
 	}
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+	vm, err := s.eng.RestartVM(r.Context(), r.PathValue("name"), req.Force, timeout)
 	if err != nil {
 		return err
 	}
-	unlock := d.lockVM(r.Context(), vm.ID)
-	defer unlock()
-	if vm, err = d.store.GetVMByID(r.Context(), vm.ID); err != nil {
-		return toAPIError(err)
-	}
-	if err := d.stopLocked(r.Context(), &vm, req.Force, timeout); err != nil {
-		return err
-	}
-	if err := d.startLocked(r.Context(), &vm); err != nil {
-		return err
-	}
-	return writeJSON(w, d.view(r.Context(), vm, true))
+	return writeJSON(w, s.view(r.Context(), vm, true))
 }
 
-// handleVMLogs streams the console log; with follow it keeps streaming new
+// vmLogs streams the console log; with follow it keeps streaming new
 // output until the client goes away or the VM is deleted.
-func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+func (s *Server) vmLogs(w http.ResponseWriter, r *http.Request) error {
+	follow, err := api.ParseBoolParam(r.URL.Query(), "follow")
 	if err != nil {
 		return err
 	}
-	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+	if _, err := s.eng.GetVM(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
 	w.Header().Set("Content-Type", "text/plain")
-	out := flushWriter{w}
-	var off int64
-	for {
-		n, err := copyFileFrom(vm.Runtime.LogPath, off, out)
-		if err != nil {
-			return nil // the client went away
-		}
-		off = n
-		if !follow {
-			return nil
-		}
-		select {
-		case <-r.Context().Done():
-			return nil
-		case <-time.After(200 * time.Millisecond):
-		}
-		if _, err := d.store.GetVMByID(r.Context(), vm.ID); err != nil {
-			return nil // deleted
-		}
-	}
-}
-
-// copyFileFrom writes path's bytes from off to its end to w and returns the
-// new offset. A missing file is empty; a file now shorter than off (a new
-// boot, or trimmed by keepConsoles) is read from its start.
-func copyFileFrom(path string, off int64, w io.Writer) (int64, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	} else if err != nil {
-		return off, nil
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() < off {
-		off = 0
-	}
-	n, err := io.Copy(w, io.NewSectionReader(f, off, 1<<62))
-	return off + n, err
+	return s.eng.ConsoleLog(r.Context(), r.PathValue("name"), follow, flushWriter{w})
 }

@@ -73,11 +73,23 @@ type VMHandles struct {
 	PID       int    `json:"pid,omitempty"`
 	PIDStart  uint64 `json:"pid_start,omitempty"` // start time in clock ticks since boot (/proc/PID/stat field 22)
 	TapDevice string `json:"tap_device,omitempty"`
-	BaseLoop  string `json:"base_loop,omitempty"`
-	COWLoop   string `json:"cow_loop,omitempty"`
-	DMName    string `json:"dm_name,omitempty"`
-	DMDev     string `json:"dm_dev,omitempty"`
+	// RootHandles is filled by the storage package as it activates the root
+	// disk; its fields appear inline in JSON.
+	RootHandles
 }
+
+// RootHandles records the kernel objects behind an active dm root disk
+// (empty for the copy method), so they can be torn down later, even by a
+// daemon that restarted.
+type RootHandles struct {
+	BaseLoop string `json:"base_loop,omitempty"` // read-only loop over the image's rootfs
+	COWLoop  string `json:"cow_loop,omitempty"`  // loop over the VM's root.cow
+	DMName   string `json:"dm_name,omitempty"`   // storage.DMName(vmID)
+	DMDev    string `json:"dm_dev,omitempty"`    // /dev/mapper/<DMName>
+}
+
+// IsZero reports whether h records nothing to tear down.
+func (h RootHandles) IsZero() bool { return h == RootHandles{} }
 
 // IsZero reports whether h records nothing.
 func (h VMHandles) IsZero() bool { return h == VMHandles{} }

@@ -1,30 +1,46 @@
-package daemon
+// Package publish makes running VMs reachable: DNS names for their guest
+// addresses and userspace port forwards to their guests. It is fed by the
+// engine's events (started, stopped, deleted) and binds forwards for the
+// engine (engine.PortBinder); both are in memory, and forwards are bound
+// again from the store at startup, so a dead daemon leaves nothing behind.
+package publish
 
 import (
 	"context"
-	"errors"
+	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
-	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/engine"
 	"github.com/banger-dev/banger/internal/network/dns"
 	"github.com/banger-dev/banger/internal/network/forward"
-	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/system"
 )
 
-// extras serves what makes VMs reachable by name and port: DNS records for
-// running VMs and userspace port forwards. Both are in memory; forwards are
-// rebuilt from the store at startup, so a dead daemon leaves nothing behind.
-type extras struct {
-	d   *Daemon
+// Runner runs host tools (resolvectl).
+type Runner interface {
+	Run(ctx context.Context, name string, args ...string) ([]byte, error)
+}
+
+// Config is what the publishers need to know of the host.
+type Config struct {
+	Zone      string // DNS zone, e.g. banger.internal
+	Upstream  string // DNS upstream for names outside the zone ("" = refuse)
+	Listen    string // extra DNS listen address ("" = none)
+	Bridge    string // bridge name, for systemd-resolved registration
+	Gateway   string // the host's address on the bridge ("" = no network)
+	Runner    Runner
+	Logger    *slog.Logger
+	Resolvctl bool // register the zone with systemd-resolved where it runs
+}
+
+// Publisher serves DNS names and port forwards of running VMs.
+type Publisher struct {
+	cfg Config
+	log *slog.Logger
 	dns *dns.Server
 
 	mu        sync.Mutex
@@ -35,11 +51,16 @@ type extras struct {
 	cancelAll context.CancelFunc
 }
 
-func newExtras(d *Daemon) *extras {
+// New makes a publisher; Start binds what is configured.
+func New(cfg Config) *Publisher {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &extras{
-		d:         d,
-		dns:       dns.New(d.cfg.DNSZone, d.cfg.DNSUpstream, d.log),
+	return &Publisher{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		dns:       dns.New(cfg.Zone, cfg.Upstream, cfg.Logger),
 		running:   map[string]string{},
 		forwards:  map[string]map[string]*forward.Forwarder{},
 		dnsBound:  map[string]bool{},
@@ -48,287 +69,170 @@ func newExtras(d *Daemon) *extras {
 	}
 }
 
-// start binds the configured DNS address and the stored port forwards.
-func (e *extras) start(ctx context.Context) {
-	if e.d.cfg.DNSListen != "" {
-		e.listenDNS(e.d.cfg.DNSListen)
+// StoredPort is a forward recorded for a VM.
+type StoredPort struct{ VMID, Spec string }
+
+// Start binds the configured DNS address and the stored port forwards.
+func (p *Publisher) Start(ports []StoredPort) {
+	if p.cfg.Listen != "" {
+		p.listenDNS(p.cfg.Listen)
 	}
-	ports, err := e.d.store.ListPorts(ctx, "")
-	if err != nil {
-		e.d.log.Error("loading port forwards", "err", err)
-		return
-	}
-	for _, p := range ports {
-		spec, err := forward.ParseSpec(p.Spec)
+	for _, sp := range ports {
+		spec, err := forward.ParseSpec(sp.Spec)
 		if err != nil {
 			continue
 		}
-		if err := e.startForward(p.VMID, spec); err != nil {
-			e.d.log.Error("restoring port forward", "spec", p.Spec, "err", err)
+		if err := p.Bind(sp.VMID, spec); err != nil {
+			p.log.Error("restoring port forward", "spec", sp.Spec, "err", err)
 		}
 	}
 }
 
-func (e *extras) stop() {
-	e.cancelAll()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, m := range e.forwards {
+// Close closes every forward and DNS listener.
+func (p *Publisher) Close() {
+	p.cancelAll()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.forwards {
 		for _, f := range m {
 			f.Close()
 		}
 	}
-	e.forwards = map[string]map[string]*forward.Forwarder{}
+	p.forwards = map[string]map[string]*forward.Forwarder{}
+}
+
+// Handle follows an engine event.
+func (p *Publisher) Handle(ev engine.Event) {
+	switch ev.Kind {
+	case engine.EventStarted:
+		p.vmStarted(ev.VM.ID, ev.VM.Name, ev.VM.Runtime.GuestIP)
+	case engine.EventStopped:
+		p.vmStopped(ev.VM.ID, ev.VM.Name)
+	case engine.EventDeleted:
+		p.vmDeleted(ev.VM.ID, ev.VM.Name)
+	}
 }
 
 // listenDNS serves DNS on addr once; it reports whether it newly bound.
-func (e *extras) listenDNS(addr string) bool {
-	e.mu.Lock()
-	if e.dnsBound[addr] {
-		e.mu.Unlock()
+func (p *Publisher) listenDNS(addr string) bool {
+	p.mu.Lock()
+	if p.dnsBound[addr] {
+		p.mu.Unlock()
 		return false
 	}
-	e.dnsBound[addr] = true
-	e.mu.Unlock()
-	if err := e.dns.ListenAndServe(e.ctx, addr); err != nil {
-		e.d.log.Warn("dns: cannot listen", "addr", addr, "err", err)
-		e.mu.Lock()
-		delete(e.dnsBound, addr)
-		e.mu.Unlock()
+	p.dnsBound[addr] = true
+	p.mu.Unlock()
+	if err := p.dns.ListenAndServe(p.ctx, addr); err != nil {
+		p.log.Warn("dns: cannot listen", "addr", addr, "err", err)
+		p.mu.Lock()
+		delete(p.dnsBound, addr)
+		p.mu.Unlock()
 		return false
 	}
 	return true
 }
 
 // vmStarted publishes a running VM's name and opens its forwards' target.
-func (e *extras) vmStarted(vm model.VMRecord) {
-	ip, err := netip.ParseAddr(vm.Runtime.GuestIP)
+func (p *Publisher) vmStarted(id, name, guestIP string) {
+	ip, err := netip.ParseAddr(guestIP)
 	if err != nil {
 		return
 	}
-	e.mu.Lock()
-	e.running[vm.ID] = vm.Runtime.GuestIP
-	e.mu.Unlock()
-	e.dns.Set(vm.Name, ip)
-	if e.d.deps.Network != nil {
+	p.mu.Lock()
+	p.running[id] = guestIP
+	p.mu.Unlock()
+	p.dns.Set(name, ip)
+	if p.cfg.Gateway != "" {
 		// The guests' resolver is the daemon on the bridge address, which
 		// exists once a VM's tap made the bridge.
 		go func() {
-			if e.listenDNS(net.JoinHostPort(e.d.gateway(), "53")) {
-				e.registerResolved()
+			if p.listenDNS(net.JoinHostPort(p.cfg.Gateway, "53")) {
+				p.registerResolved()
 			}
 		}()
 	}
 }
 
 // vmStopped withdraws a VM's name; its forwards refuse connections.
-func (e *extras) vmStopped(vm model.VMRecord) {
-	e.mu.Lock()
-	delete(e.running, vm.ID)
-	fw := e.forwards[vm.ID]
-	e.mu.Unlock()
-	e.dns.Remove(vm.Name)
+func (p *Publisher) vmStopped(id, name string) {
+	p.mu.Lock()
+	delete(p.running, id)
+	fw := p.forwards[id]
+	p.mu.Unlock()
+	p.dns.Remove(name)
 	for _, f := range fw {
 		f.DropConns()
 	}
 }
 
 // vmDeleted closes a VM's forwards (the store rows go with the VM's row).
-func (e *extras) vmDeleted(ctx context.Context, vm model.VMRecord) {
-	e.vmStopped(vm)
-	e.mu.Lock()
-	fw := e.forwards[vm.ID]
-	delete(e.forwards, vm.ID)
-	e.mu.Unlock()
+func (p *Publisher) vmDeleted(id, name string) {
+	p.vmStopped(id, name)
+	p.mu.Lock()
+	fw := p.forwards[id]
+	delete(p.forwards, id)
+	p.mu.Unlock()
 	for _, f := range fw {
 		f.Close()
 	}
 }
 
-func (e *extras) target(vmID string, guestPort int) forward.Target {
+func (p *Publisher) target(vmID string) forward.Target {
 	return func() (string, bool) {
-		e.mu.Lock()
-		ip, ok := e.running[vmID]
-		e.mu.Unlock()
+		p.mu.Lock()
+		ip, ok := p.running[vmID]
+		p.mu.Unlock()
 		return ip, ok
 	}
 }
 
-func hostKey(s forward.Spec) string {
-	addr := s.HostAddr
-	if addr == "" {
-		addr = forward.DefaultHostAddr
-	}
-	proto := s.Proto
-	if proto == "" {
-		proto = forward.TCP
-	}
-	return net.JoinHostPort(addr, itoa(s.HostPort)) + "/" + string(proto)
-}
-
-// validatePorts parses specs and checks them against each other, the store
-// (another VM's forward) and the host (a port already taken).
-func (e *extras) validatePorts(raw []string, vmID string) ([]forward.Spec, error) {
-	var specs []forward.Spec
-	for _, s := range raw {
-		spec, err := forward.ParseSpec(s)
-		if err != nil {
-			return nil, api.Errorf(api.CodeInvalidArgument, "%v", err)
-		}
-		specs = append(specs, spec)
-	}
-	if len(specs) == 0 {
-		return nil, nil
-	}
-	if err := forward.ValidateSpecs(specs); err != nil {
-		return nil, api.Errorf(api.CodeInvalidArgument, "%v", err)
-	}
-	existing, err := e.d.store.ListPorts(context.Background(), "")
-	if err != nil {
-		return nil, err
-	}
-	for _, s := range specs {
-		for _, p := range existing {
-			if p.HostKey == hostKey(s) {
-				return nil, api.Errorf(api.CodeAlreadyExists, "host port %s is already forwarded by another vm", p.HostKey)
-			}
-		}
-		if err := forward.CheckHostPortFree(s); err != nil {
-			return nil, api.Errorf(api.CodeConflict, "%v", err)
-		}
-	}
-	return specs, nil
-}
-
-// addPorts records and binds forwards for vm; on failure nothing remains.
-func (e *extras) addPorts(ctx context.Context, vm model.VMRecord, specs []forward.Spec) error {
-	var done []forward.Spec
-	undo := func() {
-		for _, s := range done {
-			e.d.store.RemovePort(context.WithoutCancel(ctx), vm.ID, s.String())
-			e.closeForward(vm.ID, s.String())
-		}
-	}
-	for _, s := range specs {
-		if err := e.d.store.AddPort(ctx, store.Port{VMID: vm.ID, Spec: s.String(), HostKey: hostKey(s)}); err != nil {
-			undo()
-			if errors.Is(err, store.ErrExists) {
-				return api.Errorf(api.CodeAlreadyExists, "%v", err)
-			}
-			return err
-		}
-		if err := e.startForward(vm.ID, s); err != nil {
-			e.d.store.RemovePort(context.WithoutCancel(ctx), vm.ID, s.String())
-			undo()
-			return api.Errorf(api.CodeConflict, "%v", err)
-		}
-		done = append(done, s)
-	}
-	return nil
-}
-
-func (e *extras) startForward(vmID string, s forward.Spec) error {
-	f, err := forward.Start(e.ctx, s, e.target(vmID, s.GuestPort), e.d.log)
+// Bind opens the host side of a forward for a VM (engine.PortBinder).
+func (p *Publisher) Bind(vmID string, s forward.Spec) error {
+	f, err := forward.Start(p.ctx, s, p.target(vmID), p.log)
 	if err != nil {
 		return err
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.forwards[vmID] == nil {
-		e.forwards[vmID] = map[string]*forward.Forwarder{}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.forwards[vmID] == nil {
+		p.forwards[vmID] = map[string]*forward.Forwarder{}
 	}
-	e.forwards[vmID][s.String()] = f
+	p.forwards[vmID][s.String()] = f
 	return nil
 }
 
-func (e *extras) closeForward(vmID, spec string) {
-	e.mu.Lock()
-	f := e.forwards[vmID][spec]
-	delete(e.forwards[vmID], spec)
-	e.mu.Unlock()
+// Unbind closes the host side of a forward (engine.PortBinder).
+func (p *Publisher) Unbind(vmID, spec string) {
+	p.mu.Lock()
+	f := p.forwards[vmID][spec]
+	delete(p.forwards[vmID], spec)
+	p.mu.Unlock()
 	if f != nil {
 		f.Close()
 	}
 }
 
-func (d *Daemon) handlePortList(w http.ResponseWriter, r *http.Request) error {
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return err
-	}
-	ports, err := d.store.ListPorts(r.Context(), vm.ID)
-	if err != nil {
-		return err
-	}
-	out := []string{}
-	for _, p := range ports {
-		out = append(out, p.Spec)
-	}
-	sort.Strings(out)
-	return writeJSON(w, out)
-}
-
-func (d *Daemon) handlePortAdd(w http.ResponseWriter, r *http.Request) error {
-	var req api.PortRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return err
-	}
-	unlock := d.lockVM(r.Context(), vm.ID)
-	defer unlock()
-	specs, err := d.extras.validatePorts([]string{req.Spec}, vm.ID)
-	if err != nil {
-		return err
-	}
-	if err := d.extras.addPorts(r.Context(), vm, specs); err != nil {
-		return err
-	}
-	return writeJSON(w, []string{specs[0].String()})
-}
-
-func (d *Daemon) handlePortRemove(w http.ResponseWriter, r *http.Request) error {
-	vm, err := d.getVM(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return err
-	}
-	raw, err := url.PathUnescape(r.PathValue("spec"))
-	if err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "bad port spec")
-	}
-	spec, err := forward.ParseSpec(raw)
-	if err != nil {
-		return api.Errorf(api.CodeInvalidArgument, "%v", err)
-	}
-	unlock := d.lockVM(r.Context(), vm.ID)
-	defer unlock()
-	if err := d.store.RemovePort(r.Context(), vm.ID, spec.String()); err != nil {
-		return toAPIError(err)
-	}
-	d.extras.closeForward(vm.ID, spec.String())
-	return writeJSON(w, struct{}{})
-}
-
 // registerResolved tells systemd-resolved, where it runs, to send lookups
 // for the zone to the daemon on the bridge, so NAME.zone resolves on the
 // host. The registration lives on the bridge link and goes with it.
-func (e *extras) registerResolved() {
+func (p *Publisher) registerResolved() {
+	if !p.cfg.Resolvctl || p.cfg.Runner == nil {
+		return
+	}
 	if _, err := os.Stat("/run/systemd/resolve/stub-resolv.conf"); err != nil {
 		return
 	}
 	if _, err := system.LookPath("resolvectl"); err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 	defer cancel()
-	br := e.d.cfg.Bridge
-	if _, err := e.d.deps.Runner.Run(ctx, "resolvectl", "dns", br, e.d.gateway()); err != nil {
-		e.d.log.Warn("registering dns with systemd-resolved", "err", err)
+	br := p.cfg.Bridge
+	if _, err := p.cfg.Runner.Run(ctx, "resolvectl", "dns", br, p.cfg.Gateway); err != nil {
+		p.log.Warn("registering dns with systemd-resolved", "err", err)
 		return
 	}
-	if _, err := e.d.deps.Runner.Run(ctx, "resolvectl", "domain", br, "~"+e.d.cfg.DNSZone); err != nil {
-		e.d.log.Warn("registering dns zone with systemd-resolved", "err", err)
+	if _, err := p.cfg.Runner.Run(ctx, "resolvectl", "domain", br, "~"+p.cfg.Zone); err != nil {
+		p.log.Warn("registering dns zone with systemd-resolved", "err", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/banger-dev/banger/internal/model"
 	"io/fs"
 	"os"
 	"path"
@@ -14,18 +15,9 @@ import (
 	"github.com/banger-dev/banger/internal/system"
 )
 
-// RootHandles records the kernel objects behind an active dm root disk, so
-// they can be torn down later. They are what is currently true, never
-// stored in SQLite; all fields are empty for the copy method.
-type RootHandles struct {
-	BaseLoop string // read-only loop over the image's rootfs
-	COWLoop  string // loop over the VM's root.cow
-	DMName   string // DMName(vmID)
-	DMDev    string // /dev/mapper/<DMName>
-}
-
-// IsZero reports whether h records nothing to tear down.
-func (h RootHandles) IsZero() bool { return h == RootHandles{} }
+// RootHandles records the kernel objects behind an active dm root disk; it
+// is the model's type, so the daemon's handles hold what storage fills.
+type RootHandles = model.RootHandles
 
 // File names inside a VM's directory.
 const (

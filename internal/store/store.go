@@ -11,18 +11,22 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/model"
 
-	_ "modernc.org/sqlite" // driver "sqlite"
+	"modernc.org/sqlite" // driver "sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
-// Typed store errors; callers use errors.Is.
+// Typed store errors; callers use errors.Is. They are errdefs kinds, so a
+// store error keeps its kind through every layer above.
 var (
-	ErrNotFound = errors.New("not found")
-	ErrExists   = errors.New("already exists")
-	ErrInUse    = errors.New("in use")
+	ErrNotFound = errdefs.ErrNotFound
+	ErrExists   = errdefs.ErrAlreadyExists
+	ErrInUse    = fmt.Errorf("in use: %w", errdefs.ErrConflict)
 )
 
 // Store is banger's SQLite database.
@@ -163,11 +167,24 @@ func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 		tx.Rollback()
 		return err
 	}
-	return tx.Commit()
+	return classify(tx.Commit())
 }
 
+// isUnique reports a UNIQUE constraint violation, by SQLite's extended
+// result code rather than its message.
 func isUnique(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+	var se *sqlite.Error
+	return errors.As(err, &se) && (se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+// classify gives a write error the no-space kind when the disk is full, so
+// callers can tell "retry once space is freed" from a broken database.
+func classify(err error) error {
+	var se *sqlite.Error
+	if errors.As(err, &se) && (se.Code()&0xff == sqlite3.SQLITE_FULL) || errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%w: %w", errdefs.ErrNoSpace, err)
+	}
+	return err
 }
 
 const vmColumns = `id, name, image, vcpus, memory_mib, disk_size, work_disk_size, state, vmm, accel, root_disk_method,
@@ -229,7 +246,7 @@ func (s *Store) CreateVM(ctx context.Context, vm model.VMRecord) error {
 			}
 			return fmt.Errorf("vm %q: address or vsock cid taken: %w", vm.Name, ErrExists)
 		}
-		return fmt.Errorf("insert vm %q: %w", vm.Name, err)
+		return fmt.Errorf("insert vm %q: %w", vm.Name, classify(err))
 	}
 	return nil
 }
@@ -243,7 +260,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm *model.VMRecord) error {
 		dns_name=?, vm_dir=?, system_overlay=?, work_disk_path=?, last_error=?, created_at=?, updated_at=? WHERE id=?`
 	res, err := s.db.ExecContext(ctx, q, append(args[1:], args[0])...)
 	if err != nil {
-		return fmt.Errorf("update vm %q: %w", vm.Name, err)
+		return fmt.Errorf("update vm %q: %w", vm.Name, classify(err))
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("vm %q: %w", vm.Name, ErrNotFound)

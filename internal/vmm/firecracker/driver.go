@@ -289,9 +289,14 @@ func (d *Driver) FindProcess(m vmm.Machine) (system.Process, bool) {
 	if m.APISock == "" || m.ID == "" {
 		return system.Process{}, false
 	}
-	return system.FindProcess(func(argv []string) bool {
-		return system.ArgvHasPair(argv, "--api-sock", m.APISock) && system.ArgvHasPair(argv, "--id", m.ID)
-	})
+	return system.FindProcess(func(argv []string) bool { return d.MatchesArgv(m, argv) })
+}
+
+// MatchesArgv reports whether argv is that of the Firecracker of m: it holds
+// the exact pairs "--api-sock <m.APISock>" and "--id <m.ID>" (never a
+// substring match).
+func (d *Driver) MatchesArgv(m vmm.Machine, argv []string) bool {
+	return m.APISock != "" && m.ID != "" && system.ArgvHasPair(argv, "--api-sock", m.APISock) && system.ArgvHasPair(argv, "--id", m.ID)
 }
 
 // Version runs "binary --version" and returns the version token, e.g.

@@ -297,6 +297,12 @@ func (d *Driver) FindProcess(m vmm.Machine) (system.Process, bool) {
 	return system.FindProcess(func(argv []string) bool { return runsMachine(argv, m) })
 }
 
+// MatchesArgv reports whether argv is that of the QEMU of m (the exact
+// "-qmp" and "-name" pairs of m; never a substring match).
+func (d *Driver) MatchesArgv(m vmm.Machine, argv []string) bool {
+	return m.APISock != "" && m.ID != "" && runsMachine(argv, m)
+}
+
 // powerdown presses the guest's ACPI power button in one short QMP session.
 func powerdown(ctx context.Context, sock string) error {
 	c, err := dialQMP(ctx, sock, qmpOpTimeout)

@@ -1,4 +1,4 @@
-package daemon
+package engine
 
 import (
 	"context"
@@ -21,7 +21,7 @@ func TestUntilVMMExits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Kill(5 * time.Second)
-	d := &Daemon{handles: newHandleCache()}
+	d := &Engine{handles: newHandleCache()}
 	vm := model.VMRecord{ID: "0123456789abcdef0123456789abcdef", Name: "w"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

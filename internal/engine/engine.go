@@ -1,0 +1,194 @@
+// Package engine runs VMs: create, start, stop, delete, startup reconcile,
+// the handles of what is currently true on the host, liveness, per-VM locks,
+// guest access (SSH, sessions) and images. It speaks engine and model types
+// only: no HTTP, no wire format. Errors carry errdefs kinds, wrapped with %w
+// all the way down, so the local API above maps them to status codes.
+//
+// What a VM IS comes from the store; what is CURRENTLY TRUE comes from the
+// handles cache, rebuilt at startup from handles.json scratch files and the
+// OS (docs/handles-and-reconcile.md).
+package engine
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/banger-dev/banger/internal/config"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/vmm"
+)
+
+// Engine is the VM engine of one bangerd.
+type Engine struct {
+	cfg   config.Config
+	deps  Deps
+	log   *slog.Logger
+	store *store.Store
+
+	locks    vmLocks
+	createMu sync.Mutex // guards name, address and CID allocation
+	addrs    addrBook   // guarded by createMu
+	// identifying serialises VMM identification per VM (see processIsVMM).
+	identifying vmLocks
+	handles     *handleCache
+	guests      *guestPool
+	events      eventBus
+	ports       PortBinder
+
+	ready  chan struct{}            // closed when startup reconcile finished
+	gates  map[string]chan struct{} // per VM, closed once reconcile processed it; fixed before Start returns
+	stopCh chan struct{}
+	stopMu sync.Once
+}
+
+// New prepares an engine over an open store. Run starts it.
+func New(cfg config.Config, st *store.Store, deps Deps, logger *slog.Logger) (*Engine, error) {
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if l := len(apiSockPath(cfg, "0123456789abcdef0123456789abcdef")); l > 107 {
+		return nil, fmt.Errorf("run dir %s is too long: VM API socket paths would be %d bytes, over the 107-byte unix socket limit", cfg.RunDir, l)
+	}
+	e := &Engine{
+		cfg:     cfg,
+		deps:    deps,
+		log:     logger,
+		store:   st,
+		handles: newHandleCache(),
+		ready:   make(chan struct{}),
+		stopCh:  make(chan struct{}),
+	}
+	if deps.RootDisks == nil || deps.DiskFiles == nil || deps.Runner == nil || deps.Now == nil || deps.KVMUsable == nil || deps.Firecracker == nil || deps.QEMU == nil {
+		return nil, fmt.Errorf("engine: missing dependencies (the daemon fills them)")
+	}
+	e.guests = newGuestPool(e)
+	return e, nil
+}
+
+// Start gates every VM known now, then reconciles them in the background;
+// requests for a VM wait until reconcile has processed it. afterReconcile
+// (may be nil) runs once reconcile finished, before Ready is closed. Start
+// also makes the SSH key every VM trusts and starts the exit watcher and the
+// console trimmer, which run until ctx ends or Close.
+func (e *Engine) Start(ctx context.Context, afterReconcile func()) error {
+	vms, err := e.store.ListVMs(ctx)
+	if err != nil {
+		return fmt.Errorf("listing vms for reconcile: %w", err)
+	}
+	e.gates = make(map[string]chan struct{}, len(vms))
+	for _, vm := range vms {
+		e.gates[vm.ID] = make(chan struct{})
+	}
+	if _, err := e.guests.signerKey(); err != nil {
+		return fmt.Errorf("ssh key %s: %w", e.cfg.SSHKeyPath, err)
+	}
+	go func() {
+		e.reconcile(ctx, vms)
+		if afterReconcile != nil {
+			afterReconcile()
+		}
+		close(e.ready)
+	}()
+	go e.keepConsoles(ctx, 5*time.Second)
+	watchEvery := e.deps.WatchEvery
+	if watchEvery <= 0 {
+		watchEvery = 2 * time.Second
+	}
+	go func() {
+		<-e.ready // reconcile seeds the handles first
+		e.watchVMs(ctx, watchEvery)
+	}()
+	return nil
+}
+
+// Ready is closed once startup reconcile finished.
+func (e *Engine) Ready() <-chan struct{} { return e.ready }
+
+// Close stops the engine's background work and closes guest connections.
+// VMs keep running: they outlive the daemon by design.
+func (e *Engine) Close() {
+	e.stopMu.Do(func() { close(e.stopCh) })
+	e.guests.closeAll()
+}
+
+// Config is the engine's configuration.
+func (e *Engine) Config() config.Config { return e.cfg }
+
+// Paths derived deterministically from a VM's id.
+
+// VMDir is the directory of a VM's disks and scratch files.
+func VMDir(cfg config.Config, id string) string { return filepath.Join(cfg.StateDir, "vms", id) }
+
+// VMRunDir holds a VM's sockets; kept short for the 108-byte unix socket limit.
+func VMRunDir(cfg config.Config, id string) string {
+	return filepath.Join(cfg.RunDir, "vm", id[:16])
+}
+
+func apiSockPath(cfg config.Config, id string) string {
+	return filepath.Join(VMRunDir(cfg, id), "api.sock")
+}
+
+func vsockPath(cfg config.Config, id string) string {
+	return filepath.Join(VMRunDir(cfg, id), "vsock.sock")
+}
+
+func handlesPath(vm model.VMRecord) string { return filepath.Join(vm.Runtime.VMDir, "handles.json") }
+
+func knownHostsPath(vm model.VMRecord) string { return filepath.Join(vm.Runtime.VMDir, "known_hosts") }
+
+func rootDiskPath(vm model.VMRecord) string {
+	if vm.Runtime.RootDiskMethod == "dm-snapshot" {
+		return filepath.Join(vm.Runtime.VMDir, "root.cow")
+	}
+	return filepath.Join(vm.Runtime.VMDir, "root.img")
+}
+
+// machine describes vm to a VMM driver.
+func (e *Engine) machine(vm model.VMRecord, im model.Image, rootDev string, h model.VMHandles) vmm.Machine {
+	m := vmm.Machine{
+		ID: vm.ID, Name: vm.Name, VCPUs: vm.Spec.VCPUs, MemoryMiB: vm.Spec.MemoryMiB,
+		Accel:    vm.Runtime.Accel,
+		Kernel:   im.KernelPath,
+		Initrd:   im.InitrdPath,
+		BootArgs: im.BootArgs,
+		RootDisk: rootDev, WorkDisk: vm.Runtime.WorkDiskPath,
+		TapDevice: h.TapDevice, GuestMAC: vm.Runtime.GuestMAC,
+		APISock: vm.Runtime.APISockPath, VSockPath: vm.Runtime.VSockPath, VSockCID: vm.Runtime.VSockCID,
+		ConsoleLog: vm.Runtime.LogPath, MetricsPath: vm.Runtime.MetricsPath,
+		LogPath: filepath.Join(vm.Runtime.VMDir, "vmm.log"),
+	}
+	if vm.Runtime.VMM == "firecracker" {
+		m.Binary = e.cfg.FirecrackerBin
+		if im.VMLinux != "" {
+			m.Kernel = im.VMLinux
+		}
+	} else {
+		m.Binary = e.cfg.QEMUBin
+	}
+	if h.TapDevice != "" {
+		m.GuestIP = vm.Runtime.GuestIP
+		m.GatewayIP = e.Gateway()
+		m.Netmask = e.netmask()
+	}
+	return m
+}
+
+// removeVMFiles deletes a VM's directories. The paths come from the VM's id
+// and the configured dirs, never from its name or its record; refuse anything else.
+func (e *Engine) removeVMFiles(vm model.VMRecord) error {
+	want := VMDir(e.cfg, vm.ID)
+	if vm.Runtime.VMDir != want || len(vm.ID) != 32 {
+		return fmt.Errorf("refusing to remove %q: not the derived directory of vm %s", vm.Runtime.VMDir, vm.ID)
+	}
+	if err := os.RemoveAll(want); err != nil {
+		return err
+	}
+	return os.RemoveAll(VMRunDir(e.cfg, vm.ID))
+}

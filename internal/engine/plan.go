@@ -1,0 +1,354 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/network"
+	"github.com/banger-dev/banger/internal/storage"
+	"github.com/banger-dev/banger/internal/system"
+)
+
+// The plan is the one ordered list of named steps that brings a VM up on
+// this host. Start runs it forward; a failed start, stop, delete, reconcile
+// and the exit watcher run the undos in reverse for whatever is present.
+// Every undo is idempotent and destroys only what it proves is this VM's:
+// names come from the VM's id, never from the scratch file, and processes,
+// loop devices and taps are checked against the kernel before they go.
+//
+// Where each host object is made and removed:
+//
+//	step                         do                      undo
+//	preparing vm directories     mkdir vm and run dir    remove the VM's sockets
+//	making root disk             copy or COW file        (files go with the VM dir at delete)
+//	making work disk             mkfs.ext4 file          (likewise)
+//	activating root disk         loops + dm (dm method)  deactivate loops and dm proven ours
+//	writing guest configuration  debugfs writes          -
+//	creating tap                 tap bgr<id>             delete tap bgr<id>
+//	starting vmm                 launch the VMM          shut down the VMM proven ours
+type step struct {
+	name string
+	do   func(ctx context.Context, r *run) error
+	undo func(ctx context.Context, r *run) error
+	// holdsOthers: while this step's object may still exist, the objects
+	// of the steps before it must stay (a VMM has the disks and tap open).
+	holdsOthers bool
+}
+
+// run is what one pass of the plan works on. h is saved (cache and
+// handles.json) after each change, so a crash leaves a record of what
+// exists.
+type run struct {
+	vm      *model.VMRecord
+	im      model.Image
+	drv     VMMDriver
+	h       model.VMHandles
+	rootDev string
+	// stop options, for the vmm step's undo.
+	force   bool
+	timeout time.Duration
+	// killed is set when the VMM had to be killed after a graceful stop
+	// was asked for.
+	killed bool
+}
+
+func (e *Engine) plan() []step {
+	return []step{
+		{name: "preparing vm directories", do: e.makeDirs, undo: e.removeSockets},
+		{name: "making root disk", do: e.makeRootDisk},
+		{name: "making work disk", do: e.makeWorkDisk},
+		{name: "activating root disk", do: e.activateRootDisk, undo: e.deactivateRootDisk},
+		{name: "writing guest configuration", do: e.writeGuestConfig},
+		{name: "creating tap", do: e.createTap, undo: e.deleteTap},
+		{name: "starting vmm", do: e.launchVMM, undo: e.stopVMM, holdsOthers: true},
+	}
+}
+
+// saveHandles records r.h in the cache and the VM's scratch file.
+func (e *Engine) saveHandles(r *run) error {
+	e.handles.set(r.vm.ID, r.h)
+	return writeHandlesFile(handlesPath(*r.vm), r.h)
+}
+
+// forward runs the plan; when a step fails, it undoes that step (its undo
+// removes whatever half of it exists) and every step done before it, in
+// reverse order, and returns the failure naming the step.
+func (e *Engine) forward(ctx context.Context, r *run) error {
+	steps := e.plan()
+	for i, s := range steps {
+		if err := s.do(ctx, r); err != nil {
+			undoErr := e.undo(ctx, r, steps[:i+1])
+			return errors.Join(fmt.Errorf("%s: %w", s.name, err), undoErr)
+		}
+	}
+	return nil
+}
+
+// undo runs the undos of steps in reverse, without the request's deadline.
+// A VMM that cannot be stopped ends the unwinding at once: its disks and
+// tap stay while it may still use them. Other failures are collected and
+// the unwinding goes on; what remains stays recorded in the scratch file.
+func (e *Engine) undo(ctx context.Context, r *run, steps []step) error {
+	ctx = context.WithoutCancel(ctx)
+	var errs []error
+	for i := len(steps) - 1; i >= 0; i-- {
+		s := steps[i]
+		if s.undo == nil {
+			continue
+		}
+		if err := s.undo(ctx, r); err != nil {
+			errs = append(errs, fmt.Errorf("undo %s: %w", s.name, err))
+			if s.holdsOthers {
+				break
+			}
+		}
+	}
+	if len(errs) == 0 {
+		e.handles.delete(r.vm.ID)
+		if err := removeHandlesFile(handlesPath(*r.vm)); err != nil {
+			errs = append(errs, err)
+		}
+	} else {
+		e.saveHandles(r)
+	}
+	return errors.Join(errs...)
+}
+
+// teardown runs every undo of the plan for whatever is present.
+func (e *Engine) teardown(ctx context.Context, r *run) error {
+	return e.undo(ctx, r, e.plan())
+}
+
+func (e *Engine) makeDirs(ctx context.Context, r *run) error {
+	if err := os.MkdirAll(r.vm.Runtime.VMDir, 0o750); err != nil {
+		return err
+	}
+	return os.MkdirAll(VMRunDir(e.cfg, r.vm.ID), 0o750)
+}
+
+// removeSockets removes the VM's sockets (Firecracker never unlinks them).
+// The paths are derived from the VM's id.
+func (e *Engine) removeSockets(ctx context.Context, r *run) error {
+	var errs []error
+	for _, p := range []string{apiSockPath(e.cfg, r.vm.ID), vsockPath(e.cfg, r.vm.ID)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if matches, _ := filepath.Glob(vsockPath(e.cfg, r.vm.ID) + "_*"); matches != nil {
+		for _, m := range matches {
+			os.Remove(m)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Engine) makeRootDisk(ctx context.Context, r *run) error {
+	if _, err := os.Stat(rootDiskPath(*r.vm)); err == nil {
+		return nil
+	}
+	_, err := e.deps.RootDisks.CreateRootDisk(ctx, r.vm.ID, r.im.RootfsPath, r.vm.Runtime.VMDir, r.vm.Spec.DiskSizeBytes)
+	return err
+}
+
+func (e *Engine) makeWorkDisk(ctx context.Context, r *run) error {
+	if _, err := os.Stat(r.vm.Runtime.WorkDiskPath); err == nil {
+		return nil
+	}
+	seed := filepath.Join(r.vm.Runtime.VMDir, "work-seed")
+	if err := os.MkdirAll(filepath.Join(seed, ".banger", "sessions"), 0o755); err != nil {
+		return err
+	}
+	defer os.RemoveAll(seed)
+	return e.deps.DiskFiles.CreateWorkDisk(ctx, r.vm.Runtime.WorkDiskPath, r.vm.Spec.WorkDiskBytes, seed)
+}
+
+func (e *Engine) activateRootDisk(ctx context.Context, r *run) error {
+	dev, rh, err := e.deps.RootDisks.ActivateRootDisk(ctx, r.vm.ID, r.im.RootfsPath, rootDiskPath(*r.vm))
+	if err != nil {
+		return err
+	}
+	r.rootDev = dev
+	r.h.RootHandles = rh
+	return e.saveHandles(r)
+}
+
+// deactivateRootDisk tears down the dm device and loops recorded for the
+// VM, after checking them against the kernel: a dm name must be the one
+// derived from the VM's id, and a loop device must still be backed by this
+// VM's files (after a reboot a loop number may belong to someone else).
+func (e *Engine) deactivateRootDisk(ctx context.Context, r *run) error {
+	rh := e.provenRootHandles(ctx, *r.vm, r.h.RootHandles)
+	if rh.IsZero() {
+		r.h.RootHandles = model.RootHandles{}
+		return nil
+	}
+	if err := e.deps.RootDisks.DeactivateRootDisk(ctx, rh); err != nil {
+		return err
+	}
+	r.h.RootHandles = model.RootHandles{}
+	return e.saveHandles(r)
+}
+
+// provenRootHandles keeps only what is proven this VM's in rh.
+func (e *Engine) provenRootHandles(ctx context.Context, vm model.VMRecord, rh model.RootHandles) model.RootHandles {
+	if rh.DMName != "" && rh.DMName != storage.DMName(vm.ID) {
+		e.log.Warn("scratch file names a dm device that is not this vm's: leaving it alone", "vm", vm.Name, "dm", rh.DMName)
+		rh.DMName, rh.DMDev = "", ""
+	}
+	if rh.BaseLoop == "" && rh.COWLoop == "" {
+		return rh
+	}
+	loops, err := e.deps.RootDisks.ListLoopDevices(ctx)
+	if err != nil {
+		return rh // cannot check: teardown tolerates "already gone" and checks busy
+	}
+	base := ""
+	if im, err := e.store.GetImage(ctx, vm.Image); err == nil {
+		base = im.RootfsPath
+	}
+	cow := rootDiskPath(vm)
+	check := func(dev *string, want string) {
+		if *dev == "" {
+			return
+		}
+		if file, ok := loops[*dev]; ok && file != want && strings.TrimSuffix(file, " (deleted)") != want {
+			e.log.Warn("loop device now backs another file: leaving it alone", "vm", vm.Name, "loop", *dev, "file", file, "want", want)
+			*dev = ""
+		}
+	}
+	check(&rh.BaseLoop, base)
+	check(&rh.COWLoop, cow)
+	return rh
+}
+
+// writeGuestConfig writes banger's SSH key, the hostname and the resolver
+// into the VM's own root disk before boot, so access never depends on what
+// the image already contains. The files are also kept in the VM's system
+// overlay directory for inspection.
+func (e *Engine) writeGuestConfig(ctx context.Context, r *run) error {
+	pub, err := e.sshPublicKey()
+	if err != nil {
+		return err
+	}
+	vm := *r.vm
+	files := []storage.File{
+		{Path: "/root/.ssh/authorized_keys", Mode: 0o600, Data: pub},
+		{Path: "/etc/hostname", Mode: 0o644, Data: []byte(vm.Name + "\n")},
+		{Path: "/etc/resolv.conf", Mode: 0o644, Data: []byte(fmt.Sprintf("nameserver %s\nsearch %s\n", e.Gateway(), e.cfg.DNSZone))},
+	}
+	if err := os.MkdirAll(vm.Runtime.SystemOverlay, 0o750); err == nil {
+		for _, f := range files {
+			p := filepath.Join(vm.Runtime.SystemOverlay, strings.TrimPrefix(f.Path, "/"))
+			os.MkdirAll(filepath.Dir(p), 0o750)
+			os.WriteFile(p, f.Data, f.Mode)
+		}
+	}
+	return e.deps.DiskFiles.InjectFiles(ctx, r.rootDev, files)
+}
+
+// createTap makes the VM's tap, named from its id. The name is recorded
+// before the tap exists, so a crash in between leaves a record to clean.
+func (e *Engine) createTap(ctx context.Context, r *run) error {
+	if e.deps.Network == nil {
+		return nil
+	}
+	r.h.TapDevice = network.TapName(r.vm.ID)
+	if err := e.saveHandles(r); err != nil {
+		return err
+	}
+	return e.deps.Network.CreateTap(ctx, r.h.TapDevice)
+}
+
+// deleteTap removes the VM's own tap, whose name is derived from its id,
+// whatever the scratch file says: a name read from handles.json is a hint,
+// and a tap banger did not name for this VM is never deleted. A VM whose
+// scratch file was lost still has its tap removed.
+func (e *Engine) deleteTap(ctx context.Context, r *run) error {
+	if e.deps.Network == nil {
+		r.h.TapDevice = ""
+		return nil
+	}
+	own := network.TapName(r.vm.ID)
+	if r.h.TapDevice != "" && r.h.TapDevice != own {
+		e.log.Warn("scratch file names a tap that is not this vm's: leaving it alone", "vm", r.vm.Name, "tap", r.h.TapDevice, "own", own)
+	}
+	taps, err := e.deps.Network.ListTaps(ctx)
+	if err != nil {
+		return fmt.Errorf("listing taps: %w", err)
+	}
+	present := false
+	for _, t := range taps {
+		present = present || t == own
+	}
+	if present {
+		if err := e.deps.Network.DeleteTap(ctx, own); err != nil {
+			return err
+		}
+		if err := e.deps.Network.ReleaseBridgeIfUnused(ctx); err != nil {
+			e.log.Warn("releasing bridge", "err", err)
+		}
+	}
+	r.h.TapDevice = ""
+	return e.saveHandles(r)
+}
+
+func (e *Engine) launchVMM(ctx context.Context, r *run) error {
+	os.Remove(r.vm.Runtime.LogPath) // a fresh console log per boot
+	p, err := r.drv.Launch(ctx, e.machine(*r.vm, r.im, r.rootDev, r.h))
+	if err != nil {
+		return err
+	}
+	r.h.PID, r.h.PIDStart = p.PID, p.Start
+	return e.saveHandles(r)
+}
+
+// stopVMM shuts down the VM's VMM if a process proven to be it runs: by
+// asking (within the timeout) unless force, then by SIGKILL, even when its
+// API does not answer. A process that is not proven this VM's VMM is never
+// signalled; it is logged and forgotten.
+func (e *Engine) stopVMM(ctx context.Context, r *run) error {
+	if r.h.PID == 0 {
+		if p, ok := e.findVMM(*r.vm); ok {
+			r.h.PID, r.h.PIDStart = p.PID, p.Start
+		} else {
+			return nil
+		}
+	}
+	p := system.Process{PID: r.h.PID, Start: r.h.PIDStart}
+	if err := e.proveVMM(*r.vm, r.h); err != nil {
+		if !errors.Is(err, errProcessGone) {
+			e.log.Warn("process not signalled: not proven this vm's vmm", "vm", r.vm.Name, "pid", p.PID, "reason", err)
+		}
+		r.h.PID, r.h.PIDStart = 0, 0
+		return e.saveHandles(r)
+	}
+	drv := r.drv
+	if drv == nil {
+		var err error
+		if drv, err = e.driverFor(r.vm.Runtime.VMM); err != nil {
+			return err
+		}
+	}
+	started := time.Now()
+	if err := drv.Shutdown(ctx, e.machine(*r.vm, r.im, r.rootDev, r.h), p, r.timeout, r.force); err != nil {
+		return err
+	}
+	if !r.force && r.timeout > 0 && time.Since(started) >= r.timeout {
+		r.killed = true
+	}
+	r.h.PID, r.h.PIDStart = 0, 0
+	return e.saveHandles(r)
+}
+
+// errStopTimedOut reports a graceful stop that had to kill the VMM.
+func errStopTimedOut(vm model.VMRecord, timeout time.Duration) error {
+	return errdefs.Unavailable("vm %q did not shut down within %s: its vmm was killed", vm.Name, timeout)
+}

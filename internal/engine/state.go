@@ -1,0 +1,56 @@
+package engine
+
+import "github.com/banger-dev/banger/internal/model"
+
+// Facts are what the host says about a VM now.
+type Facts struct {
+	// Alive: a process proven to be this VM's VMM runs and answers as it.
+	Alive bool
+	// HostObjects: the VM holds something on the host (a VMM process, a
+	// tap, loops, dm), proven or recorded.
+	HostObjects bool
+}
+
+// Action is what to do to bring a VM's record and the host together.
+type Action string
+
+// The actions of nextState.
+const (
+	ActNothing      Action = "nothing"       // nothing on the host, nothing to record
+	ActKeep         Action = "keep"          // alive and recorded running: keep it
+	ActTeardown     Action = "teardown"      // tear down whatever is present, then record stopped
+	ActFinishDelete Action = "finish-delete" // an interrupted delete: finish it
+)
+
+// Decision is nextState's answer: the action, the state to record after it
+// and the reason to record with it.
+type Decision struct {
+	Action Action
+	State  model.VMState
+	Reason string
+}
+
+// nextState is the one pure state machine of a VM: from the recorded state
+// and the facts found on the host, what to do and what to record. Startup
+// reconcile, the exit watcher and vm show all ask it.
+func nextState(state model.VMState, f Facts) Decision {
+	switch state {
+	case model.StateDeleting:
+		return Decision{ActFinishDelete, model.StateDeleting, ""}
+	case model.StateRunning:
+		if f.Alive {
+			return Decision{ActKeep, model.StateRunning, ""}
+		}
+		return Decision{ActTeardown, model.StateStopped, "vm process exited (guest powered off, the vmm died, or it stopped answering)"}
+	case model.StateStarting:
+		// A half-started VM is never trusted to be complete.
+		return Decision{ActTeardown, model.StateStopped, "start was interrupted"}
+	case model.StateStopping:
+		return Decision{ActTeardown, model.StateStopped, "stop was interrupted"}
+	default:
+		if f.HostObjects || f.Alive {
+			return Decision{ActTeardown, model.StateStopped, "leftovers of an interrupted operation were removed"}
+		}
+		return Decision{ActNothing, state, ""}
+	}
+}
