@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/client"
 
 	"github.com/spf13/cobra"
 )
@@ -49,7 +49,7 @@ func (a *app) vmCpCmd() *cobra.Command {
 }
 
 // guestRun runs argv in the guest, collecting stderr for errors.
-func (a *app) guestRun(c *api.Client, vm string, argv []string, stdin io.Reader, stdout io.Writer) error {
+func (a *app) guestRun(c *client.Client, vm string, argv []string, stdin io.Reader, stdout io.Writer) error {
 	var stderr bytes.Buffer
 	code, err := a.execIn(c, vm, execOptions{argv: argv, stdin: stdin, stdout: stdout, stderr: &stderr})
 	if err != nil {
@@ -63,7 +63,7 @@ func (a *app) guestRun(c *api.Client, vm string, argv []string, stdin io.Reader,
 
 // copyToGuest streams a tar of src into the guest. Like cp: into DST when
 // it is a directory, else as DST.
-func (a *app) copyToGuest(c *api.Client, src, vm, dst string) error {
+func (a *app) copyToGuest(c *client.Client, src, vm, dst string) error {
 	if dst == "" {
 		return usageError{errors.New("empty guest path")}
 	}
@@ -129,7 +129,7 @@ func writeTar(w io.Writer, src, name string) error {
 }
 
 // copyFromGuest streams a tar of the guest's src and unpacks it on the host.
-func (a *app) copyFromGuest(c *api.Client, vm, src, dst string) error {
+func (a *app) copyFromGuest(c *client.Client, vm, src, dst string) error {
 	if src == "" {
 		return usageError{errors.New("empty guest path")}
 	}

@@ -1,16 +1,13 @@
 package cli
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/client"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -27,9 +24,8 @@ type execOptions struct {
 
 // execIn runs a command in a guest and returns its exit code. Ctrl-C is
 // passed to the guest command; banger's own failures are errors.
-func (a *app) execIn(c *api.Client, name string, o execOptions) (int, error) {
-	req := api.ExecRequest{Argv: o.argv, Stdin: o.stdin != nil, TTY: o.tty}
-	var restore func()
+func (a *app) execIn(c *client.Client, name string, o execOptions) (int, error) {
+	req := client.ExecRequest{Argv: o.argv, Stdin: o.stdin != nil, TTY: o.tty}
 	var inFile *os.File
 	if o.tty {
 		req.Term = os.Getenv("TERM")
@@ -40,19 +36,16 @@ func (a *app) execIn(c *api.Client, name string, o execOptions) (int, error) {
 			}
 		}
 	}
-	conn, br, err := c.Exec(a.ctx, name, req)
+	s, err := c.Exec(a.ctx, name, req)
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close()
+	defer s.Close()
 	a.checkVersion(c)
-	fw := api.NewFrameWriter(conn)
 
 	if inFile != nil {
-		state, err := term.MakeRaw(int(inFile.Fd()))
-		if err == nil {
-			restore = func() { term.Restore(int(inFile.Fd()), state) }
-			defer restore()
+		if state, err := term.MakeRaw(int(inFile.Fd())); err == nil {
+			defer term.Restore(int(inFile.Fd()), state)
 		}
 		winch := make(chan os.Signal, 1)
 		signal.Notify(winch, syscall.SIGWINCH)
@@ -60,63 +53,30 @@ func (a *app) execIn(c *api.Client, name string, o execOptions) (int, error) {
 		go func() {
 			for range winch {
 				if w, h, err := term.GetSize(int(inFile.Fd())); err == nil {
-					fw.WriteFrame(api.FrameResize, api.ResizePayload(w, h))
+					s.Resize(w, h)
 				}
 			}
 		}()
 	}
 	if o.stdin != nil {
-		go func() {
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := o.stdin.Read(buf)
-				if n > 0 {
-					if fw.WriteFrame(api.FrameStdin, buf[:n]) != nil {
-						return
-					}
-				}
-				if err != nil {
-					fw.WriteFrame(api.FrameStdinEOF, nil)
-					return
-				}
-			}
-		}()
+		go s.CopyStdin(o.stdin)
 	}
 	// Ctrl-C goes to the guest command, not to banger.
-	sigs := make(chan os.Signal, 1)
 	if !o.tty {
+		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 		defer signal.Stop(sigs)
 		go func() {
-			for s := range sigs {
+			for sig := range sigs {
 				name := "INT"
-				if s == syscall.SIGTERM {
+				if sig == syscall.SIGTERM {
 					name = "TERM"
 				}
-				fw.WriteFrame(api.FrameSignal, []byte(name))
+				s.Signal(name)
 			}
 		}()
 	}
-	for {
-		t, p, err := api.ReadFrame(br)
-		if err != nil {
-			return 0, fmt.Errorf("connection to bangerd lost during exec: %w", err)
-		}
-		switch t {
-		case api.FrameStdout:
-			o.stdout.Write(p)
-		case api.FrameStderr:
-			o.stderr.Write(p)
-		case api.FrameExit:
-			return api.ParseExit(p)
-		case api.FrameError:
-			var e api.Error
-			if json.Unmarshal(p, &e) == nil {
-				return 0, &e
-			}
-			return 0, errors.New(string(p))
-		}
-	}
+	return s.Wait(o.stdout, o.stderr)
 }
 
 // stdinForCommand forwards the CLI's stdin when it is not a terminal (a
@@ -185,70 +145,4 @@ func (a *app) vmSSHCmd() *cobra.Command {
 			return a.runGuest(args[0], execOptions{stdin: a.stdin, stdout: a.stdout, stderr: a.stderr, tty: true})
 		},
 	}
-}
-
-func (a *app) vmRunCmd() *cobra.Command {
-	var f createFlags
-	var rm, interactive bool
-	var wait time.Duration
-	cmd := &cobra.Command{
-		Use:   "run [--name N] [--rm] [create flags] -- CMD [ARGS...]",
-		Short: "Create (or reuse) a VM, start it, wait for SSH, run CMD, exit with its code",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := f.request()
-			if err != nil {
-				return err
-			}
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			name := f.name
-			reused, wasRunning := false, false
-			if name != "" {
-				if vm, err := c.GetVM(a.ctx, name); err == nil {
-					reused = true
-					wasRunning = vm.Live != nil && vm.Live.Alive
-					for _, fl := range []string{"image", "vmm", "vcpus", "memory", "disk-size", "work-disk-size", "publish"} {
-						if cmd.Flags().Changed(fl) {
-							fmt.Fprintf(a.stderr, "warning: vm %s exists; --%s applies only when vm run creates the vm\n", name, fl)
-						}
-					}
-				} else if !api.IsNotFound(err) {
-					return err
-				}
-			}
-			if !reused {
-				vm, err := c.CreateVM(a.ctx, req)
-				if err != nil {
-					return err
-				}
-				name = vm.Name
-			}
-			if rm {
-				defer func() {
-					if err := c.DeleteVM(a.ctx, name, true); err != nil {
-						fmt.Fprintf(a.stderr, "banger: removing vm %s: %v\n", name, err)
-					}
-				}()
-			}
-			vm, err := c.StartVM(a.ctx, name)
-			if err != nil {
-				return err
-			}
-			if !wasRunning {
-				a.warn(vm.Warnings)
-			}
-			if err := c.WaitSSH(a.ctx, name, api.WaitSSHRequest{TimeoutSeconds: int64(wait.Seconds())}); err != nil {
-				return err
-			}
-			return a.runExec(name, args, interactive)
-		},
-	}
-	f.add(cmd)
-	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM afterwards, also when the command fails")
-	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
-	cmd.Flags().DurationVar(&wait, "wait", 120*time.Second, "how long to wait for the guest's SSH")
-	return cmd
 }

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/guest/guesttest"
 	"github.com/banger-dev/banger/internal/system"
@@ -172,7 +172,7 @@ func TestScripts(t *testing.T) {
 func tearDown(stateDir, runDir string) string {
 	var left []string
 	if p, ok := daemonProcess(stateDir); ok {
-		c := &api.Client{Socket: filepath.Join(runDir, "bangerd.sock")}
+		c := &client.Client{Socket: filepath.Join(runDir, "bangerd.sock")}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c.Shutdown(ctx)
 		cancel()

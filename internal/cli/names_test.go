@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/client"
 )
 
 // cliHarness runs the CLI in this process against one bangerd (auto-started
@@ -57,8 +57,8 @@ func (h *cliHarness) mustBanger(args ...string) string {
 	return out
 }
 
-func (h *cliHarness) client() *api.Client {
-	return &api.Client{Socket: filepath.Join(h.run, "bangerd.sock")}
+func (h *cliHarness) client() *client.Client {
+	return &client.Client{Socket: filepath.Join(h.run, "bangerd.sock")}
 }
 
 // hostileNames are VM names the daemon must refuse. None can reach a path,
@@ -174,21 +174,21 @@ func TestHostileNamesAPI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, name := range []string{"a\x00b", "\x00", "web\x00../x", "a\x00", strings.Repeat("\x00", 40)} {
-		_, err := c.CreateVM(ctx, api.CreateVMRequest{Name: name})
-		if !api.IsInvalidArgument(err) || !nameRule(err.Error()) {
+		_, err := c.CreateVM(ctx, client.CreateVMRequest{Name: name})
+		if !client.IsInvalidArgument(err) || !nameRule(err.Error()) {
 			t.Errorf("CreateVM(%q): %v; want invalid_argument stating the rule", name, err)
 		}
-		if _, err := c.GetVM(ctx, name); !api.IsNotFound(err) {
+		if _, err := c.GetVM(ctx, name); !client.IsNotFound(err) {
 			t.Errorf("GetVM(%q): %v; want not_found", name, err)
 		}
-		if err := c.DeleteVM(ctx, name, false); !api.IsNotFound(err) {
+		if err := c.DeleteVM(ctx, name, false); !client.IsNotFound(err) {
 			t.Errorf("DeleteVM(%q): %v; want not_found", name, err)
 		}
 	}
 	// A name bigger than the body limit is refused as such, not as a crash.
-	_, err := c.CreateVM(ctx, api.CreateVMRequest{Name: strings.Repeat("a", api.MaxBodyBytes)})
-	if !api.IsInvalidArgument(err) {
-		t.Errorf("CreateVM with a %d-byte name: %v; want invalid_argument", api.MaxBodyBytes, err)
+	_, err := c.CreateVM(ctx, client.CreateVMRequest{Name: strings.Repeat("a", client.MaxBodyBytes)})
+	if !client.IsInvalidArgument(err) {
+		t.Errorf("CreateVM with a %d-byte name: %v; want invalid_argument", client.MaxBodyBytes, err)
 	}
 	vms, err := c.ListVMs(ctx)
 	if err != nil || len(vms) != 0 {

@@ -4,29 +4,22 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
-	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/client"
 
 	"github.com/spf13/cobra"
 )
 
 func (a *app) sessionCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "session", Short: "Long-running guest processes whose logs outlive the VM"}
-	cmd.AddCommand(a.sessionStartCmd(), a.sessionListCmd(), a.sessionLogsCmd(), a.sessionSendCmd(), a.sessionStopCmd())
-	return cmd
-}
-
-func sessionPath(vm, s string) string {
-	return "/v1/vms/" + url.PathEscape(vm) + "/sessions/" + url.PathEscape(s)
+	return group(&cobra.Command{Use: "session", Short: "Long-running guest processes whose logs outlive the VM"},
+		a.sessionStartCmd(), a.sessionListCmd(), a.sessionLogsCmd(), a.sessionSendCmd(), a.sessionStopCmd())
 }
 
 func (a *app) sessionStartCmd() *cobra.Command {
-	var req api.StartSessionRequest
+	var req client.StartSessionRequest
 	cmd := &cobra.Command{
 		Use:   "start NAME [--name S] [--stdin] [--cwd DIR] [--env K=V] -- CMD...",
 		Short: "Start CMD detached in the guest; returns at once",
@@ -37,8 +30,8 @@ func (a *app) sessionStartCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var gs model.GuestSession
-			if err := c.Do(a.ctx, "POST", "/v1/vms/"+url.PathEscape(args[0])+"/sessions", req, &gs); err != nil {
+			gs, err := c.StartSession(a.ctx, args[0], req)
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(a.stdout, gs.Name)
@@ -66,15 +59,11 @@ func (a *app) sessionListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var list []model.GuestSession
-			if err := c.Do(a.ctx, "GET", "/v1/vms/"+url.PathEscape(args[0])+"/sessions", nil, &list); err != nil {
+			list, err := c.ListSessions(a.ctx, args[0])
+			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return a.printJSON(list)
-			}
-			tw := a.table()
-			fmt.Fprintln(tw, "NAME\tSTATUS\tEXIT\tSTARTED\tENDED\tCOMMAND")
+			var rows [][]string
 			for _, s := range list {
 				code, ended := "-", "-"
 				if s.ExitCode != nil {
@@ -83,12 +72,12 @@ func (a *app) sessionListCmd() *cobra.Command {
 				if s.EndedAt != nil {
 					ended = ago(*s.EndedAt)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, s.Status, code, ago(s.StartedAt), ended, strings.Join(s.Command, " "))
+				rows = append(rows, []string{s.Name, string(s.Status), code, ago(s.StartedAt), ended, strings.Join(s.Command, " ")})
 			}
-			return tw.Flush()
+			return a.render(output, list, []string{"NAME", "STATUS", "EXIT", "STARTED", "ENDED", "COMMAND"}, rows)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	outputFlag(cmd, &output)
 	return cmd
 }
 
@@ -111,8 +100,7 @@ func (a *app) sessionLogsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			q := url.Values{"stream": {stream}, "tail": {strconv.Itoa(tail)}, "follow": {strconv.FormatBool(follow)}}
-			body, err := c.Stream(a.ctx, "GET", sessionPath(args[0], args[1])+"/logs?"+q.Encode(), nil)
+			body, err := c.SessionLogs(a.ctx, args[0], args[1], client.SessionLogsOptions{Stream: stream, Tail: tail, Follow: follow})
 			if err != nil {
 				return err
 			}
@@ -140,18 +128,18 @@ func (a *app) sessionSendCmd() *cobra.Command {
 			if len(args) == 3 && args[2] != "-" {
 				body = strings.NewReader(args[2])
 			}
-			data, err := io.ReadAll(io.LimitReader(body, api.MaxBodyBytes+1))
+			data, err := io.ReadAll(io.LimitReader(body, client.MaxBodyBytes+1))
 			if err != nil {
 				return err
 			}
-			if len(data) > api.MaxBodyBytes {
-				return usageError{fmt.Errorf("send: at most %d bytes at a time", api.MaxBodyBytes)}
+			if len(data) > client.MaxBodyBytes {
+				return usageError{fmt.Errorf("send: at most %d bytes at a time", client.MaxBodyBytes)}
 			}
 			c, err := a.api()
 			if err != nil {
 				return err
 			}
-			return c.Do(a.ctx, "POST", sessionPath(args[0], args[1])+"/send", bytes.NewReader(data), nil)
+			return c.SendSession(a.ctx, args[0], args[1], bytes.NewReader(data))
 		},
 	}
 }
@@ -168,8 +156,8 @@ func (a *app) sessionStopCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var gs model.GuestSession
-			if err := c.Do(a.ctx, "POST", sessionPath(args[0], args[1])+"/stop", api.StopSessionRequest{Signal: sig, GraceSeconds: int64(grace.Seconds())}, &gs); err != nil {
+			gs, err := c.StopSession(a.ctx, args[0], args[1], client.StopSessionRequest{Signal: sig, GraceSeconds: int64(grace.Seconds())})
+			if err != nil {
 				return err
 			}
 			fmt.Fprintln(a.stdout, gs.Name, gs.Status)

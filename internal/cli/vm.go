@@ -4,22 +4,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"strings"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
-	"github.com/banger-dev/banger/internal/storage"
+	"github.com/banger-dev/banger/client"
+	"github.com/banger-dev/banger/internal/units"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
 func (a *app) vmCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "vm", Short: "Create, run and manage VMs"}
-	cmd.AddCommand(a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmStartCmd(), a.vmStopCmd(), a.vmRestartCmd(),
+	return group(&cobra.Command{Use: "vm", Short: "Create, run and manage VMs"},
+		a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmStartCmd(), a.vmStopCmd(), a.vmRestartCmd(),
 		a.vmDeleteCmd(), a.vmLogsCmd(), a.vmPortCmd(), a.vmRunCmd(), a.vmExecCmd(), a.vmSSHCmd(), a.vmCpCmd(), a.sessionCmd())
-	return cmd
 }
 
 // createFlags are shared by vm create and vm run.
@@ -43,8 +41,8 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	fl.StringArrayVarP(&f.ports, "publish", "p", nil, "forward a host port: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp] (repeatable)")
 }
 
-func (f *createFlags) request() (api.CreateVMRequest, error) {
-	req := api.CreateVMRequest{Name: f.name, Image: f.image, VMM: f.vmm, VCPUs: f.vcpus, MemoryMiB: f.memory, Ports: f.ports}
+func (f *createFlags) request() (client.CreateVMRequest, error) {
+	req := client.CreateVMRequest{Name: f.name, Image: f.image, VMM: f.vmm, VCPUs: f.vcpus, MemoryMiB: f.memory, Ports: f.ports}
 	// An explicit empty name is most likely an unset shell variable, not a
 	// request for a generated name.
 	if f.name == "" && f.flags != nil && f.flags.Changed("name") {
@@ -57,10 +55,10 @@ func (f *createFlags) request() (api.CreateVMRequest, error) {
 		return req, usageError{fmt.Errorf("invalid --memory %d: want at least 64 (MiB)", f.memory)}
 	}
 	var err error
-	if req.DiskSizeBytes, err = storage.ParseSize(f.disk); err != nil {
+	if req.DiskSizeBytes, err = units.ParseSize(f.disk); err != nil {
 		return req, usageError{fmt.Errorf("invalid --disk-size: %w", err)}
 	}
-	if req.WorkDiskBytes, err = storage.ParseSize(f.work); err != nil {
+	if req.WorkDiskBytes, err = units.ParseSize(f.work); err != nil {
 		return req, usageError{fmt.Errorf("invalid --work-disk-size: %w", err)}
 	}
 	return req, nil
@@ -111,7 +109,7 @@ func (a *app) vmListCmd() *cobra.Command {
 			}
 			if output == "json" {
 				// The daemon's JSON is the output: stream it as is.
-				body, err := c.Stream(a.ctx, "GET", "/v1/vms", nil)
+				body, err := c.ListVMsJSON(a.ctx)
 				if err != nil {
 					return err
 				}
@@ -129,20 +127,19 @@ func (a *app) vmListCmd() *cobra.Command {
 				}
 				return nil
 			}
-			tw := a.table()
-			fmt.Fprintln(tw, "NAME\tSTATE\tVMM\tIP\tIMAGE\tVCPUS\tMEMORY\tCREATED")
+			var rows [][]string
 			for _, vm := range vms {
 				state := string(vm.Runtime.State)
-				if vm.Runtime.State == "running" && vm.Live != nil && !vm.Live.Alive {
+				if vm.Runtime.State == client.StateRunning && vm.Live != nil && !vm.Live.Alive {
 					state = "running (dead)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%dMiB\t%s\n", vm.Name, state, dash(vm.Runtime.VMM), dash(vm.Runtime.GuestIP),
-					dash(vm.Image), vm.Spec.VCPUs, vm.Spec.MemoryMiB, ago(vm.CreatedAt))
+				rows = append(rows, []string{vm.Name, state, dash(vm.Runtime.VMM), dash(vm.Runtime.GuestIP),
+					dash(vm.Image), fmt.Sprint(vm.Spec.VCPUs), fmt.Sprintf("%dMiB", vm.Spec.MemoryMiB), ago(vm.CreatedAt)})
 			}
-			return tw.Flush()
+			return a.printTable([]string{"NAME", "STATE", "VMM", "IP", "IMAGE", "VCPUS", "MEMORY", "CREATED"}, rows)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	outputFlag(cmd, &output)
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print names only")
 	return cmd
 }
@@ -152,13 +149,6 @@ func (a *app) warn(ws []string) {
 	for _, w := range ws {
 		fmt.Fprintln(a.stderr, "warning: "+w)
 	}
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 func (a *app) vmShowCmd() *cobra.Command {
@@ -179,12 +169,9 @@ func (a *app) vmShowCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return a.printJSON(vm)
-			}
 			r := vm.Runtime
-			tw := a.table()
-			row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+			var rows [][]string
+			row := func(k, v string) { rows = append(rows, []string{k + ":", v}) }
 			row("Name", vm.Name)
 			row("ID", vm.ID)
 			row("State", string(r.State))
@@ -220,21 +207,11 @@ func (a *app) vmShowCmd() *cobra.Command {
 				row("Loops", dash(strings.Trim(h.BaseLoop+" "+h.COWLoop, " ")))
 				row("DM device", dash(h.DMDev))
 			}
-			return tw.Flush()
+			return a.render(output, vm, nil, rows)
 		},
 	}
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	outputFlag(cmd, &output)
 	return cmd
-}
-
-func human(b int64) string {
-	switch {
-	case b >= 1<<30 && b%(1<<30) == 0:
-		return fmt.Sprintf("%dGiB", b>>30)
-	case b >= 1<<20:
-		return fmt.Sprintf("%dMiB", b>>20)
-	}
-	return fmt.Sprintf("%dB", b)
 }
 
 func (a *app) vmStartCmd() *cobra.Command {
@@ -279,7 +256,7 @@ func (a *app) vmStopCmd() *cobra.Command {
 			}
 			var errs []error
 			for _, n := range args {
-				if _, err := c.StopVM(a.ctx, n, api.StopRequest{Force: force, TimeoutSeconds: int64(timeout.Seconds())}); err != nil {
+				if _, err := c.StopVM(a.ctx, n, client.StopRequest{Force: force, TimeoutSeconds: int64(timeout.Seconds())}); err != nil {
 					errs = append(errs, err)
 					continue
 				}
@@ -305,7 +282,7 @@ func (a *app) vmRestartCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, err := c.RestartVM(a.ctx, args[0], api.StopRequest{Force: force, TimeoutSeconds: int64(timeout.Seconds())}); err != nil {
+			if _, err := c.RestartVM(a.ctx, args[0], client.StopRequest{Force: force, TimeoutSeconds: int64(timeout.Seconds())}); err != nil {
 				return err
 			}
 			fmt.Fprintln(a.stdout, args[0])
@@ -332,7 +309,7 @@ func (a *app) vmDeleteCmd() *cobra.Command {
 			var errs []error
 			for _, n := range args {
 				if err := c.DeleteVM(a.ctx, n, force); err != nil {
-					if force && api.IsNotFound(err) {
+					if force && client.IsNotFound(err) {
 						continue
 					}
 					errs = append(errs, err)
@@ -358,7 +335,7 @@ func (a *app) vmLogsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			body, err := c.Logs(a.ctx, args[0], follow)
+			body, err := c.VMLogs(a.ctx, args[0], follow)
 			if err != nil {
 				return err
 			}
@@ -371,42 +348,5 @@ func (a *app) vmLogsCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
-	return cmd
-}
-
-func (a *app) vmPortCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "port NAME [add|remove SPEC]",
-		Short: "List, add or remove port forwards ([HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp])",
-		Args:  cobra.RangeArgs(1, 3),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.api()
-			if err != nil {
-				return err
-			}
-			name := url.PathEscape(args[0])
-			switch {
-			case len(args) == 1:
-				var ports []string
-				if err := c.Do(a.ctx, "GET", "/v1/vms/"+name+"/ports", nil, &ports); err != nil {
-					return err
-				}
-				for _, p := range ports {
-					fmt.Fprintln(a.stdout, p)
-				}
-				return nil
-			case len(args) == 3 && args[1] == "add":
-				var ports []string
-				if err := c.Do(a.ctx, "POST", "/v1/vms/"+name+"/ports", api.PortRequest{Spec: args[2]}, &ports); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, strings.Join(ports, "\n"))
-				return nil
-			case len(args) == 3 && args[1] == "remove":
-				return c.Do(a.ctx, "DELETE", "/v1/vms/"+name+"/ports/"+url.PathEscape(args[2]), nil, nil)
-			}
-			return usageError{fmt.Errorf("usage: banger vm port NAME [add|remove SPEC]")}
-		},
-	}
 	return cmd
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -171,16 +172,24 @@ func f() { sc.ForkExec("", nil, nil); os.StartProcess("", nil, nil); os.Getpid()
 }
 
 // cliAllowed are the module packages cmd/banger may link. The CLI speaks the
-// API; it must not carry the daemon, the store (SQLite), disks, networking or
-// VMM drivers.
+// API through the public client; it must not carry the daemon, the store
+// (SQLite), disks, networking or VMM drivers.
 var cliAllowed = map[string]string{
-	"github.com/banger-dev/banger/cmd/banger":       "the binary",
-	"github.com/banger-dev/banger/internal/cli":     "the CLI",
-	"github.com/banger-dev/banger/internal/api":     "the wire",
-	"github.com/banger-dev/banger/internal/model":   "plain data",
-	"github.com/banger-dev/banger/internal/config":  "settings shared with bangerd",
-	"github.com/banger-dev/banger/internal/system":  "LookPath, StartDetached (daemon auto-start), terminal helpers",
-	"github.com/banger-dev/banger/internal/storage": "only for storage.ParseSize of --disk-size; it pulls in nothing beyond internal/system today, but the parser belongs with the API (reported)",
+	"github.com/banger-dev/banger/cmd/banger":      "the binary",
+	"github.com/banger-dev/banger/internal/cli":    "the CLI",
+	"github.com/banger-dev/banger/client":          "the API client, the CLI's only way to the daemon",
+	"github.com/banger-dev/banger/internal/api":    "the wire, reached only through client",
+	"github.com/banger-dev/banger/internal/model":  "plain data, reached only through client",
+	"github.com/banger-dev/banger/internal/config": "settings shared with bangerd",
+	"github.com/banger-dev/banger/internal/system": "LookPath, StartDetached (daemon auto-start), terminal helpers",
+	"github.com/banger-dev/banger/internal/units":  "ParseSize of --disk-size and --work-disk-size",
+}
+
+// cliViaClient are the packages cmd/banger may reach only through client:
+// the CLI itself must not import them.
+var cliViaClient = []string{
+	"github.com/banger-dev/banger/internal/api",
+	"github.com/banger-dev/banger/internal/model",
 }
 
 // moduleDeps returns every module package reachable from pkg through non-test
@@ -226,7 +235,27 @@ func TestCLIDoesNotLinkDaemon(t *testing.T) {
 	sort.Strings(names)
 	for _, p := range names {
 		if _, ok := cliAllowed[p]; !ok {
-			t.Errorf("cmd/banger depends on %s via %s; the CLI must reach the daemon only through internal/api", p, strings.Join(deps[p], " -> "))
+			t.Errorf("cmd/banger depends on %s via %s; the CLI must reach the daemon only through the client package", p, strings.Join(deps[p], " -> "))
+		}
+	}
+	// No package of the CLI but client itself imports the wire or the model.
+	for _, p := range names {
+		if p == "github.com/banger-dev/banger/client" || slices.Contains(cliViaClient, p) {
+			continue
+		}
+		bp, err := build.Default.ImportDir(filepath.Join(root, strings.TrimPrefix(strings.TrimPrefix(p, modulePath), "/")), 0)
+		if err != nil {
+			t.Fatalf("reading package %s: %v", p, err)
+		}
+		for _, imp := range bp.Imports {
+			if slices.Contains(cliViaClient, imp) {
+				t.Errorf("%s imports %s; the CLI must use the client package instead", p, imp)
+			}
+		}
+	}
+	for _, p := range cliViaClient {
+		if _, ok := deps[p]; !ok {
+			t.Errorf("cmd/banger does not reach %s (deps %v): the walk is broken", p, names)
 		}
 	}
 }
