@@ -22,8 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
-	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/system"
 )
 
@@ -271,13 +270,13 @@ func TestSessions(t *testing.T) {
 	})
 	eventually(t, 20*time.Second, "the quick session exited with code 7", func() (bool, string) {
 		s := sessions(t, name)["quick"]
-		return s.Status == model.SessionExited && s.ExitCode != nil && *s.ExitCode == 7, fmt.Sprintf("%+v", s)
+		return s.Status == client.SessionExited && s.ExitCode != nil && *s.ExitCode == 7, fmt.Sprintf("%+v", s)
 	})
 	if out := mustBanger(t, "vm", "session", "logs", name, "quick", "--stream", "stderr"); out != "quick err\n" {
 		t.Errorf("quick stderr = %q", out)
 	}
 	stopOut := mustBanger(t, "vm", "session", "stop", name, "loop", "--grace", "2s")
-	if s := sessions(t, name)["loop"]; s.Status == model.SessionRunning {
+	if s := sessions(t, name)["loop"]; s.Status == client.SessionRunning {
 		t.Errorf("loop still running after session stop (stop printed %q): %+v", stopOut, s)
 	}
 	lastTick := mustBanger(t, "vm", "session", "logs", name, "loop", "--tail", "1")
@@ -294,13 +293,13 @@ func TestSessions(t *testing.T) {
 		t.Errorf("echo log after vm stop = %q", out)
 	}
 	list := sessions(t, name)
-	if s := list["quick"]; s.Status != model.SessionExited || s.ExitCode == nil || *s.ExitCode != 7 {
+	if s := list["quick"]; s.Status != client.SessionExited || s.ExitCode == nil || *s.ExitCode != 7 {
 		t.Errorf("quick after vm stop: %+v, want exited with code 7", s)
 	}
-	if s := list["echo"]; s.Status != model.SessionLost {
+	if s := list["echo"]; s.Status != client.SessionLost {
 		t.Errorf("echo (running when the VM stopped) after vm stop: status %q, want lost", s.Status)
 	}
-	if s := list["loop"]; s.Status == model.SessionRunning || s.Status == model.SessionLost {
+	if s := list["loop"]; s.Status == client.SessionRunning || s.Status == client.SessionLost {
 		t.Errorf("loop (stopped before the VM) after vm stop: status %q", s.Status)
 	}
 	if _, errOut, code := banger(t, "vm", "session", "send", name, "echo", "late\n"); code == 0 {
@@ -367,7 +366,7 @@ func TestRestartAndRm(t *testing.T) {
 		t.Errorf("vm logs does not show the guest's boot:\n%s", tail(out, 10))
 	}
 	mustBanger(t, "vm", "stop", name)
-	if vm := showVM(t, name); vm.Runtime.State != model.StateStopped {
+	if vm := showVM(t, name); vm.Runtime.State != client.StateStopped {
 		t.Errorf("after vm stop: state %s", vm.Runtime.State)
 	}
 	mustBanger(t, "vm", "start", name)
@@ -407,7 +406,7 @@ func TestDaemonKilled(t *testing.T) {
 	if nd := daemonPID(); nd.PID == 0 || nd == d {
 		t.Errorf("no new daemon after the crash (old %d, now %+v)", d.PID, nd)
 	}
-	if after.Runtime.State != model.StateRunning || after.Live == nil || !after.Live.Alive || after.Live.Handles.PID != before.Live.Handles.PID {
+	if after.Runtime.State != client.StateRunning || after.Live == nil || !after.Live.Alive || after.Live.Handles.PID != before.Live.Handles.PID {
 		t.Fatalf("after daemon crash: state %s, live %+v; want running, alive, PID %d", after.Runtime.State, after.Live, before.Live.Handles.PID)
 	}
 	if after.Live.Handles.TapDevice != before.Live.Handles.TapDevice {
@@ -418,7 +417,7 @@ func TestDaemonKilled(t *testing.T) {
 	}
 	// The guest session kept running through the crash: the new daemon
 	// sees it running and its output still grows.
-	if s := sessions(t, name)["count"]; s.Status != model.SessionRunning {
+	if s := sessions(t, name)["count"]; s.Status != client.SessionRunning {
 		t.Errorf("session after daemon crash: %+v, want running", s)
 	}
 	first := mustBanger(t, "vm", "session", "logs", name, "count", "--tail", "1")
@@ -461,7 +460,7 @@ func TestVMMKilledWhileDaemonDown(t *testing.T) {
 		t.Fatalf("kill -9 qemu %d: %v", q.PID, err)
 	}
 	after := showVM(t, name) // auto-starts the daemon, which reconciles
-	if after.Runtime.State != model.StateStopped || !strings.Contains(after.Runtime.LastError, "gone at daemon startup") {
+	if after.Runtime.State != client.StateStopped || !strings.Contains(after.Runtime.LastError, "gone at daemon startup") {
 		t.Errorf("after the VMM died: state %s, last error %q; want stopped with the reason", after.Runtime.State, after.Runtime.LastError)
 	}
 	if after.Live != nil && after.Live.Alive {
@@ -503,7 +502,7 @@ func TestBadInput(t *testing.T) {
 
 	// An image whose root filesystem has no init: the kernel boots, the
 	// guest never answers SSH.
-	var def api.Image
+	var def client.Image
 	if err := json.Unmarshal([]byte(mustBanger(t, "image", "show", "default")), &def); err != nil {
 		t.Fatal(err)
 	}
@@ -690,7 +689,7 @@ func TestGuestPoweroff(t *testing.T) {
 	banger(t, "vm", "exec", name, "--", "poweroff")
 	eventually(t, 30*time.Second, "vm recorded stopped after guest poweroff", func() (bool, string) {
 		vm := showVM(t, name)
-		return vm.Runtime.State == model.StateStopped, string(vm.Runtime.State) + " " + vm.Runtime.LastError
+		return vm.Runtime.State == client.StateStopped, string(vm.Runtime.State) + " " + vm.Runtime.LastError
 	})
 	after := showVM(t, name)
 	if !strings.Contains(after.Runtime.LastError, "exited") {

@@ -12,8 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
-	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/system"
 )
 
@@ -119,10 +118,10 @@ func deleteAtEnd(t *testing.T, names ...string) {
 }
 
 // showVM returns vm show -o json.
-func showVM(t *testing.T, name string) api.VM {
+func showVM(t *testing.T, name string) client.VM {
 	t.Helper()
 	out := mustBanger(t, "vm", "show", "-o", "json", name)
-	var vm api.VM
+	var vm client.VM
 	if err := json.Unmarshal([]byte(out), &vm); err != nil {
 		t.Fatalf("vm show %s: %v\n%s", name, err, out)
 	}
@@ -130,14 +129,14 @@ func showVM(t *testing.T, name string) api.VM {
 }
 
 // sessions returns session list -o json, by session name.
-func sessions(t *testing.T, vm string) map[string]model.GuestSession {
+func sessions(t *testing.T, vm string) map[string]client.GuestSession {
 	t.Helper()
 	out := mustBanger(t, "vm", "session", "list", "-o", "json", vm)
-	var list []model.GuestSession
+	var list []client.GuestSession
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		t.Fatalf("session list %s: %v\n%s", vm, err, out)
 	}
-	m := map[string]model.GuestSession{}
+	m := map[string]client.GuestSession{}
 	for _, s := range list {
 		m[s.Name] = s
 	}

@@ -13,18 +13,18 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/system"
 )
 
-// client returns an API client for the daemon the environment names.
-func client() (*api.Client, config.Config, error) {
+// daemonClient returns an API client for the daemon the environment names.
+func daemonClient() (*client.Client, config.Config, error) {
 	cfg, err := config.Load(nil)
 	if err != nil {
 		return nil, cfg, err
 	}
-	return &api.Client{Socket: cfg.Socket}, cfg, nil
+	return &client.Client{Socket: cfg.Socket}, cfg, nil
 }
 
 // forEach runs fn for 0..n-1 with w workers and returns the first error.
@@ -66,7 +66,7 @@ func cmdSeed(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	c, _, err := client()
+	c, _, err := daemonClient()
 	if err != nil {
 		return err
 	}
@@ -74,7 +74,7 @@ func cmdSeed(ctx context.Context, args []string) error {
 	var lastMu sync.Mutex
 	lastBatch := time.Now()
 	err = forEach(ctx, *n, *workers, func(i int) error {
-		if _, err := c.CreateVM(ctx, api.CreateVMRequest{Name: fmt.Sprintf("%s-%05d", *prefix, i)}); err != nil {
+		if _, err := c.CreateVM(ctx, client.CreateVMRequest{Name: fmt.Sprintf("%s-%05d", *prefix, i)}); err != nil {
 			return fmt.Errorf("create vm %d: %w", i, err)
 		}
 		if (i+1)%2000 == 0 {
@@ -110,7 +110,7 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	if *bangerd == "" {
 		return errors.New("-bangerd is required")
 	}
-	c, cfg, err := client()
+	c, cfg, err := daemonClient()
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func cmdReconcile(ctx context.Context, args []string) error {
 	}
 	prep := time.Now()
 	if err := forEach(ctx, *n, *workers, func(i int) error {
-		_, err := c.CreateVM(ctx, api.CreateVMRequest{Name: names[i], MemoryMiB: 128, VCPUs: 1})
+		_, err := c.CreateVM(ctx, client.CreateVMRequest{Name: names[i], MemoryMiB: 128, VCPUs: 1})
 		return err
 	}); err != nil {
 		return fmt.Errorf("creating vms: %w", err)
@@ -200,7 +200,7 @@ func cmdReconcile(ctx context.Context, args []string) error {
 
 // stopDaemon asks the daemon to shut down and waits for its process to go,
 // so the state-dir lock is free for the next one.
-func stopDaemon(ctx context.Context, c *api.Client) error {
+func stopDaemon(ctx context.Context, c *client.Client) error {
 	v, err := c.Version(ctx)
 	if err != nil {
 		return err
