@@ -132,6 +132,9 @@ func (e *Engine) CreateVM(ctx context.Context, req CreateSpec) (model.VMRecord, 
 		},
 		CreatedAt: now, UpdatedAt: now,
 	}
+	if err := hit(ctx, fpCreateInsertBefore); err != nil {
+		return model.VMRecord{}, err
+	}
 	if err := e.store.CreateVM(ctx, vm); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return model.VMRecord{}, errdefs.AlreadyExists("%w", err)
@@ -140,7 +143,11 @@ func (e *Engine) CreateVM(ctx context.Context, req CreateSpec) (model.VMRecord, 
 	}
 	e.emit(EventUpdated, vm)
 	e.addrs.takeLocked(vm)
-	if err := e.addPorts(ctx, vm, ports); err != nil {
+	err = hit(ctx, fpCreateInsertAfter)
+	if err == nil {
+		err = e.addPorts(ctx, vm, ports)
+	}
+	if err != nil {
 		e.store.DeleteVM(context.WithoutCancel(ctx), vm.ID)
 		e.emit(EventDeleted, vm)
 		e.addrs.releaseLocked(vm)

@@ -18,11 +18,15 @@ func (e *Engine) commitState(ctx context.Context, vm *model.VMRecord, state mode
 	vm.Runtime.State = state
 	vm.Runtime.LastError = lastErr
 	// A state change must be recorded even when the request was cancelled.
-	if err := e.store.UpdateVM(context.WithoutCancel(ctx), vm); err != nil {
+	ctx = context.WithoutCancel(ctx)
+	if err := hit(ctx, fpCommitBefore); err != nil {
+		return err
+	}
+	if err := e.store.UpdateVM(ctx, vm); err != nil {
 		return fmt.Errorf("recording state %s of vm %q: %w", state, vm.Name, err)
 	}
 	e.emit(EventUpdated, *vm)
-	return nil
+	return hit(ctx, fpCommitAfter)
 }
 
 // GetVM loads a VM by name, after startup reconcile has processed it.
@@ -205,13 +209,25 @@ func (e *Engine) deleteLocked(ctx context.Context, vm *model.VMRecord, force boo
 			return fmt.Errorf("deleting vm %q: %w", vm.Name, err)
 		}
 	}
+	if err := hit(ctx, fpDeleteFilesBefore); err != nil {
+		return err
+	}
 	if err := e.removeVMFiles(*vm); err != nil {
 		err = fmt.Errorf("deleting vm %q: removing files: %w", vm.Name, err)
 		e.commitState(ctx, vm, model.StateDeleting, err.Error())
 		return err
 	}
+	if err := hit(ctx, fpDeleteFilesAfter); err != nil {
+		return err
+	}
 	e.handles.delete(vm.ID)
+	if err := hit(ctx, fpDeleteRowBefore); err != nil {
+		return err
+	}
 	if err := e.store.DeleteVM(context.WithoutCancel(ctx), vm.ID); err != nil {
+		return err
+	}
+	if err := hit(ctx, fpDeleteRowAfter); err != nil {
 		return err
 	}
 	e.emit(EventDeleted, *vm)

@@ -34,6 +34,7 @@ import (
 //	creating tap                 tap bgr<id>             delete tap bgr<id>
 //	starting vmm                 launch the VMM          shut down the VMM proven ours
 type step struct {
+	key  string // short name for failpoints: start.KEY.before, teardown.KEY.after, ...
 	name string
 	do   func(ctx context.Context, r *run) error
 	undo func(ctx context.Context, r *run) error
@@ -61,20 +62,26 @@ type run struct {
 
 func (e *Engine) plan() []step {
 	return []step{
-		{name: "preparing vm directories", do: e.makeDirs, undo: e.removeSockets},
-		{name: "making root disk", do: e.makeRootDisk},
-		{name: "making work disk", do: e.makeWorkDisk},
-		{name: "activating root disk", do: e.activateRootDisk, undo: e.deactivateRootDisk},
-		{name: "writing guest configuration", do: e.writeGuestConfig},
-		{name: "creating tap", do: e.createTap, undo: e.deleteTap},
-		{name: "starting vmm", do: e.launchVMM, undo: e.stopVMM, holdsOthers: true},
+		{key: "dirs", name: "preparing vm directories", do: e.makeDirs, undo: e.removeSockets},
+		{key: "rootdisk", name: "making root disk", do: e.makeRootDisk},
+		{key: "workdisk", name: "making work disk", do: e.makeWorkDisk},
+		{key: "activate", name: "activating root disk", do: e.activateRootDisk, undo: e.deactivateRootDisk},
+		{key: "guestconfig", name: "writing guest configuration", do: e.writeGuestConfig},
+		{key: "tap", name: "creating tap", do: e.createTap, undo: e.deleteTap},
+		{key: "vmm", name: "starting vmm", do: e.launchVMM, undo: e.stopVMM, holdsOthers: true},
 	}
 }
 
 // saveHandles records r.h in the cache and the VM's scratch file.
 func (e *Engine) saveHandles(r *run) error {
 	e.handles.set(r.vm.ID, r.h)
-	return writeHandlesFile(handlesPath(*r.vm), r.h)
+	if err := hit(context.Background(), fpHandlesBefore); err != nil {
+		return err
+	}
+	if err := writeHandlesFile(handlesPath(*r.vm), r.h); err != nil {
+		return err
+	}
+	return hit(context.Background(), fpHandlesAfter)
 }
 
 // forward runs the plan; when a step fails, it undoes that step (its undo
@@ -83,7 +90,15 @@ func (e *Engine) saveHandles(r *run) error {
 func (e *Engine) forward(ctx context.Context, r *run) error {
 	steps := e.plan()
 	for i, s := range steps {
-		if err := s.do(ctx, r); err != nil {
+		fp := planPoints[s.key]
+		err := hit(ctx, fp.doBefore)
+		if err == nil {
+			err = s.do(ctx, r)
+		}
+		if err == nil {
+			err = hit(ctx, fp.doAfter)
+		}
+		if err != nil {
 			undoErr := e.undo(ctx, r, steps[:i+1])
 			return errors.Join(fmt.Errorf("%s: %w", s.name, err), undoErr)
 		}
@@ -103,7 +118,15 @@ func (e *Engine) undo(ctx context.Context, r *run, steps []step) error {
 		if s.undo == nil {
 			continue
 		}
-		if err := s.undo(ctx, r); err != nil {
+		fp := planPoints[s.key]
+		err := hit(ctx, fp.undoBefore)
+		if err == nil {
+			err = s.undo(ctx, r)
+		}
+		if err == nil {
+			err = hit(ctx, fp.undoAfter)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("undo %s: %w", s.name, err))
 			if s.holdsOthers {
 				break

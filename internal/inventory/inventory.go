@@ -20,9 +20,16 @@ import (
 
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/engine"
+	"github.com/banger-dev/banger/internal/failpoint"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/system"
+)
+
+// Failpoints around each removal gc makes (tests only).
+var (
+	fpGCRemoveBefore = failpoint.New("gc.remove.before")
+	fpGCRemoveAfter  = failpoint.New("gc.remove.after")
 )
 
 // HostDisks is what the inventory needs of disks.
@@ -396,7 +403,14 @@ func (inv *Inventory) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 			res.Removed = append(res.Removed, o)
 			continue
 		}
-		if err := remove(); err != nil {
+		err := fpGCRemoveBefore.Hit(ctx)
+		if err == nil {
+			err = remove()
+		}
+		if err == nil {
+			err = fpGCRemoveAfter.Hit(ctx)
+		}
+		if err != nil {
 			res.Errors = append(res.Errors, fmt.Sprintf("%s %s: %v", o.Kind, o.Name, err))
 			continue
 		}

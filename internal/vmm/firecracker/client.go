@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/banger-dev/banger/internal/failpoint"
 )
 
 // apiClient talks to one Firecracker API socket. micro-http reads bodies by
@@ -50,7 +52,20 @@ func (e *apiError) Error() string {
 
 // do sends one request; body is marshalled to JSON when non-nil; out, when
 // non-nil, receives the decoded 200 body.
+// Failpoints around every Firecracker API call that changes something
+// (tests only): a counted spec picks the Nth call.
+var (
+	fpCallBefore = failpoint.New("vmm.firecracker.call.before")
+	fpCallAfter  = failpoint.New("vmm.firecracker.call.after")
+)
+
 func (c *apiClient) do(ctx context.Context, method, path string, body, out any) error {
+	if method != http.MethodGet {
+		if err := fpCallBefore.Hit(ctx); err != nil {
+			return fmt.Errorf("firecracker %s %s: %w", method, path, err)
+		}
+		defer func() { fpCallAfter.Hit(ctx) }()
+	}
 	var rd io.Reader
 	var payload []byte
 	if body != nil {

@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/banger-dev/banger/internal/failpoint"
 )
 
 // QMPError is an error response from QEMU's monitor ({"error":{"class","desc"}}).
@@ -99,7 +102,19 @@ func dialQMP(ctx context.Context, path string, timeout time.Duration) (*qmpClien
 
 // execute sends one command and returns its "return" value. Events that
 // arrive before the reply are kept in c.events.
+// Failpoints around every QMP command that changes something (tests only).
+var (
+	fpCommandBefore = failpoint.New("vmm.qemu.command.before")
+	fpCommandAfter  = failpoint.New("vmm.qemu.command.after")
+)
+
 func (c *qmpClient) execute(command string, args any) (json.RawMessage, error) {
+	if !strings.HasPrefix(command, "query-") && command != "qmp_capabilities" {
+		if err := fpCommandBefore.Hit(context.Background()); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", command, err)
+		}
+		defer fpCommandAfter.Hit(context.Background())
+	}
 	req := struct {
 		Execute   string `json:"execute"`
 		Arguments any    `json:"arguments,omitempty"`
