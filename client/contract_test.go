@@ -148,17 +148,6 @@ func (v *validator) fail(format string, args ...any) {
 	v.errs = append(v.errs, strings.ReplaceAll(fmt.Sprintf(format, args...), "\n", " | "))
 }
 
-// knownDivergences are answers of today's daemon that break the document,
-// with why; the validator repairs them before checking the rest. Each is a
-// daemon bug to fix, not a contract to keep.
-var knownDivergences = map[string]string{
-	// The handlers call WriteHeader(201) before writeJSON sets the JSON
-	// Content-Type, so net/http sniffs one ("text/plain; charset=utf-8").
-	"POST /v1/vms 201":                 "201 answers lack Content-Type: application/json",
-	"POST /v1/images 201":              "201 answers lack Content-Type: application/json",
-	"POST /v1/vms/{name}/sessions 201": "201 answers lack Content-Type: application/json",
-}
-
 func (v *validator) RoundTrip(req *http.Request) (*http.Response, error) {
 	var body []byte
 	if req.Body != nil {
@@ -194,13 +183,6 @@ func (v *validator) RoundTrip(req *http.Request) (*http.Response, error) {
 	v.mu.Unlock()
 
 	header := resp.Header.Clone()
-	if why, ok := knownDivergences[op+" "+strconv.Itoa(resp.StatusCode)]; ok {
-		if ct := header.Get("Content-Type"); ct != "application/json" {
-			header.Set("Content-Type", "application/json")
-		} else {
-			v.t.Logf("%s %d: the daemon no longer shows the known divergence (%s): remove it from knownDivergences", op, resp.StatusCode, why)
-		}
-	}
 	// Streams (console and session logs, build progress, the upgraded exec
 	// connection) are not read here: they may not end, and their schema is
 	// any string.
