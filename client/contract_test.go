@@ -128,7 +128,6 @@ func TestSpecMatchesRoutes(t *testing.T) {
 // validator checks every request the client sends and every response it gets
 // against the document, and records which operations and statuses it saw.
 type validator struct {
-	t      *testing.T
 	router routers.Router
 	next   http.RoundTripper
 
@@ -138,8 +137,8 @@ type validator struct {
 	statuses map[int]bool
 }
 
-func newValidator(t *testing.T, router routers.Router, next http.RoundTripper) *validator {
-	return &validator{t: t, router: router, next: next, seen: map[string]bool{}, statuses: map[int]bool{}}
+func newValidator(router routers.Router, next http.RoundTripper) *validator {
+	return &validator{router: router, next: next, seen: map[string]bool{}, statuses: map[int]bool{}}
 }
 
 func (v *validator) fail(format string, args ...any) {
@@ -240,7 +239,7 @@ func TestValidatorRejects(t *testing.T) {
 			}
 			return &http.Response{StatusCode: a.status, Header: h, Body: io.NopCloser(strings.NewReader(a.body)), Request: req}, nil
 		})
-		v := newValidator(t, router, stub)
+		v := newValidator(router, stub)
 		c := &client.Client{Socket: "/nonexistent", WrapTransport: func(http.RoundTripper) http.RoundTripper { return v }}
 		do(c)
 		return v.errs
@@ -294,7 +293,7 @@ func TestContract(t *testing.T) {
 	})
 	var v *validator
 	c := &client.Client{Socket: d.socket, WrapTransport: func(next http.RoundTripper) http.RoundTripper {
-		v = newValidator(t, router, next)
+		v = newValidator(router, next)
 		return v
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
