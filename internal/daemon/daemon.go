@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
@@ -42,6 +43,9 @@ type Deps struct {
 	engine.Deps
 	// Disks, when set, serves every disk need (engine and inventory).
 	Disks Disks
+	// Recover rebuilds the records of VMs the store lacks from their
+	// directories (bangerd --recover) instead of refusing to start.
+	Recover bool
 }
 
 // Daemon is one bangerd.
@@ -70,14 +74,27 @@ func New(ctx context.Context, cfg config.Config, deps Deps, logger *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(ctx, filepath.Join(cfg.StateDir, "banger.db"))
+	dbPath := filepath.Join(cfg.StateDir, "banger.db")
+	_, statErr := os.Stat(dbPath)
+	st, err := store.Open(ctx, dbPath)
 	if err != nil {
 		lf.Close()
-		return nil, err
+		return nil, fmt.Errorf("the store %s cannot be read: %w (restore it from a backup, or move it aside and run bangerd --recover to rebuild the records from the VM directories; nothing was changed)", dbPath, err)
 	}
 	d := &Daemon{Store: st, cfg: cfg, log: logger, lockFile: lf}
 	fail := func(err error) (*Daemon, error) {
 		st.Close()
+		lf.Close()
+		return nil, err
+	}
+	if err := checkStoreAccounts(ctx, cfg, st, deps.Recover, logger); err != nil {
+		st.Close()
+		if os.IsNotExist(statErr) {
+			// The store did not exist: leave no empty one behind.
+			for _, p := range []string{dbPath, dbPath + "-wal", dbPath + "-shm"} {
+				os.Remove(p)
+			}
+		}
 		lf.Close()
 		return nil, err
 	}
@@ -92,12 +109,70 @@ func New(ctx context.Context, cfg config.Config, deps Deps, logger *slog.Logger)
 	d.Engine.Subscribe(d.publisher.Handle)
 	d.Engine.SetPortBinder(d.publisher)
 	var net inventory.Networker
-	if ed.Network != nil {
-		net = ed.Network
+	if n, ok := ed.Network.(inventory.Networker); ok {
+		net = n
 	}
 	inv := &inventory.Inventory{Engine: d.Engine, Config: cfg, Disks: inventoryDisks(deps, ed), Network: net, Runner: ed.Runner, Log: logger}
 	d.API = localapi.New(cfg, d.Engine, inv, logger)
 	return d, nil
+}
+
+// checkStoreAccounts refuses to start over a store that is missing or
+// empty while the state dir holds VM directories or banger's VMMs run: the
+// daemon would otherwise forget them, and gc would offer to remove a
+// running VM's process and disks. With recover, the records are rebuilt
+// from the VM directories instead.
+func checkStoreAccounts(ctx context.Context, cfg config.Config, st *store.Store, recover bool, log *slog.Logger) error {
+	if recover {
+		names, bad, err := engine.Recover(ctx, cfg, st)
+		if err != nil {
+			return fmt.Errorf("recovering vm records: %w", err)
+		}
+		log.Warn("recovered vm records from their directories", "vms", names, "unreadable", bad)
+		if len(bad) > 0 {
+			return fmt.Errorf("recovered %d vm records; these directories could not be read (move them aside to go on): %s", len(names), strings.Join(bad, "; "))
+		}
+		return nil
+	}
+	vms, err := st.ListVMs(ctx)
+	if err != nil {
+		return fmt.Errorf("the store cannot be read: %w", err)
+	}
+	if len(vms) > 0 {
+		return nil
+	}
+	f, err := engine.InspectStateDir(cfg)
+	if err != nil {
+		return err
+	}
+	vmms := bangerVMMs(cfg)
+	if len(f.VMDirs) == 0 && len(vmms) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the store %s has no VMs, but %s holds %d VM directories and %d VMM processes banger launched are running (pids %v): "+
+		"the store is missing or was replaced. Restore banger.db from a backup, or run bangerd --recover to rebuild the records from the VM directories. Nothing was stopped or removed",
+		filepath.Join(cfg.StateDir, "banger.db"), cfg.StateDir, len(f.VMDirs), len(vmms), vmms)
+}
+
+// bangerVMMs lists processes whose argv names an API socket in this run
+// dir's per-VM directories: a hint, enough to refuse to start.
+func bangerVMMs(cfg config.Config) []int {
+	prefix := filepath.Join(cfg.RunDir, "vm") + "/"
+	pids, _ := system.ListPIDs()
+	var out []int
+	for _, pid := range pids {
+		argv, err := system.ProcCmdline(pid)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		for _, a := range argv {
+			if strings.Contains(a, prefix) && strings.Contains(a, "api.sock") {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out
 }
 
 func gatewayIf(on bool, gw string) string {

@@ -87,6 +87,9 @@ func (n *fakeNet) DeleteTap(ctx context.Context, name string) error {
 	return nil
 }
 
+// TapBridge: every fake tap is on the daemon's bridge.
+func (n *fakeNet) TapBridge(ctx context.Context, name string) (string, error) { return "banger0", nil }
+
 func (n *fakeNet) ReleaseBridgeIfUnused(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -236,6 +239,7 @@ func (e *testEnv) start() {
 		cancel()
 		e.t.Fatal(err)
 	}
+	d.API.ReadHeaderTimeout = 500 * time.Millisecond
 	if err := d.Listen(); err != nil {
 		cancel()
 		d.Close()

@@ -9,9 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
+	"golang.org/x/sys/unix"
 )
 
 // Main is bangerd's entry point: flags over config over defaults, logs to
@@ -25,6 +27,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	socket := fs.String("socket", "", "API socket path (config socket, env BANGER_SOCKET)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error")
 	version := fs.Bool("version", false, "print the version and exit")
+	recover := fs.Bool("recover", false, "rebuild the records of VMs missing from the store from their directories, then start")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -63,7 +66,13 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	logPath := filepath.Join(cfg.StateDir, "bangerd.log")
 	rotateLog(logPath, 32<<20)
-	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err := checkOwnedDirs(cfg.StateDir, cfg.RunDir); err != nil {
+		fmt.Fprintln(stderr, "bangerd:", err)
+		return 1
+	}
+	// Never through a symlink: a link planted at the log's path would make
+	// the daemon append to a file of the link maker's choosing.
+	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW, 0o640)
 	if err != nil {
 		fmt.Fprintln(stderr, "bangerd:", err)
 		return 1
@@ -75,7 +84,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	logger := slog.New(slog.NewTextHandler(io.MultiWriter(stderr, lf), &slog.HandlerOptions{Level: level}))
 
-	d, err := New(ctx, cfg, testHooks(logger), logger)
+	deps := testHooks(logger)
+	deps.Recover = *recover
+	d, err := New(ctx, cfg, deps, logger)
 	if err != nil {
 		logger.Error("bangerd cannot start", "err", err)
 		return 1
@@ -99,4 +110,32 @@ func rotateLog(path string, max int64) {
 	if st, err := os.Stat(path); err == nil && st.Size() > max {
 		os.Rename(path, path+".1")
 	}
+}
+
+// checkOwnedDirs refuses state and run directories that are symlinks, that
+// another user owns, or that others may write to: the daemon removes and
+// runs what it finds there.
+func checkOwnedDirs(dirs ...string) error {
+	for _, dir := range dirs {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return err
+		}
+		st, err := os.Lstat(dir)
+		if err != nil {
+			return err
+		}
+		if st.Mode()&os.ModeSymlink != 0 {
+			return fmt.Errorf("%s is a symlink: give banger a real directory", dir)
+		}
+		if !st.IsDir() {
+			return fmt.Errorf("%s is not a directory", dir)
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+			return fmt.Errorf("%s is owned by uid %d, not by the daemon's uid %d: chown it or choose another directory", dir, sys.Uid, os.Geteuid())
+		}
+		if st.Mode().Perm()&0o022 != 0 {
+			return fmt.Errorf("%s is writable by others (mode %v): chmod go-w it", dir, st.Mode().Perm())
+		}
+	}
+	return nil
 }

@@ -55,6 +55,9 @@ type RootDisks interface {
 	// ListLoopDevices maps each attached loop device to its backing file, so
 	// a loop named in a scratch file is checked before it is detached.
 	ListLoopDevices(ctx context.Context) (map[string]string, error)
+	// FindRootHandles asks the kernel for the dm device named for a VM and
+	// the loops its table uses (zero when there is none).
+	FindRootHandles(ctx context.Context, vmID string) (model.RootHandles, error)
 }
 
 // DiskFiles makes work disks and reads and writes files inside disk images

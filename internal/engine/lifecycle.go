@@ -115,6 +115,10 @@ func (e *Engine) startLocked(ctx context.Context, vm *model.VMRecord) error {
 	if err := e.commitState(ctx, vm, model.StateStarting, ""); err != nil {
 		return err
 	}
+	if err := writeRecordFile(*vm); err != nil {
+		e.commitState(ctx, vm, model.StateError, err.Error())
+		return fmt.Errorf("starting vm %q: %w", vm.Name, err)
+	}
 	r := &run{vm: vm, im: im, drv: drv, force: true}
 	if err := e.forward(ctx, r); err != nil {
 		err = fmt.Errorf("starting vm %q: %w", vm.Name, err)

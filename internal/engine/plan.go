@@ -84,6 +84,15 @@ func (e *Engine) saveHandles(r *run) error {
 	return hit(context.Background(), fpHandlesAfter)
 }
 
+// noteHandles records r.h as saveHandles does, during teardown: the kernel
+// and the cache are what teardown acts on, so a scratch file that cannot be
+// written (a full disk, something planted at its path) is logged, not fatal.
+func (e *Engine) noteHandles(r *run) {
+	if err := e.saveHandles(r); err != nil {
+		e.log.Warn("recording handles during teardown", "vm", r.vm.Name, "err", err)
+	}
+}
+
 // forward runs the plan; when a step fails, it undoes that step (its undo
 // removes whatever half of it exists) and every step done before it, in
 // reverse order, and returns the failure naming the step.
@@ -136,10 +145,10 @@ func (e *Engine) undo(ctx context.Context, r *run, steps []step) error {
 	if len(errs) == 0 {
 		e.handles.delete(r.vm.ID)
 		if err := removeHandlesFile(handlesPath(*r.vm)); err != nil {
-			errs = append(errs, err)
+			e.log.Warn("removing the scratch file", "vm", r.vm.Name, "err", err)
 		}
 	} else {
-		e.saveHandles(r)
+		e.noteHandles(r)
 	}
 	return errors.Join(errs...)
 }
@@ -203,10 +212,12 @@ func (e *Engine) activateRootDisk(ctx context.Context, r *run) error {
 	return e.saveHandles(r)
 }
 
-// deactivateRootDisk tears down the dm device and loops recorded for the
-// VM, after checking them against the kernel: a dm name must be the one
-// derived from the VM's id, and a loop device must still be backed by this
-// VM's files (after a reboot a loop number may belong to someone else).
+// deactivateRootDisk tears down the VM's dm device and loops. What goes is
+// what the kernel says holds this VM's root disk: the dm device named from
+// its id and the loops in that device's table, and otherwise loops backed
+// by this VM's own files. Names from the scratch file only add loops that
+// the kernel confirms are backed by this VM's files (after a reboot a loop
+// number may belong to someone else).
 func (e *Engine) deactivateRootDisk(ctx context.Context, r *run) error {
 	rh := e.provenRootHandles(ctx, *r.vm, r.h.RootHandles)
 	if rh.IsZero() {
@@ -217,39 +228,59 @@ func (e *Engine) deactivateRootDisk(ctx context.Context, r *run) error {
 		return err
 	}
 	r.h.RootHandles = model.RootHandles{}
-	return e.saveHandles(r)
+	e.noteHandles(r)
+	return nil
 }
 
-// provenRootHandles keeps only what is proven this VM's in rh.
-func (e *Engine) provenRootHandles(ctx context.Context, vm model.VMRecord, rh model.RootHandles) model.RootHandles {
-	if rh.DMName != "" && rh.DMName != storage.DMName(vm.ID) {
-		e.log.Warn("scratch file names a dm device that is not this vm's: leaving it alone", "vm", vm.Name, "dm", rh.DMName)
-		rh.DMName, rh.DMDev = "", ""
+// provenRootHandles is what of a VM's root disk the kernel proves is there
+// and the VM's: see deactivateRootDisk.
+func (e *Engine) provenRootHandles(ctx context.Context, vm model.VMRecord, hint model.RootHandles) model.RootHandles {
+	if hint.DMName != "" && hint.DMName != storage.DMName(vm.ID) {
+		e.log.Warn("scratch file names a dm device that is not this vm's: leaving it alone", "vm", vm.Name, "dm", hint.DMName)
 	}
-	if rh.BaseLoop == "" && rh.COWLoop == "" {
-		return rh
+	dmMethod := e.deps.RootMethod == storage.MethodDM || vm.Runtime.RootDiskMethod == string(storage.MethodDM)
+	if !dmMethod && hint.IsZero() {
+		return model.RootHandles{}
 	}
+	if kh, err := e.deps.RootDisks.FindRootHandles(ctx, vm.ID); err != nil {
+		e.log.Warn("cannot read the vm's dm device; using checked scratch names", "vm", vm.Name, "err", err)
+	} else if kh.DMName != "" {
+		return kh
+	}
+	// No dm device: only loops backed by this VM's files remain to remove.
 	loops, err := e.deps.RootDisks.ListLoopDevices(ctx)
 	if err != nil {
-		return rh // cannot check: teardown tolerates "already gone" and checks busy
+		e.log.Warn("cannot list loop devices; leaving them", "vm", vm.Name, "err", err)
+		return model.RootHandles{}
 	}
+	var out model.RootHandles
+	cow := rootDiskPath(vm)
 	base := ""
 	if im, err := e.store.GetImage(ctx, vm.Image); err == nil {
 		base = im.RootfsPath
 	}
-	cow := rootDiskPath(vm)
-	check := func(dev *string, want string) {
-		if *dev == "" {
-			return
-		}
-		if file, ok := loops[*dev]; ok && file != want && strings.TrimSuffix(file, " (deleted)") != want {
-			e.log.Warn("loop device now backs another file: leaving it alone", "vm", vm.Name, "loop", *dev, "file", file, "want", want)
-			*dev = ""
+	backs := func(dev, want string) bool {
+		file, ok := loops[dev]
+		return ok && want != "" && strings.TrimSuffix(file, " (deleted)") == want
+	}
+	if hint.COWLoop != "" && backs(hint.COWLoop, cow) {
+		out.COWLoop = hint.COWLoop
+	} else {
+		for dev := range loops {
+			if backs(dev, cow) {
+				out.COWLoop = dev
+				break
+			}
 		}
 	}
-	check(&rh.BaseLoop, base)
-	check(&rh.COWLoop, cow)
-	return rh
+	// A base loop is over the shared image file: only the one the scratch
+	// file names, and only if it is still over that file.
+	if hint.BaseLoop != "" && backs(hint.BaseLoop, base) {
+		out.BaseLoop = hint.BaseLoop
+	} else if hint.BaseLoop != "" {
+		e.log.Warn("loop device is not over this vm's image: leaving it alone", "vm", vm.Name, "loop", hint.BaseLoop)
+	}
+	return out
 }
 
 // writeGuestConfig writes banger's SSH key, the hostname and the resolver
@@ -320,7 +351,8 @@ func (e *Engine) deleteTap(ctx context.Context, r *run) error {
 		}
 	}
 	r.h.TapDevice = ""
-	return e.saveHandles(r)
+	e.noteHandles(r)
+	return nil
 }
 
 func (e *Engine) launchVMM(ctx context.Context, r *run) error {
@@ -351,7 +383,8 @@ func (e *Engine) stopVMM(ctx context.Context, r *run) error {
 			e.log.Warn("process not signalled: not proven this vm's vmm", "vm", r.vm.Name, "pid", p.PID, "reason", err)
 		}
 		r.h.PID, r.h.PIDStart = 0, 0
-		return e.saveHandles(r)
+		e.noteHandles(r)
+		return nil
 	}
 	drv := r.drv
 	if drv == nil {
@@ -368,7 +401,8 @@ func (e *Engine) stopVMM(ctx context.Context, r *run) error {
 		r.killed = true
 	}
 	r.h.PID, r.h.PIDStart = 0, 0
-	return e.saveHandles(r)
+	e.noteHandles(r)
+	return nil
 }
 
 // errStopTimedOut reports a graceful stop that had to kill the VMM.

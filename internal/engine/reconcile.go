@@ -77,7 +77,7 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 	if h.PID != 0 {
 		alive, _ = e.processIsVMM(ctx, vm, h)
 	}
-	dec := nextState(vm.Runtime.State, Facts{Alive: alive, HostObjects: !h.IsZero() || herr != nil})
+	dec := nextState(vm.Runtime.State, Facts{Alive: alive, HostObjects: !h.IsZero() || herr != nil, Startup: true})
 	switch dec.Action {
 	case ActKeep:
 		e.handles.set(vm.ID, h)
@@ -88,7 +88,7 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 			e.commitState(ctx, &vm, model.StateError, "reconcile: "+err.Error())
 			break
 		}
-		e.commitState(ctx, &vm, dec.State, dec.Reason+" (found at daemon startup)")
+		e.commitState(ctx, &vm, dec.State, dec.Reason)
 	case ActFinishDelete:
 		if err := e.deleteLocked(ctx, &vm, true); err != nil {
 			e.log.Error("reconcile: finishing delete", "vm", vm.Name, "err", err)

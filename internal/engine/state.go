@@ -9,6 +9,9 @@ type Facts struct {
 	// HostObjects: the VM holds something on the host (a VMM process, a
 	// tap, loops, dm), proven or recorded.
 	HostObjects bool
+	// Startup: the facts were gathered by startup reconcile, after the
+	// daemon itself was down.
+	Startup bool
 }
 
 // Action is what to do to bring a VM's record and the host together.
@@ -41,16 +44,26 @@ func nextState(state model.VMState, f Facts) Decision {
 		if f.Alive {
 			return Decision{ActKeep, model.StateRunning, ""}
 		}
+		if f.Startup {
+			return Decision{ActTeardown, model.StateStopped, "vm process was gone at daemon startup"}
+		}
 		return Decision{ActTeardown, model.StateStopped, "vm process exited (guest powered off, the vmm died, or it stopped answering)"}
 	case model.StateStarting:
 		// A half-started VM is never trusted to be complete.
-		return Decision{ActTeardown, model.StateStopped, "start was interrupted"}
+		return Decision{ActTeardown, model.StateStopped, "start was interrupted" + restart(f)}
 	case model.StateStopping:
-		return Decision{ActTeardown, model.StateStopped, "stop was interrupted"}
+		return Decision{ActTeardown, model.StateStopped, "stop was interrupted" + restart(f)}
 	default:
 		if f.HostObjects || f.Alive {
-			return Decision{ActTeardown, model.StateStopped, "leftovers of an interrupted operation were removed"}
+			return Decision{ActTeardown, model.StateStopped, "operation was interrupted" + restart(f)}
 		}
 		return Decision{ActNothing, state, ""}
 	}
+}
+
+func restart(f Facts) string {
+	if f.Startup {
+		return " by a daemon restart"
+	}
+	return ""
 }

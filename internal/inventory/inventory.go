@@ -37,11 +37,15 @@ type HostDisks interface {
 	ListLoopDevices(ctx context.Context) (map[string]string, error)
 	ListDMDevices(ctx context.Context) ([]string, error)
 	DeactivateRootDisk(ctx context.Context, h model.RootHandles) error
+	FindRootHandles(ctx context.Context, vmID string) (model.RootHandles, error)
 }
 
 // Networker is what the inventory needs of host networking.
 type Networker interface {
 	ListTaps(ctx context.Context) ([]string, error)
+	// TapBridge names the bridge a tap is attached to: a tap is banger's
+	// (this daemon's) only when it is on this daemon's bridge.
+	TapBridge(ctx context.Context, name string) (string, error)
 	DeleteTap(ctx context.Context, name string) error
 	ReleaseBridgeIfUnused(ctx context.Context) error
 }
@@ -180,6 +184,11 @@ func (inv *Inventory) objects(ctx context.Context) ([]Object, error) {
 	}
 	// What the VMs account for: their handles (cache, else scratch file).
 	owner := map[string]string{} // "kind:name" -> vm name
+	dms, dmErr := inv.Disks.ListDMDevices(ctx)
+	dmSet := map[string]bool{}
+	for _, n := range dms {
+		dmSet[n] = true
+	}
 	for _, vm := range vms {
 		h := e.HandlesHint(vm)
 		for kind, name := range map[string]string{"tap": h.TapDevice, "loop": h.BaseLoop, "loop2": h.COWLoop, "dm": h.DMName} {
@@ -187,11 +196,22 @@ func (inv *Inventory) objects(ctx context.Context) ([]Object, error) {
 				owner[strings.TrimSuffix(kind, "2")+":"+name] = vm.Name
 			}
 		}
-		// A VM's own tap and dm names are derived from its id.
+		// A VM's own tap and dm names are derived from its id, and the
+		// loops its dm device is built on are its too (the kernel says so).
 		owner["tap:"+e.TapName(vm.ID)] = vm.Name
 		owner["dm:"+storage.DMName(vm.ID)] = vm.Name
 		if h.PID != 0 {
 			owner["process:"+strconv.Itoa(h.PID)] = vm.Name
+		}
+		if !dmSet[storage.DMName(vm.ID)] {
+			continue
+		}
+		if kh, err := inv.Disks.FindRootHandles(ctx, vm.ID); err == nil {
+			for _, l := range []string{kh.BaseLoop, kh.COWLoop} {
+				if l != "" {
+					owner["loop:"+l] = vm.Name
+				}
+			}
 		}
 	}
 	var objs []Object
@@ -214,7 +234,7 @@ func (inv *Inventory) objects(ctx context.Context) ([]Object, error) {
 			}
 		}
 	}
-	if dms, err := inv.Disks.ListDMDevices(ctx); err == nil {
+	if dmErr == nil {
 		for _, name := range dms {
 			add("dm", name, "")
 		}
@@ -351,8 +371,12 @@ func (inv *Inventory) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 			}
 			remove = func() error { return p.Kill(5 * time.Second) }
 		case "dm":
-			if !strings.HasPrefix(o.Name, storage.DMName("")) {
-				keep(o, "not a banger dm device")
+			// dm names are host-wide: another daemon (another state dir)
+			// may own one. Ours only when this state dir holds its VM's
+			// directory (an orphan VM dir, or one moved to lost+found).
+			id := strings.TrimPrefix(o.Name, storage.DMName(""))
+			if !strings.HasPrefix(o.Name, storage.DMName("")) || !vmDirName.MatchString(id) || !inv.holdsVMDir(id) {
+				keep(o, "not proven this daemon's: no directory of its vm in "+inv.Config.StateDir)
 				continue
 			}
 			remove = func() error { return inv.Disks.DeactivateRootDisk(ctx, model.RootHandles{DMName: o.Name}) }
@@ -361,6 +385,10 @@ func (inv *Inventory) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 		case "tap":
 			if !strings.HasPrefix(o.Name, e.TapName("")) {
 				keep(o, "not a banger tap")
+				continue
+			}
+			if br, err := inv.Network.TapBridge(ctx, o.Name); err != nil || br != inv.Config.Bridge {
+				keep(o, fmt.Sprintf("not on this daemon's bridge %s (on %q)", inv.Config.Bridge, br))
 				continue
 			}
 			remove = func() error {
@@ -420,6 +448,16 @@ func (inv *Inventory) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 		res.Removed = append(res.Removed, o)
 	}
 	return res, nil
+}
+
+// holdsVMDir reports whether this state dir holds a directory of VM id.
+func (inv *Inventory) holdsVMDir(id string) bool {
+	for _, d := range []string{"vms", "lost+found"} {
+		if st, err := os.Lstat(filepath.Join(inv.Config.StateDir, d, id)); err == nil && st.IsDir() {
+			return true
+		}
+	}
+	return false
 }
 
 func busyPrefix(busy map[string]bool, name string) bool {

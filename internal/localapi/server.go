@@ -37,6 +37,10 @@ type Server struct {
 	log  *slog.Logger
 	list listCache
 
+	// ReadHeaderTimeout bounds how long a connection may take to send its
+	// request headers (default readHeaderTimeout); tests shorten it.
+	ReadHeaderTimeout time.Duration
+
 	listener   net.Listener
 	httpServer *http.Server
 	shutdownCh chan struct{}
@@ -126,11 +130,15 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
+	rht := s.ReadHeaderTimeout
+	if rht <= 0 {
+		rht = readHeaderTimeout
+	}
 	s.httpServer = &http.Server{
 		Handler:           s.Handler(),
 		ConnContext:       peerCredContext,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: rht,
 		ReadTimeout:       readTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,

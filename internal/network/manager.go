@@ -233,6 +233,23 @@ func (m *Manager) ListTaps(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// TapBridge returns the name of the bridge a tap is attached to ("" when
+// it is attached to none).
+func (m *Manager) TapBridge(ctx context.Context, name string) (string, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return "", fmt.Errorf("tap %s: %w", name, err)
+	}
+	if l.Attrs().MasterIndex == 0 {
+		return "", nil
+	}
+	br, err := netlink.LinkByIndex(l.Attrs().MasterIndex)
+	if err != nil {
+		return "", fmt.Errorf("bridge of tap %s: %w", name, err)
+	}
+	return br.Attrs().Name, nil
+}
+
 // TapExists reports whether a tap link called name exists.
 func (m *Manager) TapExists(name string) bool {
 	l, err := netlink.LinkByName(name)

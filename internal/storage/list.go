@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/banger-dev/banger/internal/system"
@@ -65,4 +66,46 @@ func (m *Manager) ListDMDevices(ctx context.Context) ([]string, error) {
 		}
 	}
 	return names, nil
+}
+
+// FindRootHandles asks the kernel what holds vmID's root disk: the dm device
+// named for the VM, and the two loop devices its snapshot table uses. It is
+// how teardown proves (and finds, when the scratch file is lost) what to
+// remove: the dm name is derived from the VM's id, and the loops are the
+// ones that dm device is built on. A VM with no dm device gives zero
+// handles and no error.
+func (m *Manager) FindRootHandles(ctx context.Context, vmID string) (RootHandles, error) {
+	name := DMName(vmID)
+	out, err := m.Runner.Run(ctx, "dmsetup", "table", name)
+	if err != nil {
+		if errors.Is(err, system.ErrNoTool) || errors.Is(err, system.ErrNotFound) {
+			return RootHandles{}, nil
+		}
+		return RootHandles{}, fmt.Errorf("reading dm table of %s: %w", name, err)
+	}
+	// "0 131072 snapshot /dev/loop0 /dev/loop1 P 8"
+	f := strings.Fields(strings.TrimSpace(string(out)))
+	if len(f) < 5 || f[2] != "snapshot" {
+		return RootHandles{}, fmt.Errorf("dm device %s has table %q, not a banger snapshot", name, strings.TrimSpace(string(out)))
+	}
+	h := RootHandles{DMName: name, DMDev: "/dev/mapper/" + name}
+	for i, dev := range f[3:5] {
+		// The kernel prints devices as major:minor; loop devices are major 7.
+		if maj, min, ok := strings.Cut(dev, ":"); ok {
+			n, err := strconv.Atoi(min)
+			if maj != "7" || err != nil {
+				continue // not a loop: not built by banger; leave it
+			}
+			dev = fmt.Sprintf("/dev/loop%d", n)
+		}
+		if !strings.HasPrefix(dev, "/dev/loop") {
+			continue
+		}
+		if i == 0 {
+			h.BaseLoop = dev
+		} else {
+			h.COWLoop = dev
+		}
+	}
+	return h, nil
 }
