@@ -1,6 +1,6 @@
 // Package api owns banger's wire: request and response types, route paths,
 // the JSON error envelope and the API version. The daemon serves it over a
-// unix socket; Client speaks it. It imports only the standard library and
+// unix socket (internal/localapi); the public client package speaks it. It imports only the standard library and
 // internal/model.
 package api
 

@@ -20,6 +20,9 @@ const (
 	// CodeNoSpace: the daemon's state disk is full; what could be recorded
 	// was, and the request can be retried once space is freed.
 	CodeNoSpace Code = "no_space"
+	// CodePermissionDenied: the caller is not root, the daemon's user or a
+	// member of the socket's group.
+	CodePermissionDenied Code = "permission_denied"
 )
 
 // Error is an error with a wire code. The daemon returns these; the client
@@ -55,6 +58,8 @@ func HTTPStatus(c Code) int {
 		return http.StatusServiceUnavailable
 	case CodeNoSpace:
 		return http.StatusInsufficientStorage
+	case CodePermissionDenied:
+		return http.StatusForbidden
 	default:
 		return http.StatusInternalServerError
 	}
@@ -77,6 +82,9 @@ func IsAlreadyExists(err error) bool { return CodeOf(err) == CodeAlreadyExists }
 
 // IsInvalidArgument reports whether err carries CodeInvalidArgument.
 func IsInvalidArgument(err error) bool { return CodeOf(err) == CodeInvalidArgument }
+
+// IsUnavailable reports whether err carries CodeUnavailable.
+func IsUnavailable(err error) bool { return CodeOf(err) == CodeUnavailable }
 
 // IsConflict reports whether err carries CodeConflict.
 func IsConflict(err error) bool { return CodeOf(err) == CodeConflict }

@@ -1,18 +1,16 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
 
-	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/engine"
 	"github.com/banger-dev/banger/internal/model"
@@ -89,35 +87,21 @@ func benchDaemon(b *testing.B, n int) *Daemon {
 	return d
 }
 
-// serve runs one request over the daemon's socket and returns an HTTP
-// status (200 for any success) and the body's size.
-func serve(c *api.Client, method, path string, body []byte) (int, int) {
-	var in any
-	if body != nil {
-		in = bytes.NewReader(body)
-	}
-	rc, err := c.Stream(context.Background(), method, path, in)
-	if err != nil {
-		return 0, 0
-	}
-	defer rc.Close()
-	n, _ := io.Copy(io.Discard, rc)
-	return http.StatusOK, int(n)
-}
-
 func BenchmarkVMList(b *testing.B) {
 	for _, n := range []int{100, 10000} {
 		b.Run(fmt.Sprintf("vms=%d", n), func(b *testing.B) {
 			d := benchDaemon(b, n)
-			h := &api.Client{Socket: d.cfg.Socket}
+			h := &client.Client{Socket: d.cfg.Socket}
 			b.ReportAllocs()
 			var size int
 			for b.Loop() {
-				code, n := serve(h, http.MethodGet, "/v1/vms", nil)
-				if code != http.StatusOK {
-					b.Fatalf("list: %d", code)
+				rc, err := h.ListVMsJSON(context.Background())
+				if err != nil {
+					b.Fatalf("list: %v", err)
 				}
-				size = n
+				n, _ := io.Copy(io.Discard, rc)
+				rc.Close()
+				size = int(n)
 			}
 			b.ReportMetric(float64(size), "bytes/list")
 		})
@@ -128,10 +112,13 @@ func BenchmarkVMList(b *testing.B) {
 // 10,000 VMs, the part of its resident memory a list can grow.
 func BenchmarkVMListHeap(b *testing.B) {
 	d := benchDaemon(b, 10000)
-	h := &api.Client{Socket: d.cfg.Socket}
+	h := &client.Client{Socket: d.cfg.Socket}
 	var ms runtime.MemStats
 	for b.Loop() {
-		serve(h, http.MethodGet, "/v1/vms", nil)
+		if rc, err := h.ListVMsJSON(context.Background()); err == nil {
+			io.Copy(io.Discard, rc)
+			rc.Close()
+		}
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
@@ -143,13 +130,13 @@ func BenchmarkVMCreate(b *testing.B) {
 	for _, n := range []int{0, 10000} {
 		b.Run(fmt.Sprintf("vms=%d", n), func(b *testing.B) {
 			d := benchDaemon(b, n)
-			h := &api.Client{Socket: d.cfg.Socket}
+			h := &client.Client{Socket: d.cfg.Socket}
 			i := 0
 			for b.Loop() {
-				body := fmt.Appendf(nil, `{"name":"new-%d"}`, i)
+				name := fmt.Sprintf("new-%d", i)
 				i++
-				if code, _ := serve(h, http.MethodPost, "/v1/vms", body); code != http.StatusOK {
-					b.Fatalf("create: %d", code)
+				if _, err := h.CreateVM(context.Background(), client.CreateVMRequest{Name: name}); err != nil {
+					b.Fatalf("create: %v", err)
 				}
 			}
 		})

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -13,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/engine"
@@ -158,7 +162,7 @@ type testEnv struct {
 	deps    Deps
 	fc      *switchDriver // the Firecracker driver, replaceable by a test
 	d       *Daemon
-	c       *api.Client
+	c       *client.Client
 	host    *fakehost.Host
 	net     *fakeNet
 	rootfs  string
@@ -248,7 +252,7 @@ func (e *testEnv) start() {
 	done := make(chan struct{})
 	go func() { d.Serve(ctx); close(done) }()
 	e.d = d
-	e.c = &api.Client{Socket: e.cfg.Socket}
+	e.c = &client.Client{Socket: e.cfg.Socket}
 	e.stopped = false
 	e.stop = func() {
 		cancel()
@@ -392,4 +396,25 @@ func (e *testEnv) assertNothingLeft(vm model.VMRecord) {
 	if e.net != nil && len(e.net.taps) != 0 {
 		e.t.Errorf("taps left: %s", e.net.state())
 	}
+}
+
+// raw sends a request as written, for bodies the client would never make,
+// and returns the status and the body.
+func (e *testEnv) raw(method, path string, body io.Reader) (int, string) {
+	e.t.Helper()
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", e.cfg.Socket)
+	}}}
+	req, err := http.NewRequest(method, "http://banger"+path, body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

@@ -199,8 +199,7 @@ func TestPortForwarding(t *testing.T) {
 	if got, err := udpEcho(hostUDP, "hello udp"); err != nil || got != "hello udp" {
 		t.Fatalf("udp forward: %q %v", got, err)
 	}
-	var listed []string
-	e.c.Do(ctx, "GET", "/v1/vms/web/ports", nil, &listed)
+	listed, _ := e.c.ListPorts(ctx, "web")
 	if len(listed) != 2 || !strings.Contains(strings.Join(listed, " "), fmt.Sprintf(":%d:7001/udp", up)) {
 		t.Fatalf("ports listed: %v", listed)
 	}
@@ -226,7 +225,7 @@ func TestPortForwarding(t *testing.T) {
 	if _, err := e.c.GetVM(ctx, "clash"); !api.IsNotFound(err) {
 		t.Fatalf("vm created despite the taken port: %v", err)
 	}
-	err = e.c.Do(ctx, "POST", "/v1/vms/web/ports", api.PortRequest{Spec: fmt.Sprintf("%d:81", tport)}, nil)
+	_, err = e.c.AddPort(ctx, "web", fmt.Sprintf("%d:81", tport))
 	if err == nil || !api.IsConflict(err) {
 		t.Fatalf("taken port at add: %v", err)
 	}
@@ -241,7 +240,7 @@ func TestPortForwarding(t *testing.T) {
 	if got, err := tcpEcho(hostTCP, "x"); err == nil {
 		t.Fatalf("stopped vm answered: %q", got)
 	}
-	if err := e.c.Do(ctx, "DELETE", "/v1/vms/web/ports/"+fmt.Sprintf("%d:7000", tp), nil, nil); err != nil {
+	if err := e.c.RemovePort(ctx, "web", fmt.Sprintf("%d:7000", tp)); err != nil {
 		t.Fatal(err)
 	}
 	l, err := net.Listen("tcp", hostTCP)

@@ -18,7 +18,7 @@ func TestListCacheMatchesStore(t *testing.T) {
 	e.importImage()
 	ctx := context.Background()
 	list := func() []byte {
-		body, err := e.c.Stream(ctx, "GET", "/v1/vms", nil)
+		body, err := e.c.ListVMsJSON(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -273,7 +273,8 @@ func (s *Server) wrap(fn handlerFunc) http.Handler {
 		p, _ := r.Context().Value(peerKey).(peerCred)
 		if !s.authorized(p) {
 			s.log.Warn("refused caller", "uid", p.uid, "pid", p.pid)
-			writeError(w, &api.Error{Code: "permission_denied", Message: fmt.Sprintf("permission denied: uid %d is not root and not in group %q", p.uid, s.cfg.Group)}, http.StatusForbidden)
+			e := &api.Error{Code: api.CodePermissionDenied, Message: fmt.Sprintf("permission denied: uid %d is not root and not in group %q", p.uid, s.cfg.Group)}
+			writeError(w, e, api.HTTPStatus(e.Code))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
