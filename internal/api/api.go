@@ -74,12 +74,22 @@ type CreateVMRequest struct {
 	DiskSizeBytes int64    `json:"disk_size_bytes,omitempty"`
 	WorkDiskBytes int64    `json:"work_disk_bytes,omitempty"`
 	Ports         []string `json:"ports,omitempty"`
+	// Unconfined runs the VMM as root with no jail or cgroup (an explicit
+	// opt-out, logged and shown).
+	Unconfined  bool     `json:"unconfined,omitempty"`
+	CPUQuota    int      `json:"cpu_quota,omitempty"` // percent of one CPU
+	Isolated    bool     `json:"isolated,omitempty"`
+	AllowHost   []uint16 `json:"allow_host,omitempty"`
+	EgressAllow []string `json:"egress_allow,omitempty"`
+	EgressDeny  []string `json:"egress_deny,omitempty"`
 }
 
 // VM is a VM as the API shows it: the durable record plus live facts.
 type VM struct {
 	model.VMRecord
 	Live *LiveFacts `json:"live,omitempty"`
+	// Confinement is how the VMM is confined (vm show).
+	Confinement *Confinement `json:"confinement,omitempty"`
 	// Warnings are one-line notes for the user about this operation (e.g.
 	// QEMU running under slow software emulation).
 	Warnings []string `json:"warnings,omitempty"`
@@ -90,6 +100,22 @@ type LiveFacts struct {
 	Alive   bool            `json:"alive"`
 	Handles model.VMHandles `json:"handles"`
 	Reason  string          `json:"reason,omitempty"` // why not alive, when recorded running
+}
+
+// Confinement describes how a VM's VMM is confined.
+type Confinement struct {
+	Confined         bool            `json:"confined"`
+	Reason           string          `json:"reason,omitempty"`
+	UID              int             `json:"uid,omitempty"`
+	Cgroup           string          `json:"cgroup,omitempty"`
+	MemoryLimitBytes int64           `json:"memory_limit_bytes,omitempty"`
+	PidsLimit        int64           `json:"pids_limit,omitempty"`
+	CPUWeight        int             `json:"cpu_weight,omitempty"`
+	CPUQuota         int             `json:"cpu_quota,omitempty"`
+	IOWeight         int             `json:"io_weight,omitempty"`
+	Jail             string          `json:"jail,omitempty"`
+	Seccomp          string          `json:"seccomp,omitempty"`
+	Network          model.NetPolicy `json:"network"`
 }
 
 // StopRequest stops a VM.

@@ -109,6 +109,7 @@ func (a *app) rootCmd() *cobra.Command {
 			return a.cfgErr
 		},
 	}, a.vmCmd(), a.imageCmd(), a.daemonCmd(), a.versionCmd(), a.doctorCmd(), a.gcCmd(), a.completionCmd())
+	root.AddCommand(a.manCmd()) // hidden: man pages for make man (man.go)
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	return root

@@ -26,6 +26,11 @@ type createFlags struct {
 	vcpus, memory                int
 	ports                        []string
 	flags                        *pflag.FlagSet // to tell --name "" from no --name
+	// confinement and network policy
+	unconfined, isolated  bool
+	cpuQuota              int
+	allowHost             []uint
+	egressAllow, egressDn []string
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
@@ -39,10 +44,26 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.disk, "disk-size", "8G", "root disk size")
 	fl.StringVar(&f.work, "work-disk-size", "4G", "work disk size")
 	fl.StringArrayVarP(&f.ports, "publish", "p", nil, "forward a host port: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp] (repeatable)")
+	fl.BoolVar(&f.unconfined, "unconfined", false, "run the VMM as root with no jail or cgroup (not recommended; logged and shown)")
+	fl.IntVar(&f.cpuQuota, "cpu-quota", 0, "cap the VMM at this percent of one CPU (0: no cap)")
+	fl.BoolVar(&f.isolated, "isolated", false, "no traffic between this VM and the other VMs, both ways")
+	fl.UintSliceVar(&f.allowHost, "allow-host", nil, "host TCP port the guest may connect to (repeatable; DNS on the bridge is always allowed)")
+	fl.StringArrayVar(&f.egressAllow, "egress-allow", nil, "CIDR the guest may reach beyond the host, with egress NAT (repeatable)")
+	fl.StringArrayVar(&f.egressDn, "egress-deny", nil, "CIDR the guest may never reach (repeatable)")
 }
 
 func (f *createFlags) request() (client.CreateVMRequest, error) {
-	req := client.CreateVMRequest{Name: f.name, Image: f.image, VMM: f.vmm, VCPUs: f.vcpus, MemoryMiB: f.memory, Ports: f.ports}
+	req := client.CreateVMRequest{Name: f.name, Image: f.image, VMM: f.vmm, VCPUs: f.vcpus, MemoryMiB: f.memory, Ports: f.ports,
+		Unconfined: f.unconfined, CPUQuota: f.cpuQuota, Isolated: f.isolated, EgressAllow: f.egressAllow, EgressDeny: f.egressDn}
+	for _, p := range f.allowHost {
+		if p < 1 || p > 65535 {
+			return req, usageError{fmt.Errorf("invalid --allow-host %d: want a port from 1 to 65535", p)}
+		}
+		req.AllowHost = append(req.AllowHost, uint16(p))
+	}
+	if f.cpuQuota < 0 {
+		return req, usageError{fmt.Errorf("invalid --cpu-quota %d: want a percent of one CPU, or 0", f.cpuQuota)}
+	}
 	// An explicit empty name is most likely an unset shell variable, not a
 	// request for a generated name.
 	if f.name == "" && f.flags != nil && f.flags.Changed("name") {
@@ -195,6 +216,31 @@ func (a *app) vmShowCmd() *cobra.Command {
 			row("Console log", r.LogPath)
 			row("Work disk", r.WorkDiskPath)
 			row("Created", vm.CreatedAt.Format(time.RFC3339))
+			if c := vm.Confinement; c != nil {
+				if !c.Confined {
+					row("Confinement", "NONE: "+c.Reason)
+				} else {
+					row("Confinement", fmt.Sprintf("uid %d, no capabilities, no_new_privs; %s", c.UID, c.Jail))
+					row("Cgroup", fmt.Sprintf("%s: memory %s, pids %d, cpu weight %d, cpu quota %s, io weight %d",
+						c.Cgroup, human(c.MemoryLimitBytes), c.PidsLimit, c.CPUWeight, quota(c.CPUQuota), c.IOWeight))
+					row("Seccomp", dash(c.Seccomp))
+				}
+				n := c.Network
+				pol := "guest cannot reach the host (DNS on the bridge excepted)"
+				if len(n.AllowHost) > 0 {
+					pol += fmt.Sprintf("; host ports allowed %v", n.AllowHost)
+				}
+				if n.Isolated {
+					pol += "; isolated from other VMs"
+				}
+				if len(n.EgressAllow) > 0 {
+					pol += "; egress only to " + strings.Join(n.EgressAllow, ",")
+				}
+				if len(n.EgressDeny) > 0 {
+					pol += "; egress never to " + strings.Join(n.EgressDeny, ",")
+				}
+				row("Network policy", pol)
+			}
 			if vm.Live != nil {
 				h := vm.Live.Handles
 				alive := "yes"
@@ -349,4 +395,11 @@ func (a *app) vmLogsCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
 	return cmd
+}
+
+func quota(q int) string {
+	if q == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%d%% of a CPU", q)
 }

@@ -43,6 +43,18 @@ type Config struct {
 	Group          string `toml:"group"`   // socket group; default "banger"
 	Network        string `toml:"network"` // "auto" (needs root) or "off": VMs without a network device
 
+	// Confinement of each VMM (docs/architecture.md): its own uid from
+	// UIDRange, a cgroup with limits, a jail made by JailBin.
+	Confine          string `toml:"confine"`           // "on" (default) or "off": VMMs run as root, unconfined (explicit opt-out)
+	UIDRange         string `toml:"uid_range"`         // "200000-265535"
+	JailBin          string `toml:"jail_bin"`          // banger-jail; next to bangerd, else PATH
+	MemoryOverhead   string `toml:"memory_overhead"`   // VMM memory beyond guest RAM, e.g. "384MiB"
+	PidsLimit        string `toml:"pids_limit"`        // processes and threads per VMM
+	CPUWeight        string `toml:"cpu_weight"`        // 1..10000, 100 = an equal share
+	IOWeight         string `toml:"io_weight"`         // 1..10000 where the kernel has a weight knob
+	CgroupRoot       string `toml:"cgroup_root"`       // "/sys/fs/cgroup"
+	CgroupParent     string `toml:"cgroup_parent"`     // "banger": VM cgroups are <parent>/<vm-id>
+
 	// File is the config file that was read, if any.
 	File string `toml:"-"`
 }
@@ -63,6 +75,15 @@ func Defaults() Config {
 		DNSZone:        "banger.internal",
 		Group:          "banger",
 		Network:        "auto",
+		Confine:        "on",
+		UIDRange:       "200000-265535",
+		JailBin:        "banger-jail",
+		MemoryOverhead: "384MiB",
+		PidsLimit:      "512",
+		CPUWeight:      "100",
+		IOWeight:       "100",
+		CgroupRoot:     "/sys/fs/cgroup",
+		CgroupParent:   "banger",
 	}
 }
 

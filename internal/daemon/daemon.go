@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/cgroup"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/engine"
 	"github.com/banger-dev/banger/internal/inventory"
@@ -235,6 +236,13 @@ func fillDeps(cfg config.Config, deps Deps, log *slog.Logger) engine.Deps {
 	}
 	if ed.RootMethod == "" {
 		ed.RootMethod = storage.MethodCopy
+	}
+	if ed.Cgroups == nil && cfg.Confine != "off" && os.Geteuid() == 0 {
+		if m, err := cgroup.Detect(cfg.CgroupRoot, cfg.CgroupParent); err != nil {
+			ed.CgroupErr = err.Error()
+		} else {
+			ed.Cgroups = m
+		}
 	}
 	if ed.Network == nil && cfg.Network != "off" && cfg.Network != "false" && os.Geteuid() == 0 {
 		ed.Network = &network.Manager{Config: engine.NetConfigOf(cfg), Logger: log}

@@ -59,6 +59,33 @@ func fcDouble(t *testing.T) string {
 	return doublePath
 }
 
+var (
+	jailOnce sync.Once
+	jailPath string
+	jailErr  error
+)
+
+// jailHelper builds cmd/banger-jail once per test binary.
+func jailHelper(t *testing.T) string {
+	t.Helper()
+	jailOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "banger-jail")
+		if err != nil {
+			jailErr = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		jailPath = filepath.Join(dir, "banger-jail")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		jailErr = system.GoBuild(ctx, "./cmd/banger-jail", jailPath)
+	})
+	if jailErr != nil {
+		t.Skipf("cannot build banger-jail: %v", jailErr)
+	}
+	return jailPath
+}
+
 // fakeNet is a Networker that models taps and the bridge as state.
 type fakeNet struct {
 	sysDir string // taps appear here, where the Firecracker double looks for them
@@ -154,6 +181,10 @@ func (f fakeDMDisks) InjectFiles(ctx context.Context, image string, files []stor
 type envOpts struct {
 	dm      bool // fake host with the dm method; else the real host with the copy method
 	network bool // fake network
+	// confine runs VMMs confined (own uid, cgroup, jail; root only). Off,
+	// the harness sets confine = off explicitly: the double's test hooks
+	// (environment, fake sysfs) do not reach into a jail.
+	confine bool
 }
 
 type testEnv struct {
@@ -192,6 +223,20 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 	cfg.FirecrackerBin = double
 	cfg.VMM = "firecracker"
 	cfg.Network = "off"
+	cfg.Confine = "off"
+	if o.confine {
+		if os.Geteuid() != 0 {
+			t.Skip("confinement needs root")
+		}
+		cfg.Confine = "on"
+		cfg.JailBin = jailHelper(t)
+		cfg.CgroupParent = "banger-test-" + filepath.Base(base)
+		t.Cleanup(func() {
+			for _, c := range []string{"", "memory", "pids", "cpu", "cpuacct", "blkio"} {
+				os.Remove(filepath.Join(cfg.CgroupRoot, c, cfg.CgroupParent))
+			}
+		})
+	}
 	cfg.Finish()
 	e := &testEnv{t: t, cfg: cfg}
 	e.kernel = filepath.Join(base, "vmlinux")

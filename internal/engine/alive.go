@@ -61,12 +61,25 @@ func (e *Engine) proveVMM(vm model.VMRecord, h model.VMHandles) error {
 		return fmt.Errorf("pid %d does not carry vm %s's identity in its argv (%s)", p.PID, vm.ID, shortArgv(argv))
 	}
 	if want := e.vmmExecutable(vm); want != "" {
-		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
+		// Compared as files (device and inode), not as paths: a jailed
+		// VMM's executable has another path in its mount namespace.
+		got, err := os.Stat(fmt.Sprintf("/proc/%d/exe", p.PID))
 		if err != nil {
 			return fmt.Errorf("pid %d: reading its executable: %w", p.PID, err)
 		}
-		if strings.TrimSuffix(exe, " (deleted)") != want {
-			return fmt.Errorf("pid %d runs %s, not the vmm %s", p.PID, exe, want)
+		wst, err := os.Stat(want)
+		if err != nil || !os.SameFile(got, wst) {
+			// A binary replaced on disk (an upgrade) reads "<path> (deleted)".
+			exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID))
+			if !strings.HasSuffix(exe, " (deleted)") || strings.TrimSuffix(exe, " (deleted)") != want {
+				return fmt.Errorf("pid %d runs %s, not the vmm %s", p.PID, exe, want)
+			}
+		}
+	}
+	if e.confined(vm) && e.deps.Cgroups != nil {
+		// The strongest proof: membership of the VM's own cgroup.
+		if in, err := system.ProcInCgroup(p.PID, e.deps.Cgroups.Ref(vm.ID)); err != nil || !in {
+			return fmt.Errorf("pid %d is not in vm %s's cgroup %s", p.PID, vm.ID, e.deps.Cgroups.Ref(vm.ID))
 		}
 	}
 	if !p.Alive() { // re-check: the PID could have been reused while we read

@@ -35,6 +35,7 @@ type CreateSpec struct {
 	DiskSizeBytes int64
 	WorkDiskBytes int64
 	Ports         []string // port forward specs, [ADDR:]HOST:GUEST[/tcp|udp]
+	Options       model.VMOptions
 }
 
 // validateCreate checks and fills a create spec. Bad input is
@@ -67,7 +68,7 @@ func validateCreate(req *CreateSpec) error {
 	default:
 		return errdefs.Invalid("invalid vmm %q: want auto, firecracker or qemu", req.VMM)
 	}
-	return nil
+	return validateOptions(&req.Options)
 }
 
 // CreateVM records a new VM: name, id, derived paths, guest address and
@@ -116,12 +117,26 @@ func (e *Engine) CreateVM(ctx context.Context, req CreateSpec) (model.VMRecord, 
 		return model.VMRecord{}, errdefs.Conflict("allocating a guest address: %w", err)
 	}
 	cid := e.addrs.nextCIDLocked()
+	uid := 0
+	if e.cfg.Confine == "off" {
+		req.Options.Unconfined = true
+	}
+	if req.Options.Unconfined {
+		e.log.Warn("vm will run unconfined (asked explicitly)", "vm", req.Name)
+	} else {
+		if err := e.ConfinementReady(); err != nil {
+			return model.VMRecord{}, errdefs.Conflict("vm %q cannot be confined: %w (or create it with --unconfined, or set confine = off)", req.Name, err)
+		}
+		if uid, err = e.allocateUIDLocked(ctx); err != nil {
+			return model.VMRecord{}, err
+		}
+	}
 	id := newID()
 	now := e.deps.Now().UTC()
 	dir := VMDir(e.cfg, id)
 	vm := model.VMRecord{
 		ID: id, Name: req.Name, Image: imageName,
-		Spec: model.VMSpec{VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskSizeBytes: req.DiskSizeBytes, WorkDiskBytes: req.WorkDiskBytes},
+		Spec: model.VMSpec{VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, DiskSizeBytes: req.DiskSizeBytes, WorkDiskBytes: req.WorkDiskBytes, Options: req.Options},
 		Runtime: model.VMRuntime{
 			State: model.StateCreated, VMM: vmmName, Accel: accel, RootDiskMethod: string(e.deps.RootMethod),
 			GuestIP: ip, GuestMAC: network.MACFromID(id),
@@ -129,6 +144,7 @@ func (e *Engine) CreateVM(ctx context.Context, req CreateSpec) (model.VMRecord, 
 			LogPath: filepath.Join(dir, "console.log"), MetricsPath: filepath.Join(dir, "metrics.log"),
 			DNSName: req.Name + "." + e.cfg.DNSZone, VMDir: dir, SystemOverlay: filepath.Join(dir, "overlay"),
 			WorkDiskPath: filepath.Join(dir, "work.ext4"),
+			UID:          uid,
 		},
 		CreatedAt: now, UpdatedAt: now,
 	}
@@ -164,6 +180,7 @@ type addrBook struct {
 	loaded bool
 	ips    map[netip.Addr]bool
 	cids   map[uint32]bool
+	uids   map[int]bool // loaded on first confined create
 }
 
 func (b *addrBook) loadLocked(ctx context.Context, st *store.Store) error {
@@ -216,6 +233,9 @@ func (b *addrBook) takeLocked(vm model.VMRecord) {
 		b.ips[a] = true
 	}
 	b.cids[vm.Runtime.VSockCID] = true
+	if b.uids != nil && vm.Runtime.UID != 0 {
+		b.uids[vm.Runtime.UID] = true
+	}
 }
 
 func (b *addrBook) releaseLocked(vm model.VMRecord) {
@@ -226,4 +246,7 @@ func (b *addrBook) releaseLocked(vm model.VMRecord) {
 		delete(b.ips, a)
 	}
 	delete(b.cids, vm.Runtime.VSockCID)
+	if b.uids != nil {
+		delete(b.uids, vm.Runtime.UID)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/banger-dev/banger/internal/cgroup"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/network"
@@ -35,6 +36,10 @@ type Deps struct {
 	GuestSessionsRoot string
 	// RootMethod is the root-disk method RootDisks implements (detected when RootDisks is nil).
 	RootMethod storage.Method
+	// Cgroups makes the VMs' cgroups; nil when confinement is off or
+	// cgroups are unusable (then CgroupErr says why).
+	Cgroups   *cgroup.Manager
+	CgroupErr string
 }
 
 // VMMDriver is what the engine needs of a VMM (Firecracker or QEMU).

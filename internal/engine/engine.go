@@ -40,6 +40,7 @@ type Engine struct {
 	handles     *handleCache
 	guests      *guestPool
 	events      eventBus
+	cgroupErr   string
 	ports       PortBinder
 
 	ready  chan struct{}            // closed when startup reconcile finished
@@ -68,6 +69,7 @@ func New(cfg config.Config, st *store.Store, deps Deps, logger *slog.Logger) (*E
 	if deps.RootDisks == nil || deps.DiskFiles == nil || deps.Runner == nil || deps.Now == nil || deps.KVMUsable == nil || deps.Firecracker == nil || deps.QEMU == nil {
 		return nil, fmt.Errorf("engine: missing dependencies (the daemon fills them)")
 	}
+	e.cgroupErr = deps.CgroupErr
 	e.guests = newGuestPool(e)
 	return e, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/banger-dev/banger/internal/network"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
 )
 
 // The plan is the one ordered list of named steps that brings a VM up on
@@ -32,6 +33,7 @@ import (
 //	activating root disk         loops + dm (dm method)  deactivate loops and dm proven ours
 //	writing guest configuration  debugfs writes          -
 //	creating tap                 tap bgr<id>             delete tap bgr<id>
+//	confining vmm                cgroup, owners, jail    remove jail root and cgroup (killing what is left in it)
 //	starting vmm                 launch the VMM          shut down the VMM proven ours
 type step struct {
 	key  string // short name for failpoints: start.KEY.before, teardown.KEY.after, ...
@@ -58,6 +60,8 @@ type run struct {
 	// killed is set when the VMM had to be killed after a graceful stop
 	// was asked for.
 	killed bool
+	// confinement is how the VMM is launched (nil: unconfined).
+	confinement *vmm.Confinement
 }
 
 func (e *Engine) plan() []step {
@@ -68,6 +72,7 @@ func (e *Engine) plan() []step {
 		{key: "activate", name: "activating root disk", do: e.activateRootDisk, undo: e.deactivateRootDisk},
 		{key: "guestconfig", name: "writing guest configuration", do: e.writeGuestConfig},
 		{key: "tap", name: "creating tap", do: e.createTap, undo: e.deleteTap},
+		{key: "confine", name: "confining vmm", do: e.confine, undo: e.unconfine},
 		{key: "vmm", name: "starting vmm", do: e.launchVMM, undo: e.stopVMM, holdsOthers: true},
 	}
 }
@@ -357,7 +362,15 @@ func (e *Engine) deleteTap(ctx context.Context, r *run) error {
 
 func (e *Engine) launchVMM(ctx context.Context, r *run) error {
 	os.Remove(r.vm.Runtime.LogPath) // a fresh console log per boot
-	p, err := r.drv.Launch(ctx, e.machine(*r.vm, r.im, r.rootDev, r.h))
+	if r.confinement != nil {
+		// A confined VMM opens its console log itself, as its own user.
+		if err := createOwned(r.vm.Runtime.LogPath, r.confinement.Spec.UID); err != nil {
+			return err
+		}
+	}
+	m := e.machine(*r.vm, r.im, r.rootDev, r.h)
+	m.Confine = r.confinement
+	p, err := r.drv.Launch(ctx, m)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,12 @@ func (s *Server) view(ctx context.Context, vm model.VMRecord, full bool) api.VM 
 	if l := s.eng.Live(ctx, vm, full); l != nil {
 		out.Live = &api.LiveFacts{Alive: l.Alive, Handles: l.Handles, Reason: l.Reason}
 	}
+	if full {
+		c := s.eng.Confinement(vm)
+		out.Confinement = &api.Confinement{Confined: c.Confined, Reason: c.Reason, UID: c.UID, Cgroup: c.Cgroup,
+			MemoryLimitBytes: c.Limits.MemoryBytes, PidsLimit: c.Limits.Pids, CPUWeight: c.Limits.CPUWeight,
+			CPUQuota: c.Limits.CPUQuota, IOWeight: c.Limits.IOWeight, Jail: c.Jail, Seccomp: c.Seccomp, Network: c.Net}
+	}
 	return out
 }
 
@@ -70,6 +76,8 @@ func (s *Server) vmCreate(w http.ResponseWriter, r *http.Request) error {
 	vm, err := s.eng.CreateVM(r.Context(), engine.CreateSpec{
 		Name: req.Name, Image: req.Image, VMM: req.VMM, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskSizeBytes: req.DiskSizeBytes, WorkDiskBytes: req.WorkDiskBytes, Ports: req.Ports,
+		Options: model.VMOptions{Unconfined: req.Unconfined, CPUQuota: req.CPUQuota, Net: model.NetPolicy{
+			Isolated: req.Isolated, AllowHost: req.AllowHost, EgressAllow: req.EgressAllow, EgressDeny: req.EgressDeny}},
 	})
 	if err != nil {
 		return err

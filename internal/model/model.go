@@ -32,6 +32,27 @@ type VMSpec struct {
 	MemoryMiB     int   `json:"memory_mib"`
 	DiskSizeBytes int64 `json:"disk_size_bytes"`
 	WorkDiskBytes int64 `json:"work_disk_bytes"`
+	// Options are the VM's confinement and network policy choices.
+	Options VMOptions `json:"options"`
+}
+
+// VMOptions are per-VM choices beyond size: confinement and the guest
+// network policy.
+type VMOptions struct {
+	// Unconfined runs the VMM as root with no jail or cgroup: only when
+	// asked explicitly (vm create --unconfined), logged and shown.
+	Unconfined bool `json:"unconfined,omitempty"`
+	// CPUQuota caps the VMM at this percent of one CPU (0 = no cap).
+	CPUQuota int       `json:"cpu_quota,omitempty"`
+	Net      NetPolicy `json:"net"`
+}
+
+// NetPolicy is what a VM's guest may reach.
+type NetPolicy struct {
+	Isolated    bool     `json:"isolated,omitempty"`     // no traffic with other VMs, both ways
+	AllowHost   []uint16 `json:"allow_host,omitempty"`   // host TCP ports the guest may open
+	EgressAllow []string `json:"egress_allow,omitempty"` // CIDRs beyond the host (with egress NAT)
+	EgressDeny  []string `json:"egress_deny,omitempty"`
 }
 
 // VMRuntime is the durable part of a VM's runtime: its state and every path or
@@ -53,6 +74,10 @@ type VMRuntime struct {
 	SystemOverlay  string  `json:"system_overlay"`
 	WorkDiskPath   string  `json:"work_disk_path"`
 	LastError      string  `json:"last_error,omitempty"`
+	// UID is the VM's own unprivileged user (and group) id its VMM runs as,
+	// allocated at create from the configured range and released at delete;
+	// 0 for a VM that runs unconfined.
+	UID int `json:"uid,omitempty"`
 }
 
 // VMRecord is what a VM IS: identity, intent and durable runtime.

@@ -233,6 +233,35 @@ func (m *Manager) ListTaps(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// SetTapOwner makes uid and gid the owner of a persistent tap, so that a
+// VMM running as that user (and no other unprivileged user) can attach to
+// it without any capability (TUNSETOWNER/TUNSETGROUP).
+func (m *Manager) SetTapOwner(ctx context.Context, name string, uid, gid int) error {
+	if err := validTapName(name); err != nil {
+		return fmt.Errorf("tap %s owner: %w", name, err)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("tap %s owner: %w", name, err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return fmt.Errorf("tap %s owner: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return fmt.Errorf("tap %s owner: attaching: %w", name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, uid); err != nil {
+		return fmt.Errorf("tap %s owner: %w", name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, gid); err != nil {
+		return fmt.Errorf("tap %s group: %w", name, err)
+	}
+	return nil
+}
+
 // TapBridge returns the name of the bridge a tap is attached to ("" when
 // it is attached to none).
 func (m *Manager) TapBridge(ctx context.Context, name string) (string, error) {

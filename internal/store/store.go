@@ -102,6 +102,10 @@ var migrations = []string{
 	// 4: ListVMs reads rows in index order instead of sorting every row
 	// (with thousands of VMs the sort spilled to temp files).
 	`CREATE INDEX vms_created ON vms(created_at, name);`,
+	// 5: confinement (each VM's own uid) and per-VM options (JSON).
+	`ALTER TABLE vms ADD COLUMN uid INTEGER;
+	ALTER TABLE vms ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+	CREATE UNIQUE INDEX vms_uid ON vms(uid);`,
 }
 
 // Open opens (creating if needed) the database at path and applies migrations.
@@ -189,7 +193,7 @@ func classify(err error) error {
 
 const vmColumns = `id, name, image, vcpus, memory_mib, disk_size, work_disk_size, state, vmm, accel, root_disk_method,
 	guest_ip, guest_mac, api_sock_path, vsock_path, vsock_cid, log_path, metrics_path, dns_name, vm_dir, system_overlay,
-	work_disk_path, last_error, created_at, updated_at`
+	work_disk_path, last_error, created_at, updated_at, uid, options`
 
 func nullStr(s string) any {
 	if s == "" {
@@ -210,7 +214,22 @@ func vmArgs(vm *model.VMRecord) []any {
 	return []any{vm.ID, vm.Name, vm.Image, vm.Spec.VCPUs, vm.Spec.MemoryMiB, vm.Spec.DiskSizeBytes, vm.Spec.WorkDiskBytes,
 		string(r.State), r.VMM, r.Accel, r.RootDiskMethod, nullStr(r.GuestIP), r.GuestMAC, r.APISockPath, r.VSockPath,
 		nullCID(r.VSockCID), r.LogPath, r.MetricsPath, r.DNSName, r.VMDir, r.SystemOverlay, r.WorkDiskPath, r.LastError,
-		vm.CreatedAt.UnixNano(), vm.UpdatedAt.UnixNano()}
+		vm.CreatedAt.UnixNano(), vm.UpdatedAt.UnixNano(), nullUID(r.UID), optionsJSON(vm.Spec.Options)}
+}
+
+func nullUID(uid int) any {
+	if uid == 0 {
+		return nil
+	}
+	return uid
+}
+
+func optionsJSON(o model.VMOptions) string {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return "{}"
+	}
+	return string(b)
 }
 
 type scanner interface{ Scan(...any) error }
@@ -221,12 +240,18 @@ func scanVM(sc scanner) (model.VMRecord, error) {
 	var ip sql.NullString
 	var cid sql.NullInt64
 	var created, updated int64
+	var uid sql.NullInt64
+	var options string
 	r := &vm.Runtime
 	err := sc.Scan(&vm.ID, &vm.Name, &vm.Image, &vm.Spec.VCPUs, &vm.Spec.MemoryMiB, &vm.Spec.DiskSizeBytes, &vm.Spec.WorkDiskBytes,
 		&state, &r.VMM, &r.Accel, &r.RootDiskMethod, &ip, &r.GuestMAC, &r.APISockPath, &r.VSockPath, &cid, &r.LogPath,
-		&r.MetricsPath, &r.DNSName, &r.VMDir, &r.SystemOverlay, &r.WorkDiskPath, &r.LastError, &created, &updated)
+		&r.MetricsPath, &r.DNSName, &r.VMDir, &r.SystemOverlay, &r.WorkDiskPath, &r.LastError, &created, &updated, &uid, &options)
 	if err != nil {
 		return vm, err
+	}
+	r.UID = int(uid.Int64)
+	if err := json.Unmarshal([]byte(options), &vm.Spec.Options); err != nil {
+		return vm, fmt.Errorf("vm %s: options: %w", vm.ID, err)
 	}
 	r.State = model.VMState(state)
 	r.GuestIP = ip.String
@@ -238,7 +263,7 @@ func scanVM(sc scanner) (model.VMRecord, error) {
 
 // CreateVM inserts a VM. A duplicate name, IP or CID is ErrExists.
 func (s *Store) CreateVM(ctx context.Context, vm model.VMRecord) error {
-	q := `INSERT INTO vms (` + vmColumns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
+	q := `INSERT INTO vms (` + vmColumns + `) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`
 	if _, err := s.db.ExecContext(ctx, q, vmArgs(&vm)...); err != nil {
 		if isUnique(err) {
 			if strings.Contains(err.Error(), "vms.name") {
@@ -257,7 +282,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm *model.VMRecord) error {
 	args := vmArgs(vm)
 	q := `UPDATE vms SET name=?, image=?, vcpus=?, memory_mib=?, disk_size=?, work_disk_size=?, state=?, vmm=?, accel=?,
 		root_disk_method=?, guest_ip=?, guest_mac=?, api_sock_path=?, vsock_path=?, vsock_cid=?, log_path=?, metrics_path=?,
-		dns_name=?, vm_dir=?, system_overlay=?, work_disk_path=?, last_error=?, created_at=?, updated_at=? WHERE id=?`
+		dns_name=?, vm_dir=?, system_overlay=?, work_disk_path=?, last_error=?, created_at=?, updated_at=?, uid=?, options=? WHERE id=?`
 	res, err := s.db.ExecContext(ctx, q, append(args[1:], args[0])...)
 	if err != nil {
 		return fmt.Errorf("update vm %q: %w", vm.Name, classify(err))
@@ -616,6 +641,24 @@ func (s *Store) ListPorts(ctx context.Context, vmID string) ([]Port, error) {
 			return nil, err
 		}
 		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// UsedUIDs returns every VM uid in use (from the uid column's index).
+func (s *Store) UsedUIDs(ctx context.Context) ([]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT uid FROM vms WHERE uid IS NOT NULL`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []int
+	for rows.Next() {
+		var uid int
+		if err := rows.Scan(&uid); err != nil {
+			return nil, err
+		}
+		out = append(out, uid)
 	}
 	return out, rows.Err()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -65,7 +66,7 @@ func TestVMCRUD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ID != a.ID || got.Spec != a.Spec || got.Runtime != a.Runtime || !got.CreatedAt.Equal(a.CreatedAt) {
+	if got.ID != a.ID || !reflect.DeepEqual(got.Spec, a.Spec) || got.Runtime != a.Runtime || !got.CreatedAt.Equal(a.CreatedAt) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, a)
 	}
 	got.Runtime.State = model.StateRunning

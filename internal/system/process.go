@@ -22,6 +22,9 @@ type DetachedSpec struct {
 	LogPath string // stdout and stderr are appended here; "" means /dev/null
 	// ExtraFiles are inherited as fd 3, 4, ...
 	ExtraFiles []*os.File
+	// Cloneflags start the process in new namespaces (CLONE_NEWNS,
+	// CLONE_NEWPID...); root only.
+	Cloneflags uintptr
 }
 
 // Process identifies one process for life: a PID alone is not enough because
@@ -59,7 +62,7 @@ func StartDetached(spec DetachedSpec) (Process, error) {
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.ExtraFiles = spec.ExtraFiles
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: spec.Cloneflags}
 	if err := cmd.Start(); err != nil {
 		return Process{}, fmt.Errorf("start %s: %w", spec.Argv[0], err)
 	}

@@ -2,6 +2,15 @@
 // VM. Drivers live in subpackages; the daemon declares the interface it needs.
 package vmm
 
+import (
+	"fmt"
+	"path/filepath"
+	"syscall"
+
+	"github.com/banger-dev/banger/internal/jail"
+	"github.com/banger-dev/banger/internal/system"
+)
+
 // Machine is everything a driver needs to launch one VM. All paths are absolute
 // and owned by the daemon; drivers never derive paths of their own.
 type Machine struct {
@@ -33,6 +42,44 @@ type Machine struct {
 	ConsoleLog  string // guest serial console output
 	LogPath     string // VMM's own log (Firecracker logger)
 	MetricsPath string // Firecracker metrics
+
+	// Confine, when set, runs the VMM in a jail (see Start).
+	Confine *Confinement
+}
+
+// Confinement runs a VMM through the banger-jail helper: its own uid/gid,
+// cgroup, mount and PID namespaces, no capabilities.
+type Confinement struct {
+	Helper   string    // the banger-jail executable
+	SpecPath string    // where the jail spec is written (a root-only directory)
+	Spec     jail.Spec // everything but Argv, which Start fills
+}
+
+// Start starts a VMM process with argv, its stdout and stderr appended to
+// logPath: directly, or through the jail helper when m.Confine is set
+// (then in new mount and PID namespaces; the returned process is the
+// helper, which becomes the VMM when it execs).
+func Start(m Machine, argv []string, logPath string) (system.Process, error) {
+	if m.Confine == nil {
+		return system.StartDetached(system.DetachedSpec{Argv: argv, LogPath: logPath})
+	}
+	bin, err := system.LookPath(argv[0])
+	if err != nil {
+		return system.Process{}, fmt.Errorf("vmm %s: %w", argv[0], err)
+	}
+	if bin, err = filepath.Abs(bin); err != nil {
+		return system.Process{}, err
+	}
+	s := m.Confine.Spec
+	s.Argv = append([]string{bin}, argv[1:]...)
+	if err := jail.Write(m.Confine.SpecPath, s); err != nil {
+		return system.Process{}, err
+	}
+	return system.StartDetached(system.DetachedSpec{
+		Argv:       []string{m.Confine.Helper, m.Confine.SpecPath},
+		LogPath:    logPath,
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
+	})
 }
 
 // KernelIPArg renders the kernel ip= argument for m's static address

@@ -69,7 +69,7 @@ func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, err
 	}
 	bin := d.binary(m)
 	argv := []string{bin, "--api-sock", m.APISock, "--id", m.ID}
-	p, err := system.StartDetached(system.DetachedSpec{Argv: argv, LogPath: m.ConsoleLog})
+	p, err := vmm.Start(m, argv, m.ConsoleLog)
 	if err != nil {
 		return system.Process{}, fmt.Errorf("launch firecracker for vm %s: %w", m.ID, err)
 	}

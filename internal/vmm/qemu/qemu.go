@@ -132,7 +132,7 @@ func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, err
 	logPath := qemuLogPath(m)
 	logOffset := fileSize(logPath)
 	start := time.Now()
-	p, err := system.StartDetached(system.DetachedSpec{Argv: argv, LogPath: logPath})
+	p, err := vmm.Start(m, argv, logPath)
 	if err != nil {
 		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w", m.ID, err)
 	}

@@ -1,0 +1,24 @@
+// Command banger-jail confines one VMM for bangerd: it reads the jail spec
+// named by its only argument, enters the jail and execs the VMM. bangerd
+// starts it in a new mount and PID namespace. Wiring only: see internal/jail.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/banger-dev/banger/internal/jail"
+)
+
+func main() {
+	if len(os.Args) != 2 {
+		fmt.Fprintln(os.Stderr, "usage: banger-jail SPEC-FILE (started by bangerd)")
+		os.Exit(2)
+	}
+	s, err := jail.Read(os.Args[1])
+	if err == nil {
+		err = jail.Enter(s)
+	}
+	fmt.Fprintln(os.Stderr, "banger-jail:", err)
+	os.Exit(1)
+}
