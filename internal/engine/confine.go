@@ -206,10 +206,7 @@ func (e *Engine) confine(ctx context.Context, r *run) error {
 		}
 	}
 	if r.rootDev != "" && r.rootDev != rootDiskPath(vm) {
-		// A dm device: the node itself goes to the VM's uid, in the jail's /dev.
-		if err := os.Chown(r.rootDev, uid, uid); err != nil {
-			return fmt.Errorf("giving %s to uid %d: %w", r.rootDev, uid, err)
-		}
+		// A dm device: the jail gets its own node of it, owned by the VM's uid.
 		devices = append(devices, r.rootDev)
 	}
 	if r.h.TapDevice != "" {
@@ -231,7 +228,7 @@ func (e *Engine) confine(ctx context.Context, r *run) error {
 	}
 	// The VMM's own executable, when it lives outside the system dirs.
 	for _, p := range []string{e.vmmExecutable(vm), r.im.KernelPath, r.im.VMLinux, r.im.InitrdPath} {
-		if p != "" {
+		if p != "" && !jail.UnderSystemDirs(p) {
 			binds = append(binds, jail.Bind{Path: p, ReadOnly: true})
 		}
 	}
@@ -263,19 +260,29 @@ func (e *Engine) unconfine(ctx context.Context, r *run) error {
 	if e.deps.Cgroups == nil || !e.deps.Cgroups.Exists(vm.ID) {
 		return nil
 	}
-	pids, err := e.deps.Cgroups.Members(vm.ID)
-	if err != nil {
-		return err
-	}
-	for _, pid := range pids {
-		st, err := system.ProcStartTime(pid)
+	// The VMM has exited, but its parent may not have reaped it yet: a
+	// zombie still counts as a member. Wait a little for members to go,
+	// killing any live one (membership proves it is this VM's).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		pids, err := e.deps.Cgroups.Members(vm.ID)
 		if err != nil {
-			continue
+			return err
 		}
-		if in, _ := system.ProcInCgroup(pid, e.deps.Cgroups.Ref(vm.ID)); in {
-			e.log.Warn("killing a process left in the vm's cgroup", "vm", vm.Name, "pid", pid)
-			(system.Process{PID: pid, Start: st}).Kill(5 * time.Second)
+		if len(pids) == 0 || time.Now().After(deadline) {
+			break
 		}
+		for _, pid := range pids {
+			st, err := system.ProcStartTime(pid)
+			if err != nil {
+				continue // gone, or a zombie waiting for its parent
+			}
+			if in, _ := system.ProcInCgroup(pid, e.deps.Cgroups.Ref(vm.ID)); in {
+				e.log.Warn("killing a process left in the vm's cgroup", "vm", vm.Name, "pid", pid)
+				(system.Process{PID: pid, Start: st}).Kill(5 * time.Second)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	return e.deps.Cgroups.Remove(vm.ID)
 }

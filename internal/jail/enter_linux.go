@@ -35,7 +35,9 @@ func Enter(s Spec) error {
 		return fmt.Errorf("jail: making mounts private: %w", err)
 	}
 	root := s.Root
-	if err := unix.Mount("tmpfs", root, "tmpfs", unix.MS_NOSUID, "mode=0755,size=16m"); err != nil {
+	// The root tmpfs holds the jail's own device nodes: not nodev; noexec
+	// (programs come from the read-only system dir binds).
+	if err := unix.Mount("tmpfs", root, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=16m"); err != nil {
 		return fmt.Errorf("jail: tmpfs on %s: %w", root, err)
 	}
 	bind := func(path string, readOnly bool, flags uintptr) error {
@@ -51,7 +53,7 @@ func Enter(s Spec) error {
 			if err := os.MkdirAll(dst, 0o755); err != nil {
 				return err
 			}
-		} else {
+		} else if _, err := os.Lstat(dst); err != nil {
 			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 				return err
 			}
@@ -99,9 +101,31 @@ func Enter(s Spec) error {
 	if err := os.MkdirAll(filepath.Join(root, "dev"), 0o755); err != nil {
 		return err
 	}
+	// Device nodes of the jail's own, as the Firecracker jailer makes
+	// them: same numbers as the host's, owned by the VM's uid, 0600, so a
+	// host whose /dev/net/tun or /dev/kvm is root-only still works and no
+	// other user gains them.
 	for _, d := range s.Devices {
-		if err := bind(d, false, 0); err != nil {
-			return fmt.Errorf("jail: device %w", err)
+		var st unix.Stat_t
+		if err := unix.Stat(d, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			return fmt.Errorf("jail: device %s: %w", d, err)
+		}
+		kind := st.Mode & unix.S_IFMT
+		if kind != unix.S_IFCHR && kind != unix.S_IFBLK {
+			return fmt.Errorf("jail: %s is not a device", d)
+		}
+		dst := filepath.Join(root, d)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mknod(dst, kind|0o600, int(st.Rdev)); err != nil {
+			return fmt.Errorf("jail: mknod %s: %w", d, err)
+		}
+		if err := os.Lchown(dst, s.UID, s.GID); err != nil {
+			return fmt.Errorf("jail: chown %s: %w", d, err)
 		}
 	}
 	// 3. Into the jail: pivot_root, then drop the old root entirely.

@@ -47,6 +47,17 @@ type Bind struct {
 // linked VMM needs, bound read-only where they exist.
 var SystemDirs = []string{"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives"}
 
+// UnderSystemDirs reports whether path is already visible in a jail through
+// one of SystemDirs.
+func UnderSystemDirs(path string) bool {
+	for _, d := range SystemDirs {
+		if path == d || strings.HasPrefix(path, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
 // DefaultDevices are the device nodes a VMM may open.
 var DefaultDevices = []string{"/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/kvm", "/dev/net/tun"}
 
