@@ -45,15 +45,15 @@ type Config struct {
 
 	// Confinement of each VMM (docs/architecture.md): its own uid from
 	// UIDRange, a cgroup with limits, a jail made by JailBin.
-	Confine          string `toml:"confine"`           // "on" (default) or "off": VMMs run as root, unconfined (explicit opt-out)
-	UIDRange         string `toml:"uid_range"`         // "200000-265535"
-	JailBin          string `toml:"jail_bin"`          // banger-jail; next to bangerd, else PATH
-	MemoryOverhead   string `toml:"memory_overhead"`   // VMM memory beyond guest RAM, e.g. "384MiB"
-	PidsLimit        string `toml:"pids_limit"`        // processes and threads per VMM
-	CPUWeight        string `toml:"cpu_weight"`        // 1..10000, 100 = an equal share
-	IOWeight         string `toml:"io_weight"`         // 1..10000 where the kernel has a weight knob
-	CgroupRoot       string `toml:"cgroup_root"`       // "/sys/fs/cgroup"
-	CgroupParent     string `toml:"cgroup_parent"`     // "banger": VM cgroups are <parent>/<vm-id>
+	Confine        string `toml:"confine"`         // "on" (default) or "off": VMMs run as root, unconfined (explicit opt-out)
+	UIDRange       string `toml:"uid_range"`       // "200000-265535"
+	JailBin        string `toml:"jail_bin"`        // banger-jail; next to bangerd, else PATH
+	MemoryOverhead string `toml:"memory_overhead"` // VMM memory beyond guest RAM, e.g. "384MiB"
+	PidsLimit      string `toml:"pids_limit"`      // processes and threads per VMM
+	CPUWeight      string `toml:"cpu_weight"`      // 1..10000, 100 = an equal share
+	IOWeight       string `toml:"io_weight"`       // 1..10000 where the kernel has a weight knob
+	CgroupRoot     string `toml:"cgroup_root"`     // "/sys/fs/cgroup"
+	CgroupParent   string `toml:"cgroup_parent"`   // "banger": VM cgroups are <parent>/<vm-id>
 
 	// File is the config file that was read, if any.
 	File string `toml:"-"`

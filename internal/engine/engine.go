@@ -22,6 +22,7 @@ import (
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/units"
 	"github.com/banger-dev/banger/internal/vmm"
 )
 
@@ -65,6 +66,19 @@ func New(cfg config.Config, st *store.Store, deps Deps, logger *slog.Logger) (*E
 		handles: newHandleCache(),
 		ready:   make(chan struct{}),
 		stopCh:  make(chan struct{}),
+	}
+	switch cfg.Confine {
+	case "", "on", "off":
+	default:
+		return nil, fmt.Errorf("confine = %q: want on or off", cfg.Confine)
+	}
+	if cfg.Confine != "off" {
+		if _, _, err := parseUIDRange(cfg.UIDRange); err != nil {
+			return nil, err
+		}
+		if _, err := units.ParseSize(cfg.MemoryOverhead); err != nil {
+			return nil, fmt.Errorf("memory_overhead %q: %w", cfg.MemoryOverhead, err)
+		}
 	}
 	if deps.RootDisks == nil || deps.DiskFiles == nil || deps.Runner == nil || deps.Now == nil || deps.KVMUsable == nil || deps.Firecracker == nil || deps.QEMU == nil {
 		return nil, fmt.Errorf("engine: missing dependencies (the daemon fills them)")
