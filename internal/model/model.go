@@ -45,7 +45,25 @@ type VMOptions struct {
 	// CPUQuota caps the VMM at this percent of one CPU (0 = no cap).
 	CPUQuota int       `json:"cpu_quota,omitempty"`
 	Net      NetPolicy `json:"net"`
+
+	// Lifetime: the VM is stopped or deleted (TTLAction) at ExpiresAt, and
+	// stopped after IdleTimeoutSeconds without exec, ssh, session or
+	// forwarded-connection activity. Zero values mean no limit.
+	ExpiresAt          time.Time `json:"expires_at,omitzero"`
+	TTLAction          TTLAction `json:"ttl_action,omitempty"`
+	IdleTimeoutSeconds int64     `json:"idle_timeout_seconds,omitempty"`
 }
+
+// TTLAction is what happens to a VM when its TTL expires.
+type TTLAction string
+
+// The TTL actions. Suspend needs snapshots, which banger does not have
+// yet: it is refused.
+const (
+	TTLDelete  TTLAction = "delete"
+	TTLStop    TTLAction = "stop"
+	TTLSuspend TTLAction = "suspend"
+)
 
 // NetPolicy is what a VM's guest may reach.
 type NetPolicy struct {

@@ -106,6 +106,17 @@ var migrations = []string{
 	`ALTER TABLE vms ADD COLUMN uid INTEGER;
 	ALTER TABLE vms ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
 	CREATE UNIQUE INDEX vms_uid ON vms(uid);`,
+	// 6: the event log (bounded: trimmed to the newest entries on insert).
+	`CREATE TABLE events (
+		seq INTEGER PRIMARY KEY,
+		time INTEGER NOT NULL,
+		kind TEXT NOT NULL,
+		vm_id TEXT NOT NULL DEFAULT '',
+		vm_name TEXT NOT NULL DEFAULT '',
+		cause TEXT NOT NULL DEFAULT '',
+		took_ms INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX events_vm_name ON events(vm_name, seq);`,
 }
 
 // Open opens (creating if needed) the database at path and applies migrations.
