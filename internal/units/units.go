@@ -1,5 +1,6 @@
 // Package units reads and writes byte sizes such as "8G", "512MiB" or
-// "1.5G", for disk sizes given on the command line and in requests. It
+// "1.5G", for disk sizes given on the command line and in requests, and
+// durations that may count days ("7d"), for lifetimes. It
 // imports only the standard library, so the CLI, the API and the engine can
 // all use it.
 package units
@@ -9,6 +10,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // sizeUnits maps a unit suffix (lower case) to its multiplier. Single
@@ -94,4 +96,30 @@ func FormatSize(n int64) string {
 		}
 	}
 	return strconv.FormatInt(n, 10) + "B"
+}
+
+// ParseDuration parses a Go duration ("90s", "1h30m") that may also count
+// days ("30d", "1d12h"): lifetimes are often given in days.
+func ParseDuration(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	if t == "" {
+		return 0, fmt.Errorf("empty duration")
+	}
+	var days time.Duration
+	if i := strings.IndexByte(t, 'd'); i >= 0 {
+		n, err := strconv.ParseUint(t[:i], 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q: want e.g. 90s, 30m, 12h or 7d", s)
+		}
+		days = time.Duration(n) * 24 * time.Hour
+		t = t[i+1:]
+		if t == "" {
+			return days, nil
+		}
+	}
+	d, err := time.ParseDuration(t)
+	if err != nil || (days > 0 && d < 0) {
+		return 0, fmt.Errorf("invalid duration %q: want e.g. 90s, 30m, 12h or 7d", s)
+	}
+	return days + d, nil
 }

@@ -4,6 +4,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The table is internal/storage's ParseSize table: the parsers must agree.
@@ -138,4 +139,20 @@ func FuzzFormatSize(f *testing.F) {
 			t.Fatalf("FormatSize(%d) = %q, which ParseSize accepts as %d", n, s, back)
 		}
 	})
+}
+
+func TestParseDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"90s": 90 * time.Second, "30m": 30 * time.Minute, "1h30m": 90 * time.Minute, "7d": 7 * 24 * time.Hour,
+		"1d12h": 36 * time.Hour, " 2s ": 2 * time.Second, "0": 0, "-5m": -5 * time.Minute,
+	} {
+		if got, err := ParseDuration(in); err != nil || got != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "d", "xd", "-1d", "1d-5m", "5", "soon", "1d2", "99999999d"} {
+		if got, err := ParseDuration(in); err == nil {
+			t.Errorf("ParseDuration(%q) = %v, want an error", in, got)
+		}
+	}
 }
