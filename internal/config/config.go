@@ -55,6 +55,12 @@ type Config struct {
 	CgroupRoot     string `toml:"cgroup_root"`     // "/sys/fs/cgroup"
 	CgroupParent   string `toml:"cgroup_parent"`   // "banger": VM cgroups are <parent>/<vm-id>
 
+	// Lifetimes, events and metrics.
+	MaxTTL             string `toml:"max_ttl"`              // longest --ttl and --idle-timeout: "30d"
+	EventsKeep         string `toml:"events_keep"`          // events kept in the store: "10000"
+	MetricsListen      string `toml:"metrics_listen"`       // Prometheus listener: a unix socket path or a loopback host:port; "" = none
+	MetricsAllowRemote bool   `toml:"metrics_allow_remote"` // allow a metrics_listen address that is not loopback
+
 	// File is the config file that was read, if any.
 	File string `toml:"-"`
 }
@@ -84,6 +90,8 @@ func Defaults() Config {
 		IOWeight:       "100",
 		CgroupRoot:     "/sys/fs/cgroup",
 		CgroupParent:   "banger",
+		MaxTTL:         "30d",
+		EventsKeep:     "10000",
 	}
 }
 
