@@ -75,6 +75,9 @@ FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 # The programs installed: banger, bangerd, and the VMM jail helper where
 # the tree has it (bangerd looks for it next to itself).
 INSTALL_CMDS ?= banger bangerd $(notdir $(wildcard cmd/banger-jail))
+# Installed programs are stripped of symbol tables and DWARF (as Debian
+# packages are); panics still print stack traces.
+INSTALL_LDFLAGS ?= $(LDFLAGS) -s -w
 # Where make man writes the generated pages.
 MANBUILD    ?= $(BIN)/man
 # The built banger, run with an empty config so that a broken
@@ -85,17 +88,19 @@ DEB_VERSION ?= $(shell packaging/deb-version.sh '$(VERSION)')
 DEB_ARCH    ?= $(shell dpkg --print-architecture 2>/dev/null || $(GO) env GOARCH)
 DEB_STAGE   ?= $(BIN)/deb-stage
 DEB         ?= $(BIN)/banger_$(DEB_VERSION)_$(DEB_ARCH).deb
+# dpkg-deb's compressor: xz, gzip (faster) or zstd.
+DEB_COMPRESS ?= xz
 
 .PHONY: install deb man
 
 # One page per visible command: banger.1, banger-vm.1, banger-vm-run.1...
 man:
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/banger
+	$(GO) build -ldflags '$(INSTALL_LDFLAGS)' -o $(BIN)/ ./cmd/banger
 	rm -rf $(MANBUILD)
 	$(BANGER_GEN) __man $(MANBUILD)
 
 install: man
-	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(INSTALL_CMDS))
+	$(GO) build -ldflags '$(INSTALL_LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(INSTALL_CMDS))
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(TMPFILESDIR) \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
 		$(DESTDIR)$(MANDIR)/man1
@@ -124,4 +129,4 @@ install: man
 deb:
 	rm -rf $(DEB_STAGE)
 	$(MAKE) install DESTDIR=$(DEB_STAGE) PREFIX=/usr SYSCONFDIR=/etc
-	packaging/mkdeb.sh $(DEB_STAGE) $(DEB_VERSION) $(DEB_ARCH) $(DEB)
+	COMPRESS=$(DEB_COMPRESS) packaging/mkdeb.sh $(DEB_STAGE) $(DEB_VERSION) $(DEB_ARCH) $(DEB)

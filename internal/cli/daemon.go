@@ -32,16 +32,9 @@ func (a *app) daemonCmd() *cobra.Command {
 				return exitError{ExitUnreachable}
 			}
 			fmt.Fprintf(a.stdout, "bangerd %s running, pid %d, socket %s, ready %v\n", v.Version, v.PID, v.Socket, v.Ready)
-			switch unit, known := daemonUnit(v.PID); {
-			case !known:
-				fmt.Fprintf(a.stdout, "managed by: unknown (pid %d is not visible here)\n", v.PID)
-			case isServiceUnit(unit):
-				fmt.Fprintf(a.stdout, "managed by systemd as %s: systemctl restart|stop bangerd\n", unit)
-			default:
-				fmt.Fprintln(a.stdout, "not managed by systemd: started on demand by banger, or by hand")
-				if a.serviceMode() {
-					fmt.Fprintf(a.stdout, "%s is installed but is not this daemon: banger daemon stop, then systemctl start bangerd\n", serviceUnit)
-				}
+			unit, known := daemonUnit(v.PID)
+			for _, l := range managementLines(v.PID, unit, known, a.serviceMode()) {
+				fmt.Fprintln(a.stdout, l)
 			}
 			return nil
 		},
@@ -248,6 +241,7 @@ type serviceHost struct {
 	unitDirs   []string // systemd's unit search path, most local first
 	cgroupDirs []string // the system slice's directory in each cgroup hierarchy
 	procDir    string
+	configFile string // the config file the unit's bangerd reads
 }
 
 var hostPaths = serviceHost{
@@ -255,6 +249,7 @@ var hostPaths = serviceHost{
 	unitDirs:   []string{"/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"},
 	cgroupDirs: []string{"/sys/fs/cgroup/system.slice", "/sys/fs/cgroup/unified/system.slice", "/sys/fs/cgroup/systemd/system.slice"},
 	procDir:    "/proc",
+	configFile: config.DefaultFile,
 }
 
 // unitInstalled reports whether systemd runs here and bangerd.service is
@@ -310,13 +305,18 @@ func (h serviceHost) unitRunsBangerd() bool {
 // from the environment). Then banger never starts a daemon of its own.
 // Other sockets (tests, side-by-side daemons) keep the on-demand start.
 func (a *app) serviceMode() bool {
-	return hostPaths.unitInstalled() && a.cfg.Socket == serviceSocket()
+	return hostPaths.unitInstalled() && a.cfg.Socket == hostPaths.serviceSocket()
 }
 
 // serviceSocket is the socket bangerd.service listens on: the one of the
-// default config file (the unit sets no environment).
-func serviceSocket() string {
-	c, err := config.Load(func(string) string { return "" })
+// config file, else the default (the unit sets no environment).
+func (h serviceHost) serviceSocket() string {
+	c, err := config.Load(func(k string) string {
+		if k == "BANGER_CONFIG" {
+			return h.configFile
+		}
+		return ""
+	})
 	if err != nil {
 		c = config.Defaults()
 		c.Finish()
@@ -367,6 +367,22 @@ func cgroupUnit(m system.CgroupMembership) string {
 		}
 	}
 	return ""
+}
+
+// managementLines say who manages the daemon with pid, whose cgroup is in
+// unit (known false: pid not visible), for banger daemon status; service
+// is whether bangerd.service is installed for this socket.
+func managementLines(pid int, unit string, known, service bool) []string {
+	switch {
+	case !known:
+		return []string{fmt.Sprintf("managed by: unknown (pid %d is not visible here)", pid)}
+	case isServiceUnit(unit):
+		return []string{fmt.Sprintf("managed by systemd as %s: systemctl restart|stop bangerd", unit)}
+	case service:
+		return []string{"not managed by systemd: started on demand by banger, or by hand",
+			serviceUnit + " is installed but is not this daemon: banger daemon stop, then systemctl start bangerd"}
+	}
+	return []string{"not managed by systemd: started on demand by banger, or by hand"}
 }
 
 // isServiceUnit reports whether unit is bangerd's own (or an instance,
