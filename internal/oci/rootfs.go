@@ -293,6 +293,17 @@ func installGuestSide(ctx context.Context, r Runner, pkgs, gd string) error {
 	if err := copyLibraries(pkgs, filepath.Join(gd, "lib"), elfs); err != nil {
 		return err
 	}
+	// The programs' interpreter becomes /.banger/ld.so, so that they run
+	// when executed directly (dropbear re-executes itself per connection),
+	// with LD_LIBRARY_PATH=/.banger/lib from their wrappers.
+	if err := os.Symlink("lib/ld-linux-x86-64.so.2", filepath.Join(gd, "ld.so")); err != nil {
+		return err
+	}
+	for _, e := range elfs {
+		if err := patchInterp(e, GuestDir+"/ld.so"); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Base(e), err)
+		}
+	}
 	// banger's scripts.
 	err = fs.WalkDir(image.OCIGuestFiles(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || p == "." {
@@ -350,6 +361,36 @@ func patchSFTPPath(file string) error {
 		return fmt.Errorf("dropbear holds %q %d times, want once", strings.TrimSuffix(from, "\x00"), n)
 	}
 	return writeFile(file, bytes.Replace(data, []byte(from), []byte(to), 1), 0o755)
+}
+
+// patchInterp rewrites an ELF's PT_INTERP in place; the new path must fit
+// in the old one's space.
+func patchInterp(file, interp string) error {
+	f, err := elf.Open(file)
+	if err != nil {
+		return err
+	}
+	var off, size uint64
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			off, size = p.Off, p.Filesz
+		}
+	}
+	f.Close()
+	if size == 0 {
+		return errors.New("no ELF interpreter to rewrite")
+	}
+	if uint64(len(interp))+1 > size {
+		return fmt.Errorf("interpreter %s does not fit in %d bytes", interp, size)
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	field := data[off : off+size]
+	clear(field)
+	copy(field, interp)
+	return writeFile(file, data, 0o755)
 }
 
 // libDirs are where Debian packages put x86-64 libraries and the loader.

@@ -5,6 +5,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +16,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/system"
@@ -167,8 +173,14 @@ func TestBuildRootfsBusybox(t *testing.T) {
 	if !bytes.Contains(db, []byte("/.banger/sftp-server\x00")) || bytes.Contains(db, []byte("/usr/lib/sftp-server")) {
 		t.Error("dropbear's sftp-server path is not /.banger/sftp-server")
 	}
+	// root's shell /bin/sh exists: passwd stays, /etc/shells (missing) is
+	// made to list it for this boot.
+	passwd, shells := sshUser(t, c.tree)
+	if !strings.HasPrefix(passwd, "root:x:0:0:root:/root:/bin/sh\napp:") || shells != "/bin/sh\n" {
+		t.Errorf("after ssh-user: passwd %q, shells %q", passwd, shells)
+	}
 	// Every script parses with the guest's own shell.
-	for _, s := range []string{"init", "halt", "run", "sftp-server", "guest-setup", "image.sh", "bin/dropbear", "acpi/PWRF/00000080"} {
+	for _, s := range []string{"init", "halt", "run", "ssh-user", "sftp-server", "guest-setup", "image.sh", "bin/dropbear", "acpi/PWRF/00000080"} {
 		run(t, "chroot", c.tree, "/.banger/bin/sh", "-n", "/.banger/"+s)
 	}
 }
@@ -248,11 +260,38 @@ func TestBuildRootfsNoShell(t *testing.T) {
 	if len(c.meta.Notes) == 0 || !strings.Contains(c.meta.Notes[len(c.meta.Notes)-1], "/root/.ssh") {
 		t.Errorf("notes = %q", c.meta.Notes)
 	}
+	// dropbear gets a root whose shell is busybox's, for this boot only.
+	passwd, shells := sshUser(t, c.tree)
+	if passwd != "root:x:0:0:root:/root:/.banger/bin/sh\n" || shells != "/.banger/bin/sh\n" {
+		t.Errorf("after ssh-user: passwd %q, shells %q", passwd, shells)
+	}
+	for _, f := range []string{"etc/passwd", "etc/shells"} {
+		if st, err := os.Lstat(filepath.Join(c.tree, f)); err != nil || st.Size() != 0 {
+			t.Errorf("%s on disk should be an empty mount point: %v", f, err)
+		}
+	}
+	// An image whose root shell is missing keeps its other users.
+	os.WriteFile(filepath.Join(c.tree, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/bash\napp:x:1:1::/:/bin/false\n"), 0o644)
+	os.WriteFile(filepath.Join(c.tree, "etc/shells"), []byte("/bin/bash\n"), 0o644)
+	passwd, shells = sshUser(t, c.tree)
+	if passwd != "root:x:0:0:root:/root:/.banger/bin/sh\napp:x:1:1::/:/bin/false\n" || shells != "/bin/bash\n/.banger/bin/sh\n" {
+		t.Errorf("after ssh-user: passwd %q, shells %q", passwd, shells)
+	}
 	// Commands the image lacks come from busybox under /.banger.
 	if got := run(t, "chroot", c.tree, RunHelper, "--", "cat", "/app/data"); got != "only data" {
 		t.Errorf("cat printed %q", got)
 	}
 	run(t, "e2fsck", "-fn", c.out)
+}
+
+// sshUser runs /.banger/ssh-user in a private mount namespace chrooted
+// into tree and returns /etc/passwd and /etc/shells as it left them.
+func sshUser(t *testing.T, tree string) (passwd, shells string) {
+	t.Helper()
+	out := run(t, "unshare", "--mount", "--propagation", "private", "chroot", tree, "/.banger/bin/sh", "-c",
+		"export PATH=/.banger/bin; mount -t tmpfs tmpfs /run && /.banger/ssh-user && cat /etc/passwd && echo --- && cat /etc/shells")
+	passwd, shells, _ = strings.Cut(out, "---\n")
+	return passwd, shells
 }
 
 func TestBuildRootfsRefusesImageWithItsOwnGuestDir(t *testing.T) {
@@ -314,7 +353,7 @@ func TestGuestScriptsParse(t *testing.T) {
 	dir := t.TempDir()
 	files := map[string][]byte{}
 	fsys := image.OCIGuestFiles()
-	for _, n := range []string{"init", "halt", "run", "sftp-server", "bin/dropbear", "bin/dropbearkey", "acpi/PWRF/00000080"} {
+	for _, n := range []string{"init", "halt", "run", "ssh-user", "sftp-server", "bin/dropbear", "bin/dropbearkey", "acpi/PWRF/00000080"} {
 		data, err := readFS(fsys, n)
 		if err != nil {
 			t.Fatalf("guest file %s: %v", n, err)
@@ -330,9 +369,132 @@ func TestGuestScriptsParse(t *testing.T) {
 		run(t, "sh", "-n", p)
 	}
 	init := string(files["init"])
-	for _, want := range []string{"rcS done", "banger-hostkey: ", "/.banger/guest-setup", "mount --bind /run/banger/passwd /etc/passwd", "dropbear -F -E -s -r $key", "wait $!"} {
+	for _, want := range []string{"rcS done", "banger-hostkey: ", "/.banger/guest-setup", "/.banger/ssh-user", "dropbear -F -E -s -r $key", "wait $!"} {
 		if !strings.Contains(init, want) {
 			t.Errorf("init lacks %q", want)
 		}
+	}
+}
+
+// TestGuestSSHInNoShellImage serves SSH from an image that has no shell,
+// no libc and no SSH server: /.banger's dropbear runs chrooted into the
+// converted tree (private mount namespace, listening on 127.0.0.1 only),
+// and the test logs in as root with a key, runs commands through the
+// busybox shell and /.banger/run, and uses SFTP through the patched path.
+func TestGuestSSHInNoShellImage(t *testing.T) {
+	requireRoot(t)
+	img := testImage(t, "amd64", v1.Config{Env: []string{"MSG=from the image"}, WorkingDir: "/app"},
+		gzLayer(t, layerTar(t, []entry{{name: "app/", typ: tar.TypeDir}, {name: "app/data", body: "only data"}})))
+	c := convert(t, img)
+
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(c.tree, "root/.ssh/authorized_keys"), ssh.MarshalAuthorizedKey(signer.PublicKey()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var dropbearErr error
+	guest := `export PATH=/.banger/bin
+mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /tmp || exit 1
+/.banger/ssh-user || exit 1
+dropbearkey -t ed25519 -f /run/ed25519 >/dev/null 2>&1 || exit 1
+dropbearkey -t ecdsa -s 256 -f /run/ecdsa >/dev/null 2>&1 || exit 1
+exec dropbear -F -E -s -r /run/ed25519 -r /run/ecdsa -p ` + addr
+	go func() {
+		_, err := system.ExecRunner{}.Run(ctx, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+			`mount --rbind /dev "$0/dev" && mount -t proc proc "$0/proc" && exec chroot "$0" /.banger/bin/sh -c "$1"`, c.tree, guest)
+		dropbearErr = err
+		close(done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+
+	cfg := &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: 2 * time.Second}
+	var client *ssh.Client
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		client, err = ssh.Dial("tcp", addr, cfg)
+		if err == nil {
+			break
+		}
+		select {
+		case <-done:
+			t.Fatalf("dropbear exited: %v", dropbearErr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatalf("no SSH on %s: %v (dropbear: %v)", addr, err, dropbearErr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	defer client.Close()
+	exec := func(cmd string) string {
+		t.Helper()
+		s, err := client.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		out, err := s.CombinedOutput(cmd)
+		if err != nil {
+			t.Fatalf("%q: %v: %s", cmd, err, out)
+		}
+		return string(out)
+	}
+	// The second session proves dropbear's per-connection re-exec works
+	// (it runs the binary directly, through its rewritten interpreter);
+	// LD_LIBRARY_PATH of its wrapper does not reach commands.
+	if got := exec("id -u; echo $SHELL; echo \"[$LD_LIBRARY_PATH]\""); got != "0\n/.banger/bin/sh\n[]\n" {
+		t.Errorf("id -u; echo $SHELL: %q", got)
+	}
+	// The session's dropbear is the re-executed one ("-2 FD" appended).
+	if got := exec("tr '\\0' ' ' </proc/$PPID/cmdline; echo; readlink /proc/$PPID/exe"); !strings.Contains(got, " -2 ") || !strings.HasSuffix(got, "\n/.banger/libexec/dropbear\n") {
+		t.Errorf("session parent is %q, want the re-executed /.banger/libexec/dropbear", got)
+	}
+	if got := exec(RunHelper + ` -- sh -c 'echo "$MSG in $PWD"; cat data'`); got != "from the image in /app\nonly data" {
+		t.Errorf("through %s: %q", RunHelper, got)
+	}
+
+	sc, err := sftp.NewClient(client)
+	if err != nil {
+		t.Fatalf("sftp subsystem: %v", err)
+	}
+	defer sc.Close()
+	f, err := sc.Create("/tmp/copied")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("over sftp"))
+	f.Close()
+	if got := exec("cat /tmp/copied"); got != "over sftp" {
+		t.Errorf("file written over sftp reads %q", got)
+	}
+	r, err := sc.Open("/app/data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(r)
+	r.Close()
+	if string(data) != "only data" {
+		t.Errorf("sftp read %q", data)
 	}
 }
