@@ -214,6 +214,12 @@ func shortTempDir(t *testing.T) string {
 
 func newEnv(t *testing.T, o envOpts) *testEnv {
 	t.Helper()
+	return newEnvWith(t, o, nil)
+}
+
+// newEnvWith is newEnv with a last say on the daemon's dependencies.
+func newEnvWith(t *testing.T, o envOpts, tweak func(*Deps)) *testEnv {
+	t.Helper()
 	double := fcDouble(t)
 	base := shortTempDir(t)
 	cfg := config.Defaults()
@@ -272,6 +278,9 @@ func newEnv(t *testing.T, o envOpts) *testEnv {
 		e.net = newFakeNet(filepath.Join(base, "sys-class-net"))
 		t.Setenv("FC_DOUBLE_NET_SYS_DIR", e.net.sysDir)
 		e.deps.Network = e.net
+	}
+	if tweak != nil {
+		tweak(&e.deps)
 	}
 	e.start()
 	t.Cleanup(e.cleanup)

@@ -21,16 +21,27 @@ import (
 // guestPool keeps one SSH connection per running VM, reused by exec, cp and
 // sessions so a command costs one SSH channel, not a handshake.
 type guestPool struct {
-	e  *Engine
-	mu sync.Mutex
-	m  map[string]*guest.Client
+	e       *Engine
+	mu      sync.Mutex
+	m       map[string]*guest.Client
+	dialing map[string]*dialCall // one dial per VM at a time
+
 
 	keyOnce sync.Once
 	signer  ssh.Signer
 	keyErr  error
 }
 
-func newGuestPool(e *Engine) *guestPool { return &guestPool{e: e, m: make(map[string]*guest.Client)} }
+// dialCall is a dial in progress that concurrent callers wait for.
+type dialCall struct {
+	done chan struct{}
+	c    *guest.Client
+	err  error
+}
+
+func newGuestPool(e *Engine) *guestPool {
+	return &guestPool{e: e, m: make(map[string]*guest.Client), dialing: map[string]*dialCall{}}
+}
 
 // signerKey loads or creates the daemon's SSH key (0600 in the state dir).
 func (p *guestPool) signerKey() (ssh.Signer, error) {
@@ -81,8 +92,55 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 		if c.Ping() == nil {
 			return c, nil
 		}
-		p.drop(vm.ID)
+		// Drop this connection only: another caller may already have
+		// replaced it with a live one that others are using.
+		p.dropIf(vm.ID, c)
 	}
+	// One dial per VM at a time; concurrent callers share its result. A
+	// burst of execs on a fresh VM once made as many SSH handshakes at once,
+	// which a loaded guest (or dropbear's limit on unauthenticated
+	// connections per address) answered by closing some: EOF.
+	deadline := time.Now().Add(wait)
+	p.mu.Lock()
+	for {
+		if c, ok := p.m[vm.ID]; ok {
+			p.mu.Unlock()
+			return c, nil
+		}
+		call, ok := p.dialing[vm.ID]
+		if !ok {
+			break
+		}
+		p.mu.Unlock()
+		select {
+		case <-call.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		// Another caller's dial failed (its wait may have been shorter, or
+		// its client went away): dial ourselves while our own wait lasts.
+		if call.err != nil && time.Until(deadline) <= 0 {
+			return nil, call.err
+		}
+		p.mu.Lock()
+	}
+	wait = max(time.Until(deadline), 0)
+	call := &dialCall{done: make(chan struct{})}
+	p.dialing[vm.ID] = call
+	p.mu.Unlock()
+	call.c, call.err = p.dial(ctx, vm, wait)
+	p.mu.Lock()
+	delete(p.dialing, vm.ID)
+	if call.err == nil {
+		p.m[vm.ID] = call.c
+	}
+	p.mu.Unlock()
+	close(call.done)
+	return call.c, call.err
+}
+
+// dial connects to vm's SSH server, retrying up to wait.
+func (p *guestPool) dial(ctx context.Context, vm model.VMRecord, wait time.Duration) (*guest.Client, error) {
 	signer, err := p.signerKey()
 	if err != nil {
 		return nil, err
@@ -92,7 +150,7 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 	wctx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	dctx, exited := p.e.untilVMMExits(wctx, vm)
-	c, err = guest.DialRetry(dctx, cfg, wait)
+	c, err := guest.DialRetry(dctx, cfg, wait)
 	if err != nil {
 		if errors.Is(err, guest.ErrHostKeyChanged) {
 			return nil, errdefs.Conflict("vm %q: %w", vm.Name, err)
@@ -109,15 +167,18 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 	if p.e.deps.GuestSessionsRoot != "" {
 		c.SessionsRoot = p.e.deps.GuestSessionsRoot
 	}
-	p.mu.Lock()
-	if old, ok := p.m[vm.ID]; ok {
-		p.mu.Unlock()
-		c.Close()
-		return old, nil
-	}
-	p.m[vm.ID] = c
-	p.mu.Unlock()
 	return c, nil
+}
+
+// dropIf closes and forgets c if it is still vm id's pooled connection.
+func (p *guestPool) dropIf(id string, c *guest.Client) {
+	p.mu.Lock()
+	cur, ok := p.m[id]
+	if ok && cur == c {
+		delete(p.m, id)
+	}
+	p.mu.Unlock()
+	c.Close()
 }
 
 func (p *guestPool) drop(id string) {

@@ -51,10 +51,11 @@ type Server struct {
 	ln     net.Listener
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	closed bool
-	conns  map[net.Conn]bool
-	cmds   map[*system.Command]bool
+	mu       sync.Mutex
+	closed   bool
+	accepted int // connections accepted so far
+	conns    map[net.Conn]bool
+	cmds     map[*system.Command]bool
 }
 
 // Start starts a server and stops it when the test ends.
@@ -160,6 +161,13 @@ func (s *Server) Close() {
 	s.wg.Wait()
 }
 
+// Accepted is how many connections the server has accepted.
+func (s *Server) Accepted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.accepted
+}
+
 func (s *Server) accept() {
 	defer s.wg.Done()
 	for {
@@ -174,6 +182,7 @@ func (s *Server) accept() {
 			return
 		}
 		s.conns[nc] = true
+		s.accepted++
 		s.mu.Unlock()
 		s.wg.Add(1)
 		go func() {
