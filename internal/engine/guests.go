@@ -26,7 +26,6 @@ type guestPool struct {
 	m       map[string]*guest.Client
 	dialing map[string]*dialCall // one dial per VM at a time
 
-
 	keyOnce sync.Once
 	signer  ssh.Signer
 	keyErr  error
