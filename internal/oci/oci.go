@@ -11,7 +11,9 @@
 //	img, _ := oci.Pull(ctx, "docker.io/library/python:3.12-slim", oci.PullOptions{CacheDir: c})
 //	// or oci.ImportLayout / oci.ImportArchive
 //	_ = oci.Unpack(ctx, img, tree, oci.UnpackOptions{})
-//	meta, _ := oci.BuildRootfs(ctx, tree, "/images/py/rootfs.ext4", oci.BuildOptions{...})
+//	meta, _ := oci.BuildRootfs(ctx, img, tree, "/images/py/rootfs.ext4", oci.BuildOptions{Runner: r, DebCache: debs})
+//	// meta.BootArgs with the default kernel and initramfs; meta is also in
+//	// /images/py/oci-image.json
 //
 // Only linux/amd64 is accepted: an index is resolved to its linux/amd64
 // manifest, and an image whose config names another platform is refused.
@@ -44,13 +46,28 @@
 //
 // # Guest side
 //
-// BuildRootfs adds a root-owned /.banger directory: a static busybox, the
-// dropbear SSH server and sftp-server run through their own dynamic loader
-// and libraries (so they work on any image, with or without a libc), and
-// banger's init, which the initramfs starts when the kernel command line
-// carries BootArgs. The image's files are left as they are; only missing
-// mount points and /root/.ssh and /etc (where the daemon writes its per-VM
-// files) are created. See internal/image/guest/oci for the scripts.
+// BuildRootfs adds a root-owned /.banger directory (0755 directories,
+// read-only to the guest by convention) and otherwise leaves the image's
+// files alone, creating only missing mount points, /etc and /root/.ssh
+// (where the daemon writes its per-VM files):
+//
+//	init          PID 1 (the initramfs switches to it when the kernel command
+//	              line has BootArgs' banger.init=/.banger/init): mounts,
+//	              guest-setup, SSH, console markers, power events, reaping
+//	guest-setup   banger's own (ip=, hostname, /etc/hosts, /work), SSH part cut
+//	ssh-user      makes root acceptable to dropbear for this boot (bind mounts
+//	              over /etc/passwd and /etc/shells from /run when needed)
+//	run           runs a command with the image's ENV, WORKDIR and USER, or
+//	              ENTRYPOINT + CMD when given none; reads image.sh
+//	bin/          static busybox and its applets; dropbear, dropbearkey wrappers
+//	libexec/      dropbear, dropbearkey, sftp-server from Debian, ELF
+//	              interpreter rewritten to /.banger/ld.so, so they never use the
+//	              image's loader or libc (dropbear re-executes itself per
+//	              connection); dropbear's sftp path is /.banger/sftp-server
+//	lib/, ld.so   their libraries and dynamic loader
+//
+// Host keys are made on first boot in /var/lib/banger (ed25519, printed on
+// the console, and ECDSA, which Go's client negotiates first).
 package oci
 
 import (
