@@ -361,6 +361,9 @@ func (m *Manager) List() ([]string, error) {
 type Usage struct {
 	MemoryBytes int64
 	CPUNanos    int64 // total CPU time, where the kernel accounts it
+	// Bytes read from and written to block devices (v2 io.stat, v1
+	// blkio.throttle.io_service_bytes), where the kernel accounts them.
+	ReadBytes, WriteBytes int64
 }
 
 // Stats reads a VM's cgroup usage.
@@ -385,9 +388,38 @@ func (m *Manager) Stats(id string) (Usage, error) {
 				}
 			}
 		}
+		// One line per device: "8:0 rbytes=N wbytes=N rios=N ...".
+		if b, err := os.ReadFile(filepath.Join(dir, "io.stat")); err == nil {
+			for _, f := range strings.Fields(string(b)) {
+				k, v, _ := strings.Cut(f, "=")
+				n, _ := strconv.ParseInt(v, 10, 64)
+				switch k {
+				case "rbytes":
+					u.ReadBytes += n
+				case "wbytes":
+					u.WriteBytes += n
+				}
+			}
+		}
 		return u, nil
 	}
 	u.MemoryBytes = read(filepath.Join(m.Root, "memory", m.Parent, id, "memory.usage_in_bytes"))
 	u.CPUNanos = read(filepath.Join(m.Root, "cpuacct", m.Parent, id, "cpuacct.usage"))
+	// "8:0 Read N", "8:0 Write N", ..., "Total N".
+	if b, err := os.ReadFile(filepath.Join(m.Root, "blkio", m.Parent, id, "blkio.throttle.io_service_bytes")); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 3 {
+				continue
+			}
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			switch f[1] {
+			case "Read":
+				u.ReadBytes += n
+			case "Write":
+				u.WriteBytes += n
+			}
+		}
+	}
 	return u, nil
 }

@@ -36,6 +36,7 @@ type CreateSpec struct {
 	WorkDiskBytes int64
 	Ports         []string // port forward specs, [ADDR:]HOST:GUEST[/tcp|udp]
 	Options       model.VMOptions
+	Lifetime      Lifetime // TTL and idle timeout (lifetimes.go)
 }
 
 // validateCreate checks and fills a create spec. Bad input is
@@ -78,6 +79,10 @@ func (e *Engine) CreateVM(ctx context.Context, req CreateSpec) (model.VMRecord, 
 	if err := validateCreate(&req); err != nil {
 		return model.VMRecord{}, err
 	}
+	if err := e.checkLifetime(req.Lifetime); err != nil {
+		return model.VMRecord{}, err
+	}
+	e.setLifetime(&req.Options, req.Lifetime)
 	if req.Name != "" {
 		if err := validName(req.Name); err != nil {
 			return model.VMRecord{}, errdefs.Invalid("%w", err)
@@ -169,6 +174,7 @@ func (e *Engine) CreateVM(ctx context.Context, req CreateSpec) (model.VMRecord, 
 		e.addrs.releaseLocked(vm)
 		return model.VMRecord{}, err
 	}
+	e.emit(EventCreated, vm)
 	e.log.Info("vm created", "vm", vm.Name, "id", vm.ID, "ip", ip)
 	return vm, nil
 }

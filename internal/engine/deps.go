@@ -29,6 +29,11 @@ type Deps struct {
 	// WatchEvery is how often the engine looks for VMs whose VMM exited on
 	// its own (default 2s).
 	WatchEvery time.Duration
+	// LifetimeEvery is how often TTLs and idle timeouts are checked
+	// (default 1s).
+	LifetimeEvery time.Duration
+	// SysClassNet is where taps' counters are read (default /sys/class/net).
+	SysClassNet string
 	// GuestAddr overrides where a VM's SSH server answers (tests with a fake guest).
 	GuestAddr func(vm model.VMRecord) string
 	// GuestSessionsRoot overrides the guest directory of sessions (tests

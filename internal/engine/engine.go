@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/banger-dev/banger/internal/config"
@@ -43,6 +44,10 @@ type Engine struct {
 	events      eventBus
 	cgroupErr   string
 	ports       PortBinder
+	lives       lifeIndex     // TTLs, idle timeouts and activity (lifetimes.go)
+	maxTTL      time.Duration // max_ttl
+	// reconcileTook is how long startup reconcile took (nanoseconds).
+	reconcileTook atomic.Int64
 
 	ready  chan struct{}            // closed when startup reconcile finished
 	gates  map[string]chan struct{} // per VM, closed once reconcile processed it; fixed before Start returns
@@ -58,6 +63,7 @@ func New(cfg config.Config, st *store.Store, deps Deps, logger *slog.Logger) (*E
 	if l := len(apiSockPath(cfg, "0123456789abcdef0123456789abcdef")); l > 107 {
 		return nil, fmt.Errorf("run dir %s is too long: VM API socket paths would be %d bytes, over the 107-byte unix socket limit", cfg.RunDir, l)
 	}
+	var err error
 	e := &Engine{
 		cfg:     cfg,
 		deps:    deps,
@@ -83,6 +89,9 @@ func New(cfg config.Config, st *store.Store, deps Deps, logger *slog.Logger) (*E
 	if deps.RootDisks == nil || deps.DiskFiles == nil || deps.Runner == nil || deps.Now == nil || deps.KVMUsable == nil || deps.Firecracker == nil || deps.QEMU == nil {
 		return nil, fmt.Errorf("engine: missing dependencies (the daemon fills them)")
 	}
+	if e.maxTTL, err = MaxTTL(cfg); err != nil {
+		return nil, err
+	}
 	e.cgroupErr = deps.CgroupErr
 	e.guests = newGuestPool(e)
 	return e, nil
@@ -105,6 +114,10 @@ func (e *Engine) Start(ctx context.Context, afterReconcile func()) error {
 	if _, err := e.guests.signerKey(); err != nil {
 		return fmt.Errorf("ssh key %s: %w", e.cfg.SSHKeyPath, err)
 	}
+	e.lives.init(e.deps.Now())
+	for _, vm := range vms {
+		e.lives.note(vm, false)
+	}
 	go func() {
 		e.reconcile(ctx, vms)
 		if afterReconcile != nil {
@@ -121,11 +134,22 @@ func (e *Engine) Start(ctx context.Context, afterReconcile func()) error {
 		<-e.ready // reconcile seeds the handles first
 		e.watchVMs(ctx, watchEvery)
 	}()
+	lifeEvery := e.deps.LifetimeEvery
+	if lifeEvery <= 0 {
+		lifeEvery = time.Second
+	}
+	go func() {
+		<-e.ready // what expired while the daemon was down is applied first
+		e.reapLifetimes(ctx, lifeEvery)
+	}()
 	return nil
 }
 
 // Ready is closed once startup reconcile finished.
 func (e *Engine) Ready() <-chan struct{} { return e.ready }
+
+// ReconcileTook is how long startup reconcile took (zero before it finished).
+func (e *Engine) ReconcileTook() time.Duration { return time.Duration(e.reconcileTook.Load()) }
 
 // Close stops the engine's background work and closes guest connections.
 // VMs keep running: they outlive the daemon by design.

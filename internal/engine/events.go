@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -12,12 +13,22 @@ type EventKind string
 
 // The events the engine emits. Updated follows every write of a VM's
 // record (state changes included); Started, Stopped and Deleted mark the
-// lifecycle edges publishers act on.
+// lifecycle edges publishers act on. The others say why something happened
+// or report what the daemon found; the event log records them all but
+// Updated.
 const (
 	EventUpdated EventKind = "updated"
+	EventCreated EventKind = "created"
 	EventStarted EventKind = "started"
 	EventStopped EventKind = "stopped"
 	EventDeleted EventKind = "deleted"
+	// Suspended and Resumed are reserved for VM snapshots (not yet).
+	EventSuspended  EventKind = "suspended"
+	EventResumed    EventKind = "resumed"
+	EventTTLExpired EventKind = "ttl-expired"
+	EventVMMExited  EventKind = "vmm-exited" // the VMM exited on its own while the daemon ran
+	EventReconciled EventKind = "reconciled" // startup reconcile kept or demoted a VM (Cause says which)
+	EventGCRemoved  EventKind = "gc-removed" // gc removed an orphaned host object (Cause names it)
 )
 
 // Event is one thing that happened to a VM, with the record as it was then.
@@ -25,6 +36,15 @@ type Event struct {
 	Kind EventKind
 	VM   model.VMRecord
 	Time time.Time
+	// Cause says why, in a few words ("ttl expired", "vmm exited"); empty
+	// for an operation a client asked for.
+	Cause string
+	// Took is how long the operation took (start, stop, delete).
+	Took time.Duration
+	// Replay marks an edge announced again for subscribers that rebuild
+	// their state (reconcile announcing a VM it kept as started): nothing
+	// new happened, and the event log skips it.
+	Replay bool
 }
 
 // eventBus delivers events to subscribers synchronously, in order, on the
@@ -36,7 +56,8 @@ type eventBus struct {
 }
 
 // Subscribe registers fn for every event from now on. Publishers (DNS,
-// port forwards) and the local API's list cache subscribe at wiring time.
+// port forwards), the local API's list cache, the event log and the
+// metrics subscribe at wiring time.
 func (e *Engine) Subscribe(fn func(Event)) {
 	e.events.mu.Lock()
 	defer e.events.mu.Unlock()
@@ -44,11 +65,43 @@ func (e *Engine) Subscribe(fn func(Event)) {
 }
 
 func (e *Engine) emit(kind EventKind, vm model.VMRecord) {
-	ev := Event{Kind: kind, VM: vm, Time: e.deps.Now().UTC()}
+	e.emitEvent(Event{Kind: kind, VM: vm})
+}
+
+func (e *Engine) emitEvent(ev Event) {
+	ev.Time = e.deps.Now().UTC()
+	e.lives.follow(ev)
 	e.events.mu.RLock()
 	subs := e.events.subs
 	e.events.mu.RUnlock()
 	for _, fn := range subs {
 		fn(ev)
 	}
+}
+
+// causeKey carries why an operation runs (a TTL, an idle timeout, a
+// restart) down to the events it emits.
+type causeKey struct{}
+
+// withCause marks ctx's operations as done for cause, unless a cause is set.
+func withCause(ctx context.Context, cause string) context.Context {
+	if causeOf(ctx) != "" {
+		return ctx
+	}
+	return context.WithValue(ctx, causeKey{}, cause)
+}
+
+func causeOf(ctx context.Context) string {
+	c, _ := ctx.Value(causeKey{}).(string)
+	return c
+}
+
+// RecordGCRemoved tells the event log that gc removed a host object (of
+// VM vmName, "" for none known).
+func (e *Engine) RecordGCRemoved(kind, name, vmName, detail string) {
+	cause := kind + " " + name
+	if detail != "" {
+		cause += " (" + detail + ")"
+	}
+	e.emitEvent(Event{Kind: EventGCRemoved, VM: model.VMRecord{Name: vmName}, Cause: cause})
 }

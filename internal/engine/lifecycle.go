@@ -69,6 +69,7 @@ func (e *Engine) StartVM(ctx context.Context, name string) (model.VMRecord, erro
 }
 
 func (e *Engine) startLocked(ctx context.Context, vm *model.VMRecord) error {
+	began := time.Now()
 	if alive, _ := e.vmAlive(ctx, *vm); alive {
 		return nil
 	}
@@ -129,7 +130,8 @@ func (e *Engine) startLocked(ctx context.Context, vm *model.VMRecord) error {
 	if err := e.commitState(ctx, vm, model.StateRunning, ""); err != nil {
 		return err
 	}
-	e.emit(EventStarted, *vm)
+	e.lives.touch(vm.ID, e.deps.Now())
+	e.emitEvent(Event{Kind: EventStarted, VM: *vm, Cause: causeOf(ctx), Took: time.Since(began)})
 	e.log.Info("vm started", "vm", vm.Name, "vmm", vm.Runtime.VMM, "pid", r.h.PID, "tap", r.h.TapDevice)
 	return nil
 }
@@ -143,6 +145,7 @@ func (e *Engine) StopVM(ctx context.Context, name string, force bool, timeout ti
 
 // RestartVM stops and starts a VM under one lock.
 func (e *Engine) RestartVM(ctx context.Context, name string, force bool, timeout time.Duration) (model.VMRecord, error) {
+	ctx = withCause(ctx, "restart")
 	return e.locked(ctx, name, func(vm *model.VMRecord) error {
 		if err := e.stopLocked(ctx, vm, force, timeout); err != nil {
 			return err
@@ -152,6 +155,7 @@ func (e *Engine) RestartVM(ctx context.Context, name string, force bool, timeout
 }
 
 func (e *Engine) stopLocked(ctx context.Context, vm *model.VMRecord, force bool, timeout time.Duration) error {
+	began := time.Now()
 	h, cached := e.handles.get(vm.ID)
 	if !cached {
 		h, _ = e.rediscoverHandles(*vm)
@@ -169,7 +173,7 @@ func (e *Engine) stopLocked(ctx context.Context, vm *model.VMRecord, force bool,
 		e.commitState(ctx, vm, model.StateError, err.Error())
 		return err
 	}
-	e.emit(EventStopped, *vm)
+	e.emitEvent(Event{Kind: EventStopped, VM: *vm, Cause: causeOf(ctx), Took: time.Since(began)})
 	e.log.Info("vm stopped", "vm", vm.Name, "killed", r.killed)
 	last := ""
 	if r.killed {
@@ -192,6 +196,7 @@ func (e *Engine) DeleteVM(ctx context.Context, name string, force bool) error {
 }
 
 func (e *Engine) deleteLocked(ctx context.Context, vm *model.VMRecord, force bool) error {
+	began := time.Now()
 	cur, err := e.store.GetVMByID(ctx, vm.ID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil // already deleted: delete is idempotent
@@ -234,7 +239,7 @@ func (e *Engine) deleteLocked(ctx context.Context, vm *model.VMRecord, force boo
 	if err := hit(ctx, fpDeleteRowAfter); err != nil {
 		return err
 	}
-	e.emit(EventDeleted, *vm)
+	e.emitEvent(Event{Kind: EventDeleted, VM: *vm, Cause: causeOf(ctx), Took: time.Since(began)})
 	e.createMu.Lock()
 	e.addrs.releaseLocked(*vm)
 	e.createMu.Unlock()

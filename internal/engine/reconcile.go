@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -44,6 +45,7 @@ func (e *Engine) reconcile(ctx context.Context, vms []model.VMRecord) {
 		}()
 	}
 	wg.Wait()
+	e.reconcileTook.Store(int64(time.Since(start)))
 	e.log.Info("reconcile done", "vms", len(vms), "kept", counts[ActKeep], "torn_down", counts[ActTeardown],
 		"deleted", counts[ActFinishDelete], "took", time.Since(start))
 }
@@ -82,15 +84,18 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 	case ActKeep:
 		e.handles.set(vm.ID, h)
 		writeHandlesFile(handlesPath(vm), h)
-		e.emit(EventStarted, vm)
+		e.emitEvent(Event{Kind: EventStarted, VM: vm, Replay: true})
+		e.emitEvent(Event{Kind: EventReconciled, VM: vm, Cause: fmt.Sprintf("kept: vmm pid %d alive", h.PID)})
 	case ActTeardown:
 		if err := e.teardown(ctx, &run{vm: &vm, h: h, force: true}); err != nil {
 			e.commitState(ctx, &vm, model.StateError, "reconcile: "+err.Error())
+			e.emitEvent(Event{Kind: EventReconciled, VM: vm, Cause: "demoted to error: " + err.Error()})
 			break
 		}
 		e.commitState(ctx, &vm, dec.State, dec.Reason)
+		e.emitEvent(Event{Kind: EventReconciled, VM: vm, Cause: "demoted: " + dec.Reason})
 	case ActFinishDelete:
-		if err := e.deleteLocked(ctx, &vm, true); err != nil {
+		if err := e.deleteLocked(withCause(ctx, "reconcile finished an interrupted delete"), &vm, true); err != nil {
 			e.log.Error("reconcile: finishing delete", "vm", vm.Name, "err", err)
 		}
 	}

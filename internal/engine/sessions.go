@@ -64,6 +64,7 @@ func (e *Engine) StartSession(ctx context.Context, vmName string, req SessionSpe
 		e.store.DeleteSession(context.WithoutCancel(ctx), id)
 		return model.GuestSession{}, errdefs.Invalid("starting session %q on vm %q: %w", req.Name, vm.Name, err)
 	}
+	e.Touch(vm.ID)
 	return gs, nil
 }
 
@@ -251,6 +252,9 @@ func (e *Engine) SessionLogs(ctx context.Context, vmName, name string, o LogOpti
 		return err
 	}
 	gc, offline := e.sessionAccess(ctx, vm)
+	if gc != nil {
+		defer e.Busy(vm.ID)() // reading a running VM's session output is using it
+	}
 	switch {
 	case gc != nil && o.Follow:
 		started()
@@ -285,6 +289,7 @@ func (e *Engine) SendSession(ctx context.Context, vmName, name string, data io.R
 	if gs.Status != model.SessionRunning {
 		return errdefs.Conflict("session %q has ended (%s)", gs.Name, gs.Status)
 	}
+	e.Touch(vm.ID)
 	if err := gc.SendToSession(ctx, gs.ID, data); err != nil {
 		return errdefs.Conflict("sending to session %q: %w", gs.Name, err)
 	}
@@ -307,6 +312,7 @@ func (e *Engine) StopSession(ctx context.Context, vmName, name, signal string, g
 	if err != nil {
 		return gs, err
 	}
+	e.Touch(vm.ID)
 	e.refreshSession(ctx, vm, &gs, gc, nil)
 	if gs.Status == model.SessionRunning {
 		if err := gc.StopSession(ctx, gs.ID, signal, grace); err != nil {

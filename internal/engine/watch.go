@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/banger-dev/banger/internal/model"
@@ -52,12 +53,13 @@ func (e *Engine) demoteExited(ctx context.Context, id string) {
 	}
 	dec := nextState(vm.Runtime.State, Facts{Alive: false, HostObjects: true})
 	e.log.Info("vm process exited on its own; stopping the vm", "vm", vm.Name, "pid", h.PID)
+	e.emitEvent(Event{Kind: EventVMMExited, VM: vm, Cause: fmt.Sprintf("pid %d exited on its own", h.PID)})
 	e.guests.drop(vm.ID)
 	if err := e.teardown(ctx, &run{vm: &vm, h: h, force: true}); err != nil {
 		e.log.Error("cleaning up a vm whose process exited", "vm", vm.Name, "err", err)
 		e.commitState(ctx, &vm, model.StateError, "cleaning up after the vmm exited: "+err.Error())
 		return
 	}
-	e.emit(EventStopped, vm)
+	e.emitEvent(Event{Kind: EventStopped, VM: vm, Cause: "vmm exited"})
 	e.commitState(ctx, &vm, dec.State, dec.Reason)
 }

@@ -445,6 +445,7 @@ func (inv *Inventory) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 		if inv.Log != nil {
 			inv.Log.Info("gc removed", "kind", o.Kind, "name", o.Name, "detail", o.Detail)
 		}
+		e.RecordGCRemoved(o.Kind, o.Name, o.VM, o.Detail)
 		res.Removed = append(res.Removed, o)
 	}
 	return res, nil
