@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/banger-dev/banger/internal/system"
 	"golang.org/x/sys/unix"
 )
 
@@ -165,5 +166,5 @@ func Enter(s Spec) error {
 	}
 	// 5. The VMM, with a clean environment.
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp"}
-	return fmt.Errorf("jail: exec %s: %w", s.Argv[0], syscall.Exec(s.Argv[0], s.Argv, env))
+	return fmt.Errorf("jail: exec %s: %w", s.Argv[0], system.ExecReplace(s.Argv, env))
 }

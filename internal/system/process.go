@@ -229,3 +229,12 @@ func (p Process) Kill(timeout time.Duration) error {
 	}
 	return nil
 }
+
+// ExecReplace replaces the calling process with argv (execve): the last
+// step of a helper such as banger-jail. It returns only on failure.
+func ExecReplace(argv, env []string) error {
+	if len(argv) == 0 {
+		return errors.New("exec: empty argv")
+	}
+	return syscall.Exec(argv[0], argv, env)
+}
