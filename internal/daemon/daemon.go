@@ -21,6 +21,7 @@ import (
 	"github.com/banger-dev/banger/internal/inventory"
 	"github.com/banger-dev/banger/internal/localapi"
 	"github.com/banger-dev/banger/internal/network"
+	"github.com/banger-dev/banger/internal/network/policy"
 	"github.com/banger-dev/banger/internal/publish"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/store"
@@ -245,7 +246,11 @@ func fillDeps(cfg config.Config, deps Deps, log *slog.Logger) engine.Deps {
 		}
 	}
 	if ed.Network == nil && cfg.Network != "off" && cfg.Network != "false" && os.Geteuid() == 0 {
-		ed.Network = &network.Manager{Config: engine.NetConfigOf(cfg), Logger: log}
+		nc := engine.NetConfigOf(cfg)
+		ed.Network = &network.Manager{Config: nc, Logger: log}
+		if ed.NetPolicy == nil {
+			ed.NetPolicy = &policy.Manager{Config: policy.Config{Bridge: nc.Bridge, Gateway: nc.Gateway(), Subnet: nc.Subnet, EgressNAT: cfg.EgressNAT}, Logger: log}
+		}
 	}
 	return ed
 }

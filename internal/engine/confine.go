@@ -264,6 +264,7 @@ func (e *Engine) unconfine(ctx context.Context, r *run) error {
 	// zombie still counts as a member. Wait a little for members to go,
 	// killing any live one (membership proves it is this VM's).
 	deadline := time.Now().Add(5 * time.Second)
+	backoff := time.Millisecond
 	for {
 		pids, err := e.deps.Cgroups.Members(vm.ID)
 		if err != nil {
@@ -282,7 +283,8 @@ func (e *Engine) unconfine(ctx context.Context, r *run) error {
 				(system.Process{PID: pid, Start: st}).Kill(5 * time.Second)
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 50*time.Millisecond)
 	}
 	return e.deps.Cgroups.Remove(vm.ID)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/network"
+	"github.com/banger-dev/banger/internal/network/policy"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vmm"
@@ -41,6 +42,9 @@ type Deps struct {
 	GuestSessionsRoot string
 	// RootMethod is the root-disk method RootDisks implements (detected when RootDisks is nil).
 	RootMethod storage.Method
+	// NetPolicy applies each VM's guest network policy (nil: no policy,
+	// as when the network is off).
+	NetPolicy NetPolicy
 	// Cgroups makes the VMs' cgroups; nil when confinement is off or
 	// cgroups are unusable (then CgroupErr says why).
 	Cgroups   *cgroup.Manager
@@ -85,6 +89,12 @@ type Networker interface {
 	DeleteTap(ctx context.Context, name string) error
 	ReleaseBridgeIfUnused(ctx context.Context) error
 	ListTaps(ctx context.Context) ([]string, error)
+}
+
+// NetPolicy is what the engine needs of the guest network policy.
+type NetPolicy interface {
+	Apply(ctx context.Context, p policy.VMPolicy) error
+	Remove(ctx context.Context, vmID string) error
 }
 
 // Runner runs host tools (system.ExecRunner in production).

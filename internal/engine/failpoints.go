@@ -32,7 +32,7 @@ type stepPoints struct {
 var planPoints = map[string]stepPoints{}
 
 func init() {
-	for _, key := range []string{"dirs", "rootdisk", "workdisk", "activate", "guestconfig", "tap", "confine", "vmm"} {
+	for _, key := range []string{"dirs", "rootdisk", "workdisk", "activate", "guestconfig", "tap", "netpolicy", "confine", "vmm"} {
 		planPoints[key] = stepPoints{
 			doBefore:   failpoint.New("start." + key + ".before"),
 			doAfter:    failpoint.New("start." + key + ".after"),

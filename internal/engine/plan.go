@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/network"
+	"github.com/banger-dev/banger/internal/network/policy"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vmm"
@@ -33,6 +35,7 @@ import (
 //	activating root disk         loops + dm (dm method)  deactivate loops and dm proven ours
 //	writing guest configuration  debugfs writes          -
 //	creating tap                 tap bgr<id>             delete tap bgr<id>
+//	applying network policy      nft rules for the tap   remove the rules tagged with the VM's id
 //	confining vmm                cgroup, owners, jail    remove jail root and cgroup (killing what is left in it)
 //	starting vmm                 launch the VMM          shut down the VMM proven ours
 type step struct {
@@ -72,6 +75,7 @@ func (e *Engine) plan() []step {
 		{key: "activate", name: "activating root disk", do: e.activateRootDisk, undo: e.deactivateRootDisk},
 		{key: "guestconfig", name: "writing guest configuration", do: e.writeGuestConfig},
 		{key: "tap", name: "creating tap", do: e.createTap, undo: e.deleteTap},
+		{key: "netpolicy", name: "applying network policy", do: e.applyNetPolicy, undo: e.removeNetPolicy},
 		{key: "confine", name: "confining vmm", do: e.confine, undo: e.unconfine},
 		{key: "vmm", name: "starting vmm", do: e.launchVMM, undo: e.stopVMM, holdsOthers: true},
 	}
@@ -421,4 +425,49 @@ func (e *Engine) stopVMM(ctx context.Context, r *run) error {
 // errStopTimedOut reports a graceful stop that had to kill the VMM.
 func errStopTimedOut(vm model.VMRecord, timeout time.Duration) error {
 	return errdefs.Unavailable("vm %q did not shut down within %s: its vmm was killed", vm.Name, timeout)
+}
+
+// vmPolicy is vm's guest network policy for its tap.
+func (e *Engine) vmPolicy(vm model.VMRecord, tap string) (policy.VMPolicy, error) {
+	ip, err := netip.ParseAddr(vm.Runtime.GuestIP)
+	if err != nil {
+		return policy.VMPolicy{}, fmt.Errorf("guest ip %q: %w", vm.Runtime.GuestIP, err)
+	}
+	n := vm.Spec.Options.Net
+	p := policy.VMPolicy{VMID: vm.ID, Tap: tap, MAC: vm.Runtime.GuestMAC, IP: ip, Isolated: n.Isolated, AllowHostPorts: n.AllowHost}
+	for _, list := range []struct {
+		in  []string
+		out *[]netip.Prefix
+	}{{n.EgressAllow, &p.EgressAllow}, {n.EgressDeny, &p.EgressDeny}} {
+		for _, c := range list.in {
+			pfx, err := netip.ParsePrefix(c)
+			if err != nil {
+				return p, errdefs.Invalid("egress CIDR %q: %w", c, err)
+			}
+			*list.out = append(*list.out, pfx)
+		}
+	}
+	return p, nil
+}
+
+// applyNetPolicy puts the VM's guest network policy on its tap before the
+// VMM can send a frame: no reaching the host but DNS and allowed ports, no
+// spoofing, isolation and egress lists as asked.
+func (e *Engine) applyNetPolicy(ctx context.Context, r *run) error {
+	if e.deps.NetPolicy == nil || r.h.TapDevice == "" {
+		return nil
+	}
+	p, err := e.vmPolicy(*r.vm, r.h.TapDevice)
+	if err != nil {
+		return err
+	}
+	return e.deps.NetPolicy.Apply(ctx, p)
+}
+
+// removeNetPolicy removes the rules tagged with the VM's id (idempotent).
+func (e *Engine) removeNetPolicy(ctx context.Context, r *run) error {
+	if e.deps.NetPolicy == nil {
+		return nil
+	}
+	return e.deps.NetPolicy.Remove(ctx, r.vm.ID)
 }

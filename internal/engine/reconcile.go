@@ -84,6 +84,11 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 	case ActKeep:
 		e.handles.set(vm.ID, h)
 		writeHandlesFile(handlesPath(vm), h)
+		// The rules may have gone with a host reboot or a flushed ruleset:
+		// put the live VM's policy back (idempotent).
+		if err := e.applyNetPolicy(ctx, &run{vm: &vm, h: h}); err != nil {
+			e.log.Error("reconcile: re-applying the network policy", "vm", vm.Name, "err", err)
+		}
 		e.emitEvent(Event{Kind: EventStarted, VM: vm, Replay: true})
 		e.emitEvent(Event{Kind: EventReconciled, VM: vm, Cause: fmt.Sprintf("kept: vmm pid %d alive", h.PID)})
 	case ActTeardown:
