@@ -115,6 +115,9 @@ func New(ctx context.Context, cfg config.Config, deps Deps, logger *slog.Logger)
 		net = n
 	}
 	inv := &inventory.Inventory{Engine: d.Engine, Config: cfg, Disks: inventoryDisks(deps, ed), Network: net, Runner: ed.Runner, Log: logger}
+	if p, ok := ed.NetPolicy.(inventory.Policies); ok {
+		inv.Policies = p
+	}
 	d.API = localapi.New(cfg, d.Engine, inv, logger)
 	return d, nil
 }

@@ -55,8 +55,17 @@ type Runner interface {
 	Run(ctx context.Context, name string, args ...string) ([]byte, error)
 }
 
+// Policies is what the inventory needs of the guest network policy: which
+// VMs have rules, and removing a VM's rules.
+type Policies interface {
+	List(ctx context.Context) ([]string, error)
+	Remove(ctx context.Context, vmID string) error
+	Check(ctx context.Context) error
+}
+
 // Inventory is doctor and gc of one bangerd.
 type Inventory struct {
+	Policies Policies // nil: no network policy
 	Engine  *engine.Engine
 	Config  config.Config
 	Disks   HostDisks
@@ -131,6 +140,13 @@ func (inv *Inventory) Doctor(ctx context.Context) (Report, error) {
 		}
 	} else {
 		check("vmm", false, err.Error())
+	}
+	if inv.Policies != nil {
+		if err := inv.Policies.Check(ctx); err != nil {
+			check("network-policy", false, err.Error())
+		} else {
+			check("network-policy", true, "nftables tables banger owns are as banger made them")
+		}
 	}
 	objs, err := inv.objects(ctx)
 	if err != nil {
@@ -265,6 +281,17 @@ func (inv *Inventory) objects(ctx context.Context) ([]Object, error) {
 		}
 		add("process", name, strings.Join(argv, " "))
 	}
+	// Network policy rules, tagged with their VM's id.
+	if inv.Policies != nil {
+		if ids, err := inv.Policies.List(ctx); err == nil {
+			for _, id := range ids {
+				if vm, ok := byID[id]; ok {
+					owner["nftrules:"+id] = vm.Name
+				}
+				add("nftrules", id, "nftables rules of vm "+id)
+			}
+		}
+	}
 	// Sockets and directories of VMs that no longer exist.
 	if ents, err := os.ReadDir(filepath.Join(cfg.RunDir, "vm")); err == nil {
 		for _, ent := range ents {
@@ -345,7 +372,7 @@ func (inv *Inventory) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 		return res, err
 	}
 	// Processes first: they may hold taps and loops.
-	order := map[string]int{"process": 0, "dm": 1, "loop": 2, "tap": 3, "rundir": 4, "vmdir": 5}
+	order := map[string]int{"process": 0, "dm": 1, "loop": 2, "nftrules": 3, "tap": 4, "rundir": 5, "vmdir": 6}
 	sort.SliceStable(objs, func(i, j int) bool { return order[objs[i].Kind] < order[objs[j].Kind] })
 	keep := func(o Object, why string) {
 		o.Detail = why
@@ -397,6 +424,8 @@ func (inv *Inventory) GC(ctx context.Context, dryRun bool) (GCResult, error) {
 				}
 				return inv.Network.ReleaseBridgeIfUnused(ctx)
 			}
+		case "nftrules":
+			remove = func() error { return inv.Policies.Remove(ctx, o.Name) }
 		case "rundir":
 			if !runDirName.MatchString(o.Name) {
 				keep(o, "not named like a vm run dir")
