@@ -5,6 +5,8 @@
 package api
 
 import (
+	"time"
+
 	"github.com/banger-dev/banger/internal/model"
 )
 
@@ -33,6 +35,8 @@ const (
 	RouteVMLogs    = "GET /v1/vms/{name}/logs"
 	RouteVMExec    = "POST /v1/vms/{name}/exec" // upgrades to the frame protocol (stream.go)
 	RouteVMWait    = "POST /v1/vms/{name}/wait-ssh"
+	RouteVMStats   = "GET /v1/vms/{name}/stats"
+	RouteVMTTL     = "POST /v1/vms/{name}/ttl"
 
 	RouteVMPorts      = "GET /v1/vms/{name}/ports"
 	RouteVMPortAdd    = "POST /v1/vms/{name}/ports"
@@ -49,6 +53,8 @@ const (
 	RouteImageBuild  = "POST /v1/images/build"
 	RouteImageShow   = "GET /v1/images/{name}"
 	RouteImageDelete = "DELETE /v1/images/{name}"
+
+	RouteEvents = "GET /v1/events" // ?vm=NAME&follow=true: a JSON array, or with follow JSON lines as they happen
 
 	RouteDoctor   = "GET /v1/doctor"
 	RouteGC       = "POST /v1/gc"
@@ -82,6 +88,46 @@ type CreateVMRequest struct {
 	AllowHost   []uint16 `json:"allow_host,omitempty"`
 	EgressAllow []string `json:"egress_allow,omitempty"`
 	EgressDeny  []string `json:"egress_deny,omitempty"`
+	// Lifetime: deleted (or stopped, TTLAction) TTLSeconds after create,
+	// stopped after IdleTimeoutSeconds without activity. 0: no limit.
+	TTLSeconds         int64  `json:"ttl_seconds,omitempty"`
+	TTLAction          string `json:"ttl_action,omitempty"` // delete (default) or stop
+	IdleTimeoutSeconds int64  `json:"idle_timeout_seconds,omitempty"`
+}
+
+// TTLRequest changes a VM's TTL (RouteVMTTL): TTLSeconds from now, or
+// added to the current expiry with Add, or no TTL with Clear.
+type TTLRequest struct {
+	TTLSeconds int64  `json:"ttl_seconds,omitempty"`
+	Add        bool   `json:"add,omitempty"`
+	Clear      bool   `json:"clear,omitempty"`
+	Action     string `json:"action,omitempty"` // delete or stop; "" keeps the current one
+}
+
+// Event is one entry of the daemon's event log (RouteEvents).
+type Event = model.Event
+
+// VMStats answers RouteVMStats: a running VM's counters, from its cgroup
+// (confined) or its VMM process (unconfined), and its tap. Network
+// counters are the guest's view.
+type VMStats struct {
+	Name           string    `json:"name"`
+	Time           time.Time `json:"time"`
+	Source         string    `json:"source"` // cgroup or process
+	CPUSeconds     float64   `json:"cpu_seconds"`
+	MemoryBytes    int64     `json:"memory_bytes"`
+	DiskReadBytes  int64     `json:"disk_read_bytes"`
+	DiskWriteBytes int64     `json:"disk_write_bytes"`
+	Tap            string    `json:"tap,omitempty"`
+	NetRxBytes     int64     `json:"net_rx_bytes"`
+	NetTxBytes     int64     `json:"net_tx_bytes"`
+	NetRxPackets   int64     `json:"net_rx_packets"`
+	NetTxPackets   int64     `json:"net_tx_packets"`
+	// LastActivity is the last exec, ssh, session or forwarded connection
+	// (the daemon's start when none since), as the idle timeout counts it.
+	LastActivity       time.Time `json:"last_activity"`
+	IdleTimeoutSeconds int64     `json:"idle_timeout_seconds,omitempty"`
+	ExpiresAt          time.Time `json:"expires_at,omitzero"`
 }
 
 // VM is a VM as the API shows it: the durable record plus live facts.
