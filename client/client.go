@@ -404,7 +404,21 @@ func (c *Client) ImportImage(ctx context.Context, req ImportImageRequest) (Image
 // started, or whose report ends without a result, returns an error with the
 // daemon's message.
 func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, progress func(line string)) error {
-	body, err := c.stream(ctx, request{route: api.RouteImageBuild, body: req})
+	return c.progressStream(ctx, request{route: api.RouteImageBuild, body: req}, "image build", progress)
+}
+
+// PullImage makes an image from a container image: req.Ref from a
+// registry, or req.Path to an OCI layout directory, OCI archive or docker
+// save tarball. progress receives each line the daemon sends; the error is
+// the daemon's when the last line is "error: ...".
+func (c *Client) PullImage(ctx context.Context, req PullImageRequest, progress func(line string)) error {
+	return c.progressStream(ctx, request{route: api.RouteImagePull, body: req}, "image pull", progress)
+}
+
+// progressStream reads a stream of progress lines ending in "ok ..." or
+// "error: ...".
+func (c *Client) progressStream(ctx context.Context, r request, what string, progress func(line string)) error {
+	body, err := c.stream(ctx, r)
 	if err != nil {
 		return err
 	}
@@ -418,7 +432,7 @@ func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, progress
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("reading image build progress: %w", err)
+		return fmt.Errorf("reading %s progress: %w", what, err)
 	}
 	switch {
 	case strings.HasPrefix(last, "ok "):
@@ -426,7 +440,7 @@ func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, progress
 	case strings.HasPrefix(last, "error: "):
 		return errors.New(strings.TrimPrefix(last, "error: "))
 	}
-	return fmt.Errorf("image build ended without a result (last line %q)", last)
+	return fmt.Errorf("%s ended without a result (last line %q)", what, last)
 }
 
 // GetImage shows an image, which VMM can boot it and which VMs use it.

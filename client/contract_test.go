@@ -358,6 +358,17 @@ func TestContract(t *testing.T) {
 		t.Errorf("BuildImage = %v after lines %q; want the error of the last line", err, lines)
 	}
 
+	// Container images: a request naming neither a reference nor a path is
+	// refused before anything starts; one that starts streams and ends in
+	// "error: ..." for a missing archive.
+	err = c.PullImage(ctx, client.PullImageRequest{}, nil)
+	want("PullImage of nothing", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	lines = nil
+	err = c.PullImage(ctx, client.PullImageRequest{Name: "pulled", Path: filepath.Join(d.state, "no-such-archive.tar")}, func(l string) { lines = append(lines, l) })
+	if err == nil || len(lines) == 0 || !strings.HasPrefix(lines[len(lines)-1], "error: ") {
+		t.Errorf("PullImage of a missing archive = %v after lines %q; want the error of the last line", err, lines)
+	}
+
 	// VMs.
 	req := client.CreateVMRequest{Name: "web", Image: "contract", VCPUs: 1, MemoryMiB: 128, DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20}
 	vm, err := c.CreateVM(ctx, req)

@@ -52,6 +52,10 @@ type (
 	ImportImageRequest = api.ImportImageRequest
 	// BuildImageRequest builds an image from Debian packages (BuildImage).
 	BuildImageRequest = api.BuildImageRequest
+	PullImageRequest  = api.PullImageRequest
+	OCIImage          = api.OCIImage
+	OCILayer          = api.OCILayer
+	Confinement       = api.Confinement
 
 	// DoctorReport is the daemon's host check (Doctor).
 	DoctorReport = api.DoctorReport

@@ -51,6 +51,7 @@ const (
 	RouteImageList   = "GET /v1/images"
 	RouteImageImport = "POST /v1/images"
 	RouteImageBuild  = "POST /v1/images/build"
+	RouteImagePull   = "POST /v1/images/pull" // streams progress lines, as build
 	RouteImageShow   = "GET /v1/images/{name}"
 	RouteImageDelete = "DELETE /v1/images/{name}"
 
@@ -213,10 +214,42 @@ type BuildImageRequest struct {
 // Image is an image as the API shows it.
 type Image struct {
 	model.Image
-	QEMUBootable        bool     `json:"qemu_bootable"`
-	FirecrackerBootable bool     `json:"firecracker_bootable"`
-	Notes               []string `json:"notes,omitempty"`
-	UsedBy              []string `json:"used_by,omitempty"`
+	QEMUBootable        bool      `json:"qemu_bootable"`
+	FirecrackerBootable bool      `json:"firecracker_bootable"`
+	Notes               []string  `json:"notes,omitempty"`
+	UsedBy              []string  `json:"used_by,omitempty"`
+	OCI                 *OCIImage `json:"oci,omitempty"`
+}
+
+// PullImageRequest makes an image from a container image: Ref from a
+// registry, or Path to an OCI layout directory, OCI archive or docker save
+// tarball.
+type PullImageRequest struct {
+	Name     string `json:"name,omitempty"`
+	Ref      string `json:"ref,omitempty"`
+	Path     string `json:"path,omitempty"`
+	Insecure bool   `json:"insecure,omitempty"`
+}
+
+// OCIImage is where an image made from a container image came from.
+type OCIImage struct {
+	Source     string     `json:"source"`
+	Digest     string     `json:"digest"`
+	Platform   string     `json:"platform"`
+	Layers     []OCILayer `json:"layers"`
+	Size       int64      `json:"size"`
+	RootfsSize int64      `json:"rootfs_size"`
+	Env        []string   `json:"env,omitempty"`
+	WorkingDir string     `json:"working_dir,omitempty"`
+	User       string     `json:"user,omitempty"`
+	Entrypoint []string   `json:"entrypoint,omitempty"`
+	Cmd        []string   `json:"cmd,omitempty"`
+}
+
+// OCILayer is one layer of an OCI image.
+type OCILayer struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
 }
 
 // StartSessionRequest starts a guest session.

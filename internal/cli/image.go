@@ -11,11 +11,22 @@ import (
 
 func (a *app) imageCmd() *cobra.Command {
 	var imp client.ImportImageRequest
+	var ociPath string
 	importCmd := &cobra.Command{
-		Use:   "import --name N --kernel PATH --rootfs PATH [--initrd PATH] [--boot-args ARGS]",
-		Short: "Register an image from existing files (the first image becomes the default)",
+		Use:   "import --name N --kernel PATH --rootfs PATH [--initrd PATH] [--boot-args ARGS] | import --oci PATH [--name N]",
+		Short: "Register an image from existing files (the first image becomes the default), or from an OCI layout, OCI archive or docker save tarball",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if ociPath != "" {
+				if imp.Kernel != "" || imp.Rootfs != "" || imp.Initrd != "" || imp.VMLinux != "" || imp.BootArgs != "" {
+					return usageError{fmt.Errorf("--oci makes the whole image: it takes no --kernel, --rootfs, --initrd, --vmlinux or --boot-args")}
+				}
+				abs, err := filepath.Abs(ociPath)
+				if err != nil {
+					return err
+				}
+				return a.pullImage(client.PullImageRequest{Name: imp.Name, Path: abs})
+			}
 			for _, p := range []*string{&imp.Kernel, &imp.Rootfs, &imp.Initrd, &imp.VMLinux} {
 				if *p != "" {
 					abs, err := filepath.Abs(*p)
@@ -43,6 +54,20 @@ func (a *app) imageCmd() *cobra.Command {
 	importCmd.Flags().StringVar(&imp.Initrd, "initrd", "", "initrd (optional)")
 	importCmd.Flags().StringVar(&imp.VMLinux, "vmlinux", "", "uncompressed ELF kernel for Firecracker (optional)")
 	importCmd.Flags().StringVar(&imp.BootArgs, "boot-args", "", "extra kernel arguments")
+	importCmd.Flags().StringVar(&ociPath, "oci", "", "an OCI image layout directory, OCI archive or docker save tarball")
+
+	var pull client.PullImageRequest
+	pullCmd := &cobra.Command{
+		Use:   "pull REF [--name N] [--insecure]",
+		Short: "Make an image from a container image in a registry (credentials from your docker config)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pull.Ref = args[0]
+			return a.pullImage(pull)
+		},
+	}
+	pullCmd.Flags().StringVar(&pull.Name, "name", "", "image name (default: from the reference)")
+	pullCmd.Flags().BoolVar(&pull.Insecure, "insecure", false, "plain HTTP to the registry (a local registry without TLS)")
 
 	var output string
 	listCmd := &cobra.Command{
@@ -109,5 +134,15 @@ func (a *app) imageCmd() *cobra.Command {
 	buildCmd.Flags().StringVar(&build.Name, "name", "default", "image name")
 	buildCmd.Flags().StringVar(&build.Base, "base", "minimal", "minimal (busybox + dropbear) or debian (debootstrap)")
 	buildCmd.Flags().StringSliceVar(&build.Packages, "packages", nil, "extra Debian packages")
-	return group(&cobra.Command{Use: "image", Short: "Manage guest images"}, importCmd, listCmd, showCmd, deleteCmd, buildCmd)
+	return group(&cobra.Command{Use: "image", Short: "Manage guest images"}, importCmd, pullCmd, listCmd, showCmd, deleteCmd, buildCmd)
+}
+
+// pullImage makes an image from a container image, printing the daemon's
+// progress lines.
+func (a *app) pullImage(req client.PullImageRequest) error {
+	c, err := a.api()
+	if err != nil {
+		return err
+	}
+	return c.PullImage(a.ctx, req, func(line string) { fmt.Fprintln(a.stdout, line) })
 }

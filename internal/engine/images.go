@@ -12,6 +12,7 @@ import (
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/oci"
 	"github.com/banger-dev/banger/internal/store"
 )
 
@@ -20,11 +21,12 @@ type ImageInfo struct {
 	model.Image
 	Bootability image.Bootability
 	UsedBy      []string
+	OCI         *oci.Metadata // for an image made from a container image
 }
 
 func (e *Engine) imageInfo(ctx context.Context, im model.Image) ImageInfo {
 	users, _ := e.store.VMsUsingImage(ctx, im.Name)
-	return ImageInfo{Image: im, Bootability: inspectImage(im), UsedBy: users}
+	return ImageInfo{Image: im, Bootability: inspectImage(im), UsedBy: users, OCI: imageOCI(im)}
 }
 
 // ListImages lists every image.
@@ -136,6 +138,7 @@ func (e *Engine) DeleteImage(ctx context.Context, name string) error {
 	if dir := e.ownedImageDir(im.Name); validName(im.Name) == nil && strings.HasPrefix(im.RootfsPath, dir+"/") {
 		os.RemoveAll(dir)
 	}
+	ociMeta.Delete(im.RootfsPath)
 	return nil
 }
 

@@ -60,7 +60,7 @@ func (e *Engine) StartSession(ctx context.Context, vmName string, req SessionSpe
 		}
 		return model.GuestSession{}, err
 	}
-	if _, err := gc.StartSession(ctx, guest.SessionSpec{ID: id, Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin}); err != nil {
+	if _, err := gc.StartSession(ctx, guest.SessionSpec{ID: id, Argv: e.GuestArgv(ctx, vm, req.Argv), Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin}); err != nil {
 		e.store.DeleteSession(context.WithoutCancel(ctx), id)
 		return model.GuestSession{}, errdefs.Invalid("starting session %q on vm %q: %w", req.Name, vm.Name, err)
 	}

@@ -46,6 +46,7 @@ func (s *Server) vmExec(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	defer s.eng.Busy(vm.ID)() // a VM running a command (exec, ssh) is not idle
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		return fmt.Errorf("exec: connection cannot be upgraded")
@@ -72,10 +73,16 @@ func (s *Server) vmExec(w http.ResponseWriter, r *http.Request) error {
 	go readExecFrames(brw.Reader, conn, stdinW, resize, cancel)
 
 	var code int
+	argv := req.Argv
+	if len(argv) > 0 || !req.TTY {
+		// An OCI image's commands run with its ENV, WORKDIR and USER (a bare
+		// login shell on a terminal stays a login shell).
+		argv = s.eng.GuestArgv(ctx, vm, argv)
+	}
 	if req.TTY {
-		code, err = gc.RunPTY(ctx, req.Argv, req.Term, guest.Size{Cols: req.Cols, Rows: req.Rows}, stdin, fw.StreamWriter(api.FrameStdout), resize)
+		code, err = gc.RunPTY(ctx, argv, req.Term, guest.Size{Cols: req.Cols, Rows: req.Rows}, stdin, fw.StreamWriter(api.FrameStdout), resize)
 	} else {
-		code, err = gc.Run(ctx, req.Argv, stdin, fw.StreamWriter(api.FrameStdout), fw.StreamWriter(api.FrameStderr))
+		code, err = gc.Run(ctx, argv, stdin, fw.StreamWriter(api.FrameStdout), fw.StreamWriter(api.FrameStderr))
 	}
 	stdinR.Close()
 	if err != nil && ctx.Err() == nil {

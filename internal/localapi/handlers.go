@@ -120,8 +120,45 @@ func (s *Server) sessionStop(w http.ResponseWriter, r *http.Request) error {
 // Images.
 
 func imageView(im engine.ImageInfo) api.Image {
-	return api.Image{Image: im.Image, QEMUBootable: im.Bootability.QEMU, FirecrackerBootable: im.Bootability.Firecracker,
+	out := api.Image{Image: im.Image, QEMUBootable: im.Bootability.QEMU, FirecrackerBootable: im.Bootability.Firecracker,
 		Notes: im.Bootability.Reasons, UsedBy: im.UsedBy}
+	if m := im.OCI; m != nil {
+		o := &api.OCIImage{Source: m.Source, Digest: m.Digest, Platform: m.Platform, Size: m.Size, RootfsSize: m.RootfsSize,
+			Env: m.Config.Env, WorkingDir: m.Config.WorkingDir, User: m.Config.User, Entrypoint: m.Config.Entrypoint, Cmd: m.Config.Cmd}
+		for _, l := range m.Layers {
+			o.Layers = append(o.Layers, api.OCILayer{Digest: l.Digest, Size: l.Size})
+		}
+		out.OCI = o
+	}
+	return out
+}
+
+// imagePull makes an image from a container image, streaming progress
+// lines like imageBuild; the last line is "ok NAME" or "error: ...".
+func (s *Server) imagePull(w http.ResponseWriter, r *http.Request) error {
+	var req api.PullImageRequest
+	if err := decode(r, &req, false); err != nil {
+		return err
+	}
+	spec := engine.OCISpec{Name: req.Name, Ref: req.Ref, Path: req.Path, Insecure: req.Insecure}
+	if err := s.eng.CheckOCI(r.Context(), &spec); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusOK)
+	out := bufio.NewWriter(flushWriter{w})
+	say := func(format string, args ...any) {
+		fmt.Fprintf(out, format+"\n", args...)
+		out.Flush()
+	}
+	start := time.Now()
+	im, err := s.eng.PullImage(r.Context(), spec, func(line string) { say("[%5.1fs] %s", time.Since(start).Seconds(), line) })
+	if err != nil {
+		say("error: %v", err)
+		return nil
+	}
+	say("ok %s (%.1fs)", im.Name, time.Since(start).Seconds())
+	return nil
 }
 
 func (s *Server) imageList(w http.ResponseWriter, r *http.Request) error {

@@ -45,6 +45,12 @@ type Server struct {
 	httpServer *http.Server
 	shutdownCh chan struct{}
 	shutOnce   sync.Once
+
+	eventLog EventLog        // RouteEvents (observe.go)
+	observer RequestObserver // counts requests (metrics)
+	stopOnce sync.Once
+	stopping context.Context // done when the server shuts down (stoppingCtx)
+	stop     context.CancelFunc
 }
 
 // Timeouts and limits of the HTTP server. Streaming routes (exec, logs,
@@ -143,6 +149,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 	}
+	s.stoppingCtx()
+	s.httpServer.RegisterOnShutdown(s.stop)
 	errc := make(chan error, 1)
 	go func() { errc <- s.httpServer.Serve(s.listener) }()
 	select {
@@ -242,6 +250,8 @@ func (s *Server) Handler() http.Handler {
 		api.RouteVMLogs:       s.vmLogs,
 		api.RouteVMExec:       s.vmExec,
 		api.RouteVMWait:       s.vmWaitSSH,
+		api.RouteVMStats:      s.vmStats,
+		api.RouteVMTTL:        s.vmTTL,
 		api.RouteVMPorts:      s.portList,
 		api.RouteVMPortAdd:    s.portAdd,
 		api.RouteVMPortRemove: s.portRemove,
@@ -253,22 +263,46 @@ func (s *Server) Handler() http.Handler {
 		api.RouteImageList:    s.imageList,
 		api.RouteImageImport:  s.imageImport,
 		api.RouteImageBuild:   s.imageBuild,
+		api.RouteImagePull:    s.imagePull,
 		api.RouteImageShow:    s.imageShow,
 		api.RouteImageDelete:  s.imageDelete,
+		api.RouteEvents:       s.events,
 		api.RouteDoctor:       s.doctor,
 		api.RouteGC:           s.gc,
 		api.RouteShutdown:     s.shutdown,
 	} {
-		mux.Handle(pattern, s.wrap(fn))
+		mux.Handle(pattern, s.wrap(pattern, fn))
 	}
-	mux.Handle("/", s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+	mux.Handle("/", s.wrap("", func(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.NotFound("no route %s %s", r.Method, r.URL.Path)
 	}))
 	return mux
 }
 
-func (s *Server) wrap(fn handlerFunc) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// wrap serves route (an api.Route* pattern; "" for no route) with fn:
+// version header, caller check, body limit, errors as envelopes, and the
+// request counted by route and code.
+func (s *Server) wrap(route string, fn handlerFunc) http.Handler {
+	method, path, _ := strings.Cut(route, " ")
+	if route == "" {
+		path = "other"
+	}
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		began := time.Now()
+		w := &statusRecorder{ResponseWriter: rw}
+		if s.observer != nil {
+			defer func() {
+				m := method
+				if m == "" {
+					m = r.Method
+				}
+				code := w.code
+				if code == 0 {
+					code = http.StatusOK // net/http's answer to a handler that wrote nothing
+				}
+				s.observer.ObserveRequest(m, path, code, time.Since(began))
+			}()
+		}
 		w.Header().Set(api.VersionHeader, api.Version)
 		p, _ := r.Context().Value(peerKey).(peerCred)
 		if !s.authorized(p) {

@@ -73,11 +73,16 @@ func (s *Server) vmCreate(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req, false); err != nil {
 		return err
 	}
+	life, err := lifetimeOf(req)
+	if err != nil {
+		return err
+	}
 	vm, err := s.eng.CreateVM(r.Context(), engine.CreateSpec{
 		Name: req.Name, Image: req.Image, VMM: req.VMM, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskSizeBytes: req.DiskSizeBytes, WorkDiskBytes: req.WorkDiskBytes, Ports: req.Ports,
 		Options: model.VMOptions{Unconfined: req.Unconfined, CPUQuota: req.CPUQuota, Net: model.NetPolicy{
 			Isolated: req.Isolated, AllowHost: req.AllowHost, EgressAllow: req.EgressAllow, EgressDeny: req.EgressDeny}},
+		Lifetime: life,
 	})
 	if err != nil {
 		return err

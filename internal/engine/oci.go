@@ -1,0 +1,221 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/oci"
+	"github.com/banger-dev/banger/internal/store"
+)
+
+// OCI images: any container image becomes a banger image. The layers come
+// from a registry (Pull) or a local layout or archive (ImportOCI), cached
+// by digest under the state dir; they are unpacked into a private
+// directory, banger's guest side is added under /.banger, and an ext4 root
+// filesystem is written. The image borrows the default image's kernel and
+// initramfs and boots /.banger/init. Commands run through /.banger/run,
+// which applies the image's ENV, WORKDIR and USER (and runs ENTRYPOINT+CMD
+// when given no command).
+
+// OCISpec asks for an OCI image: Ref (a registry reference) or Path (an
+// OCI layout directory, an OCI archive or a docker save tarball).
+type OCISpec struct {
+	Name     string
+	Ref      string
+	Path     string
+	Insecure bool
+	MaxSize  int64
+}
+
+var refNameChars = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// nameFromRef derives an image name from a reference or path:
+// "docker.io/library/python:3.12-slim" -> "python-3-12-slim".
+func nameFromRef(ref string) string {
+	base := ref
+	if i := strings.LastIndex(base, "/"); i >= 0 {
+		base = base[i+1:]
+	}
+	base = strings.TrimSuffix(strings.TrimSuffix(base, ".tar"), ".tar.gz")
+	if i := strings.Index(base, "@"); i >= 0 {
+		base = base[:i]
+	}
+	name := strings.Trim(refNameChars.ReplaceAllString(strings.ToLower(base), "-"), "-")
+	if len(name) > 32 {
+		name = strings.TrimRight(name[:32], "-")
+	}
+	return name
+}
+
+func (e *Engine) ociCache() string { return filepath.Join(e.cfg.StateDir, "oci-cache") }
+
+// ociErr gives the oci package's errors their kinds.
+func ociErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, oci.ErrNotFound):
+		return errdefs.NotFound("%w", err)
+	case errors.Is(err, oci.ErrPlatform), errors.Is(err, oci.ErrUnsafeEntry), errors.Is(err, oci.ErrBadImage),
+		errors.Is(err, oci.ErrDigestMismatch), errors.Is(err, oci.ErrTruncated), errors.Is(err, oci.ErrTooLarge):
+		return errdefs.Invalid("%w", err)
+	case errors.Is(err, oci.ErrUnauthorized), errors.Is(err, oci.ErrStalled):
+		return errdefs.Unavailable("%w", err)
+	}
+	return err
+}
+
+// CheckOCI validates and fills an OCI request before anything is made.
+func (e *Engine) CheckOCI(ctx context.Context, req *OCISpec) error {
+	if (req.Ref == "") == (req.Path == "") {
+		return errdefs.Invalid("give an image reference or an --oci path, not both or neither")
+	}
+	if req.Name == "" {
+		req.Name = nameFromRef(req.Ref + req.Path)
+	}
+	if err := validName(req.Name); err != nil {
+		return errdefs.Invalid("image %w (choose one with --name)", err)
+	}
+	if _, err := e.store.GetImage(ctx, req.Name); err == nil {
+		return errdefs.AlreadyExists("image %q already exists", req.Name)
+	}
+	if req.Path != "" && !filepath.IsAbs(req.Path) {
+		return errdefs.Invalid("oci path %q must be absolute", req.Path)
+	}
+	if _, err := e.store.GetImage(ctx, ""); err != nil {
+		return errdefs.Conflict("an OCI image boots with the default image's kernel and initramfs, and there is none yet: run banger image build first")
+	}
+	return nil
+}
+
+// PullImage makes an image from an OCI image, reporting progress lines. A
+// failure leaves nothing registered and no image files (verified layers
+// stay in the cache for the next try).
+func (e *Engine) PullImage(ctx context.Context, req OCISpec, progress func(string)) (ImageInfo, error) {
+	if err := e.CheckOCI(ctx, &req); err != nil {
+		return ImageInfo{}, err
+	}
+	say := func(format string, args ...any) {
+		if progress != nil {
+			progress(fmt.Sprintf(format, args...))
+		}
+	}
+	base, err := e.store.GetImage(ctx, "")
+	if err != nil {
+		return ImageInfo{}, err
+	}
+	opts := oci.PullOptions{CacheDir: e.ociCache(), Insecure: req.Insecure, MaxSize: req.MaxSize,
+		Progress: func(p oci.Progress) {
+			if p.Cached {
+				say("layer %d/%d %s: cached", p.Layer, p.Layers, short(p.Digest))
+			} else if p.Total > 0 && p.Done == p.Total {
+				say("layer %d/%d %s: %d bytes", p.Layer, p.Layers, short(p.Digest), p.Total)
+			}
+		}}
+	start := time.Now()
+	var img *oci.Image
+	switch {
+	case req.Ref != "":
+		say("pulling %s", req.Ref)
+		img, err = oci.Pull(ctx, req.Ref, opts)
+	default:
+		say("importing %s", req.Path)
+		if st, serr := os.Stat(req.Path); serr == nil && st.IsDir() {
+			img, err = oci.ImportLayout(ctx, req.Path, opts)
+		} else {
+			img, err = oci.ImportArchive(ctx, req.Path, opts)
+		}
+	}
+	if err != nil {
+		return ImageInfo{}, ociErr(err)
+	}
+	dir := e.ownedImageDir(req.Name)
+	tree := filepath.Join(e.cfg.StateDir, "images", "."+req.Name+".unpack")
+	fail := func(err error) (ImageInfo, error) {
+		os.RemoveAll(tree)
+		os.RemoveAll(dir)
+		return ImageInfo{}, ociErr(err)
+	}
+	os.RemoveAll(tree)
+	if err := os.MkdirAll(tree, 0o700); err != nil {
+		return fail(err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fail(err)
+	}
+	say("unpacking %d layers (%d bytes)", len(img.Layers), img.Size())
+	if err := oci.Unpack(ctx, img, tree, oci.UnpackOptions{MaxSize: req.MaxSize}); err != nil {
+		return fail(err)
+	}
+	meta, err := oci.BuildRootfs(ctx, img, tree, filepath.Join(dir, "rootfs.ext4"), oci.BuildOptions{
+		Runner: e.deps.Runner, DebCache: e.cfg.ImageCacheDir, Scratch: filepath.Join(e.cfg.StateDir, "images"),
+		Progress: func(step string) { say("%s", step) },
+	})
+	if err != nil {
+		return fail(err)
+	}
+	os.RemoveAll(tree)
+	im := model.Image{Name: req.Name, KernelPath: base.KernelPath, VMLinux: base.VMLinux, InitrdPath: base.InitrdPath,
+		RootfsPath: meta.Rootfs, BootArgs: meta.BootArgs, CreatedAt: e.deps.Now().UTC()}
+	if err := e.store.CreateImage(context.WithoutCancel(ctx), im); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return fail(errdefs.AlreadyExists("image %q already exists", req.Name))
+		}
+		return fail(err)
+	}
+	for _, n := range meta.Notes {
+		say("note: %s", n)
+	}
+	e.log.Info("oci image made", "image", req.Name, "source", meta.Source, "digest", meta.Digest, "took", time.Since(start))
+	return e.GetImage(ctx, req.Name)
+}
+
+func short(digest string) string {
+	if i := strings.Index(digest, ":"); i >= 0 && len(digest) > i+13 {
+		return digest[:i+13]
+	}
+	return digest
+}
+
+// ociMeta caches each OCI image's metadata by rootfs path.
+var ociMeta sync.Map // rootfs path -> *oci.Metadata (nil: not an OCI image)
+
+// imageOCI returns the OCI metadata of an image, or nil.
+func imageOCI(im model.Image) *oci.Metadata {
+	if im.RootfsPath == "" {
+		return nil
+	}
+	if v, ok := ociMeta.Load(im.RootfsPath); ok {
+		m, _ := v.(*oci.Metadata)
+		return m
+	}
+	m, err := oci.ReadMetadata(filepath.Dir(im.RootfsPath))
+	if err != nil {
+		m = nil
+	}
+	ociMeta.Store(im.RootfsPath, m)
+	return m
+}
+
+// GuestArgv is the command to run in vm's guest for argv: for an OCI
+// image, through /.banger/run (the image's ENV, WORKDIR and USER; with no
+// command, its ENTRYPOINT and CMD).
+func (e *Engine) GuestArgv(ctx context.Context, vm model.VMRecord, argv []string) []string {
+	im, err := e.store.GetImage(ctx, vm.Image)
+	if err != nil || imageOCI(im) == nil {
+		return argv
+	}
+	if len(argv) == 0 {
+		return []string{oci.RunHelper}
+	}
+	return append([]string{oci.RunHelper, "--"}, argv...)
+}
