@@ -66,12 +66,12 @@ type Policies interface {
 // Inventory is doctor and gc of one bangerd.
 type Inventory struct {
 	Policies Policies // nil: no network policy
-	Engine  *engine.Engine
-	Config  config.Config
-	Disks   HostDisks
-	Network Networker // nil: VMs get no network
-	Runner  Runner
-	Log     *slog.Logger
+	Engine   *engine.Engine
+	Config   config.Config
+	Disks    HostDisks
+	Network  Networker // nil: VMs get no network
+	Runner   Runner
+	Log      *slog.Logger
 }
 
 // Object is a host object with its owner.
