@@ -456,6 +456,72 @@ func (c *Client) DeleteImage(ctx context.Context, name string) error {
 	return c.call(ctx, request{route: api.RouteImageDelete, params: []string{name}}, nil)
 }
 
+// VMStats reads a running VM's CPU, memory, disk and network counters; a
+// VM that is not running gives IsConflict.
+func (c *Client) VMStats(ctx context.Context, name string) (VMStats, error) {
+	var out VMStats
+	err := c.call(ctx, request{route: api.RouteVMStats, params: []string{name}}, &out)
+	return out, err
+}
+
+// SetTTL changes a VM's TTL: req.TTLSeconds from now, added to the
+// current expiry with req.Add, or none with req.Clear. An expiry beyond the
+// daemon's max_ttl is refused (IsInvalidArgument).
+func (c *Client) SetTTL(ctx context.Context, name string, req TTLRequest) (VM, error) {
+	var vm VM
+	err := c.call(ctx, request{route: api.RouteVMTTL, params: []string{name}, body: req}, &vm)
+	return vm, err
+}
+
+// Events lists the daemon's kept events (created, started, stopped,
+// deleted, ttl-expired, vmm-exited, reconciled, gc-removed, ...), oldest
+// first; vm limits them to one VM's ("" for all). A vm that neither exists
+// nor appears in a kept event gives IsNotFound.
+func (c *Client) Events(ctx context.Context, vm string) ([]Event, error) {
+	var out []Event
+	err := c.call(ctx, request{route: api.RouteEvents, query: eventsQuery(vm, false)}, &out)
+	return out, err
+}
+
+// FollowEvents calls fn with the kept events (vm's only, when vm is set),
+// then with each new one as it happens, until ctx ends (nil), fn fails (its
+// error) or the daemon ends the stream (an error: it stopped, or this
+// follower fell behind).
+func (c *Client) FollowEvents(ctx context.Context, vm string, fn func(Event) error) error {
+	body, err := c.stream(ctx, request{route: api.RouteEvents, query: eventsQuery(vm, true)})
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	dec := json.NewDecoder(body)
+	for {
+		var ev Event
+		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				return errors.New("the daemon ended the event stream")
+			}
+			return fmt.Errorf("reading events: %w", err)
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+}
+
+func eventsQuery(vm string, follow bool) url.Values {
+	q := url.Values{}
+	if vm != "" {
+		q.Set("vm", vm)
+	}
+	if follow {
+		q.Set("follow", "true")
+	}
+	return q
+}
+
 // Doctor checks the host and lists every host object banger owns.
 func (c *Client) Doctor(ctx context.Context) (DoctorReport, error) {
 	var out DoctorReport

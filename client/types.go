@@ -57,6 +57,17 @@ type (
 	OCILayer          = api.OCILayer
 	Confinement       = api.Confinement
 
+	// Event is one entry of the daemon's event log (Events, FollowEvents).
+	Event = api.Event
+	// VMStats are a running VM's counters (VMStats).
+	VMStats = api.VMStats
+	// TTLRequest changes a VM's TTL (SetTTL).
+	TTLRequest = api.TTLRequest
+	// VMOptions are a VM's confinement, network policy and lifetime.
+	VMOptions = model.VMOptions
+	// TTLAction is what happens to a VM when its TTL expires.
+	TTLAction = model.TTLAction
+
 	// DoctorReport is the daemon's host check (Doctor).
 	DoctorReport = api.DoctorReport
 	// DoctorCheck is one host check.
@@ -76,6 +87,12 @@ const (
 	StateStopped  = model.StateStopped
 	StateError    = model.StateError
 	StateDeleting = model.StateDeleting
+)
+
+// TTL actions: delete (the default) or stop the VM when its TTL expires.
+const (
+	TTLDelete = model.TTLDelete
+	TTLStop   = model.TTLStop
 )
 
 // Guest session statuses.
