@@ -110,3 +110,8 @@ const MaxBodyBytes = api.MaxBodyBytes
 // ClientVersion is the version of banger this client was built from. The
 // daemon reports its own in Version and on every response (DaemonVersion).
 func ClientVersion() string { return api.Version }
+
+// ImageNameFromRef is the image name banger gives a container image
+// reference when none is chosen ("docker.io/library/python:3.12-slim" gives
+// "python-3-12-slim").
+func ImageNameFromRef(ref string) string { return model.ImageNameFromRef(ref) }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/banger-dev/banger/client"
@@ -11,20 +12,40 @@ import (
 
 func (a *app) vmRunCmd() *cobra.Command {
 	var f createFlags
-	var rm, interactive bool
+	var rm, keep, interactive bool
 	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "run [--name N] [--rm] [create flags] -- CMD [ARGS...]",
+		Use:   "run [--name N] [--rm|--keep] [--ttl D] [create flags] -- CMD [ARGS...]",
 		Short: "Create (or reuse) a VM, start it, wait for SSH, run CMD, exit with its code",
-		Args:  cobra.MinimumNArgs(1),
+		Long: "Create (or reuse) a VM, start it, wait for SSH, run CMD, exit with its code.\n\n" +
+			"--image may name a container image (e.g. docker.io/library/python:3.12-slim, or\n" +
+			"localhost:5000/app:1): it is pulled on first use, as docker run does, and with no\n" +
+			"CMD the image's ENTRYPOINT and CMD run.",
+		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req, err := f.request()
 			if err != nil {
 				return err
 			}
+			if rm && keep {
+				return usageError{fmt.Errorf("--rm and --keep contradict each other")}
+			}
+			if len(args) == 0 && req.Image == "" {
+				return usageError{fmt.Errorf("no command: give -- CMD [ARGS...] (an image made from a container image runs its ENTRYPOINT and CMD when given none)")}
+			}
 			c, err := a.api()
 			if err != nil {
 				return err
+			}
+			if err := a.ensureDefaultImage(c, req.Image); err != nil {
+				return err
+			}
+			if req.Image != "" && looksLikeImageRef(req.Image) {
+				name, err := a.ensurePulled(c, req.Image)
+				if err != nil {
+					return err
+				}
+				req.Image = name
 			}
 			name := f.name
 			reused, wasRunning := false, false
@@ -48,13 +69,9 @@ func (a *app) vmRunCmd() *cobra.Command {
 				}
 				name = vm.Name
 			}
-			if rm {
-				defer func() {
-					if err := c.DeleteVM(a.ctx, name, true); err != nil {
-						fmt.Fprintf(a.stderr, "banger: removing vm %s: %v\n", name, err)
-					}
-				}()
-			}
+			plan := runPlan{created: !reused, named: f.name != "", keep: keep, rm: rm, wasRunning: wasRunning}
+			commandRan := false
+			defer func() { a.cleanupRun(c, name, plan, commandRan) }()
 			vm, err := c.StartVM(a.ctx, name)
 			if err != nil {
 				return err
@@ -65,12 +82,46 @@ func (a *app) vmRunCmd() *cobra.Command {
 			if err := c.WaitSSH(a.ctx, name, client.WaitSSHRequest{TimeoutSeconds: int64(wait.Seconds())}); err != nil {
 				return err
 			}
+			commandRan = true
 			return a.runExec(name, args, interactive)
 		},
 	}
 	f.add(cmd)
-	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM afterwards, also when the command fails")
+	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM afterwards, also when the command fails (the default for a VM run without --name)")
+	cmd.Flags().BoolVar(&keep, "keep", false, "keep a VM run without --name (by default it is deleted when the command ends)")
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
 	cmd.Flags().DurationVar(&wait, "wait", 120*time.Second, "how long to wait for the guest's SSH")
 	return cmd
+}
+
+// looksLikeImageRef tells a container image reference (with a registry,
+// a repository path, a tag or a digest) from a banger image name, which is
+// only lowercase letters, digits and hyphens.
+func looksLikeImageRef(s string) bool { return strings.ContainsAny(s, "/:@.") }
+
+// ensurePulled returns the banger image made from ref, pulling it first
+// when there is none (its name comes from the reference, as image pull
+// derives it).
+func (a *app) ensurePulled(c *client.Client, ref string) (string, error) {
+	name := client.ImageNameFromRef(ref)
+	if im, err := c.GetImage(a.ctx, name); err == nil {
+		if im.OCI == nil {
+			return "", fmt.Errorf("image %q exists and was not made from %s: pull it under another name (banger image pull %s --name N) and run with --image N", name, ref, ref)
+		}
+		return name, nil
+	} else if !client.IsNotFound(err) {
+		return "", err
+	}
+	err := c.PullImage(a.ctx, client.PullImageRequest{Name: name, Ref: ref, Insecure: insecureRegistry(ref)}, func(line string) {
+		fmt.Fprintln(a.stderr, line)
+	})
+	return name, err
+}
+
+// insecureRegistry: a registry on loopback speaks plain HTTP (as docker
+// treats localhost).
+func insecureRegistry(ref string) bool {
+	host, _, _ := strings.Cut(ref, "/")
+	h, _, _ := strings.Cut(host, ":")
+	return h == "localhost" || strings.HasPrefix(h, "127.") || h == "[::1]"
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -36,25 +35,7 @@ type OCISpec struct {
 	MaxSize  int64
 }
 
-var refNameChars = regexp.MustCompile(`[^a-z0-9-]+`)
-
-// nameFromRef derives an image name from a reference or path:
-// "docker.io/library/python:3.12-slim" -> "python-3-12-slim".
-func nameFromRef(ref string) string {
-	base := ref
-	if i := strings.LastIndex(base, "/"); i >= 0 {
-		base = base[i+1:]
-	}
-	base = strings.TrimSuffix(strings.TrimSuffix(base, ".tar"), ".tar.gz")
-	if i := strings.Index(base, "@"); i >= 0 {
-		base = base[:i]
-	}
-	name := strings.Trim(refNameChars.ReplaceAllString(strings.ToLower(base), "-"), "-")
-	if len(name) > 32 {
-		name = strings.TrimRight(name[:32], "-")
-	}
-	return name
-}
+func nameFromRef(ref string) string { return model.ImageNameFromRef(ref) }
 
 func (e *Engine) ociCache() string { return filepath.Join(e.cfg.StateDir, "oci-cache") }
 

@@ -39,12 +39,19 @@ func (s *Server) vmExec(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req, false); err != nil {
 		return err
 	}
-	if len(req.Argv) == 0 && !req.TTY {
-		return errdefs.Invalid("no command given")
-	}
 	gc, vm, err := s.eng.Guest(r.Context(), r.PathValue("name"), 5*time.Second)
 	if err != nil {
 		return err
+	}
+	argv := req.Argv
+	if len(argv) > 0 || !req.TTY {
+		// An OCI image's commands run with its ENV, WORKDIR and USER, and
+		// with no command its ENTRYPOINT and CMD (a bare login shell on a
+		// terminal stays a login shell).
+		argv = s.eng.GuestArgv(r.Context(), vm, argv)
+	}
+	if len(argv) == 0 && !req.TTY {
+		return errdefs.Invalid("no command given")
 	}
 	defer s.eng.Busy(vm.ID)() // a VM running a command (exec, ssh) is not idle
 	hj, ok := w.(http.Hijacker)
@@ -73,12 +80,6 @@ func (s *Server) vmExec(w http.ResponseWriter, r *http.Request) error {
 	go readExecFrames(brw.Reader, conn, stdinW, resize, cancel)
 
 	var code int
-	argv := req.Argv
-	if len(argv) > 0 || !req.TTY {
-		// An OCI image's commands run with its ENV, WORKDIR and USER (a bare
-		// login shell on a terminal stays a login shell).
-		argv = s.eng.GuestArgv(ctx, vm, argv)
-	}
 	if req.TTY {
 		code, err = gc.RunPTY(ctx, argv, req.Term, guest.Size{Cols: req.Cols, Rows: req.Rows}, stdin, fw.StreamWriter(api.FrameStdout), resize)
 	} else {

@@ -1,6 +1,10 @@
 package model
 
-import "fmt"
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
 
 // MaxNameLen is the longest VM, image or session name.
 const MaxNameLen = 32
@@ -24,4 +28,25 @@ func ValidateName(name string) error {
 		}
 	}
 	return nil
+}
+
+var refNameChars = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// ImageNameFromRef derives a banger image name from a container image
+// reference or file name: "docker.io/library/python:3.12-slim" gives
+// "python-3-12-slim" (at most MaxNameLen characters).
+func ImageNameFromRef(ref string) string {
+	base := ref
+	if i := strings.LastIndex(base, "/"); i >= 0 {
+		base = base[i+1:]
+	}
+	base = strings.TrimSuffix(strings.TrimSuffix(base, ".tar.gz"), ".tar")
+	if i := strings.Index(base, "@"); i >= 0 {
+		base = base[:i]
+	}
+	name := strings.Trim(refNameChars.ReplaceAllString(strings.ToLower(base), "-"), "-")
+	if len(name) > MaxNameLen {
+		name = strings.TrimRight(name[:MaxNameLen], "-")
+	}
+	return name
 }

@@ -75,3 +75,22 @@ func FuzzValidateName(f *testing.F) {
 		}
 	})
 }
+
+func TestImageNameFromRef(t *testing.T) {
+	for ref, want := range map[string]string{
+		"docker.io/library/python:3.12-slim":          "python-3-12-slim",
+		"localhost:5000/app:1":                        "app-1",
+		"ghcr.io/org/Tool@sha256:abcdef":              "tool",
+		"/tmp/images/busybox.tar":                     "busybox",
+		"/tmp/x/layout":                               "layout",
+		"registry/averyveryverylongrepositoryname:v1": "averyveryverylongrepositoryname",
+	} {
+		got := ImageNameFromRef(ref)
+		if got != want {
+			t.Errorf("ImageNameFromRef(%q) = %q, want %q", ref, got, want)
+		}
+		if err := ValidateName(got); err != nil {
+			t.Errorf("ImageNameFromRef(%q) = %q is not a valid name: %v", ref, got, err)
+		}
+	}
+}
