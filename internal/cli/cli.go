@@ -1,9 +1,9 @@
 // Package cli is the banger command line. Run is the whole CLI as a function
 // call: cmd/banger only builds a context and exits with Run's code. It talks
 // to the daemon only through the public client package, one file per command
-// group (vm.go, run.go, exec.go, cp.go, session.go, port.go, image.go,
-// daemon.go, doctor.go, version.go, completion.go), with output through
-// render.go.
+// group (vm.go, run.go with runlife.go, vmlife.go for vm ttl and vm stats,
+// exec.go, cp.go, session.go, port.go, image.go, events.go, daemon.go,
+// doctor.go, version.go, completion.go), with output through render.go.
 package cli
 
 import (
@@ -108,7 +108,7 @@ func (a *app) rootCmd() *cobra.Command {
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			return a.cfgErr
 		},
-	}, a.vmCmd(), a.imageCmd(), a.daemonCmd(), a.versionCmd(), a.doctorCmd(), a.gcCmd(), a.completionCmd())
+	}, a.vmCmd(), a.imageCmd(), a.daemonCmd(), a.versionCmd(), a.doctorCmd(), a.gcCmd(), a.completionCmd(), a.eventsCmd())
 	root.AddCommand(a.manCmd()) // hidden: man pages for make man (man.go)
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })

@@ -30,6 +30,9 @@ func (a *app) vmRunCmd() *cobra.Command {
 			if rm && keep {
 				return usageError{fmt.Errorf("--rm and --keep contradict each other")}
 			}
+			if err := a.checkMaxTTL(req); err != nil {
+				return err
+			}
 			if len(args) == 0 && req.Image == "" {
 				return usageError{fmt.Errorf("no command: give -- CMD [ARGS...] (an image made from a container image runs its ENTRYPOINT and CMD when given none)")}
 			}

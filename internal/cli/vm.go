@@ -17,7 +17,8 @@ import (
 func (a *app) vmCmd() *cobra.Command {
 	return group(&cobra.Command{Use: "vm", Short: "Create, run and manage VMs"},
 		a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmStartCmd(), a.vmStopCmd(), a.vmRestartCmd(),
-		a.vmDeleteCmd(), a.vmLogsCmd(), a.vmPortCmd(), a.vmRunCmd(), a.vmExecCmd(), a.vmSSHCmd(), a.vmCpCmd(), a.sessionCmd())
+		a.vmDeleteCmd(), a.vmLogsCmd(), a.vmPortCmd(), a.vmRunCmd(), a.vmExecCmd(), a.vmSSHCmd(), a.vmCpCmd(), a.sessionCmd(),
+		a.vmTTLCmd(), a.vmStatsCmd())
 }
 
 // createFlags are shared by vm create and vm run.
@@ -31,6 +32,8 @@ type createFlags struct {
 	cpuQuota              int
 	allowHost             []uint
 	egressAllow, egressDn []string
+	// lifetime (runlife.go)
+	ttl, ttlAction, idleTimeout string
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
@@ -50,6 +53,9 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	fl.UintSliceVar(&f.allowHost, "allow-host", nil, "host TCP port the guest may connect to (repeatable; DNS on the bridge is always allowed)")
 	fl.StringArrayVar(&f.egressAllow, "egress-allow", nil, "CIDR the guest may reach beyond the host, with egress NAT (repeatable)")
 	fl.StringArrayVar(&f.egressDn, "egress-deny", nil, "CIDR the guest may never reach (repeatable)")
+	fl.StringVar(&f.ttl, "ttl", "", "delete the VM (or --ttl-action) this long after it is created, e.g. 30m, 12h, 7d (at most the daemon's max_ttl)")
+	fl.StringVar(&f.ttlAction, "ttl-action", "", "what --ttl does when it expires: delete (default) or stop")
+	fl.StringVar(&f.idleTimeout, "idle-timeout", "", "stop the VM after this long with no exec, ssh, session output or forwarded connection (at least 30s)")
 }
 
 func (f *createFlags) request() (client.CreateVMRequest, error) {
@@ -74,6 +80,9 @@ func (f *createFlags) request() (client.CreateVMRequest, error) {
 	}
 	if f.memory < 64 {
 		return req, usageError{fmt.Errorf("invalid --memory %d: want at least 64 (MiB)", f.memory)}
+	}
+	if err := f.lifetime(&req); err != nil {
+		return req, err
 	}
 	var err error
 	if req.DiskSizeBytes, err = units.ParseSize(f.disk); err != nil {
@@ -149,15 +158,17 @@ func (a *app) vmListCmd() *cobra.Command {
 				return nil
 			}
 			var rows [][]string
+			now := time.Now()
 			for _, vm := range vms {
 				state := string(vm.Runtime.State)
 				if vm.Runtime.State == client.StateRunning && vm.Live != nil && !vm.Live.Alive {
 					state = "running (dead)"
 				}
 				rows = append(rows, []string{vm.Name, state, dash(vm.Runtime.VMM), dash(vm.Runtime.GuestIP),
-					dash(vm.Image), fmt.Sprint(vm.Spec.VCPUs), fmt.Sprintf("%dMiB", vm.Spec.MemoryMiB), ago(vm.CreatedAt)})
+					dash(vm.Image), fmt.Sprint(vm.Spec.VCPUs), fmt.Sprintf("%dMiB", vm.Spec.MemoryMiB), ago(vm.CreatedAt),
+					expiresColumn(vm.Spec.Options, now), idleColumn(vm.Spec.Options)})
 			}
-			return a.printTable([]string{"NAME", "STATE", "VMM", "IP", "IMAGE", "VCPUS", "MEMORY", "CREATED"}, rows)
+			return a.printTable([]string{"NAME", "STATE", "VMM", "IP", "IMAGE", "VCPUS", "MEMORY", "CREATED", "EXPIRES", "IDLE"}, rows)
 		},
 	}
 	outputFlag(cmd, &output)
@@ -216,6 +227,7 @@ func (a *app) vmShowCmd() *cobra.Command {
 			row("Console log", r.LogPath)
 			row("Work disk", r.WorkDiskPath)
 			row("Created", vm.CreatedAt.Format(time.RFC3339))
+			row("Lifetime", lifetime(vm.Spec.Options, time.Now()))
 			if c := vm.Confinement; c != nil {
 				if !c.Confined {
 					row("Confinement", "NONE: "+c.Reason)
