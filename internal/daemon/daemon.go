@@ -8,18 +8,22 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/cgroup"
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/engine"
+	"github.com/banger-dev/banger/internal/events"
 	"github.com/banger-dev/banger/internal/inventory"
 	"github.com/banger-dev/banger/internal/localapi"
+	"github.com/banger-dev/banger/internal/metrics"
 	"github.com/banger-dev/banger/internal/network"
 	"github.com/banger-dev/banger/internal/network/policy"
 	"github.com/banger-dev/banger/internal/publish"
@@ -55,10 +59,15 @@ type Daemon struct {
 	Engine    *engine.Engine
 	Store     *store.Store
 	API       *localapi.Server
+	Events    *events.Log
+	Metrics   *metrics.Metrics
 	publisher *publish.Publisher
 	cfg       config.Config
 	log       *slog.Logger
 	lockFile  *os.File
+
+	metricsNet, metricsAddr string       // the optional metrics listener (metrics.Listen)
+	metricsListener         net.Listener // opened by Listen
 }
 
 // New opens the store under the state-dir lock and wires a daemon; Serve
@@ -104,9 +113,23 @@ func New(ctx context.Context, cfg config.Config, deps Deps, logger *slog.Logger)
 	if d.Engine, err = engine.New(cfg, st, ed, logger); err != nil {
 		return fail(err)
 	}
+	if d.metricsNet, d.metricsAddr, err = metrics.Listen(cfg); err != nil {
+		return fail(err)
+	}
+	keep, err := eventsKeep(cfg)
+	if err != nil {
+		return fail(err)
+	}
+	if d.Events, err = events.New(ctx, st, keep, logger); err != nil {
+		return fail(fmt.Errorf("opening the event log: %w", err))
+	}
+	d.Engine.Subscribe(d.Events.Handle)
+	d.Metrics = metrics.New(d.Engine)
+	d.Engine.Subscribe(d.Metrics.Handle)
 	d.publisher = publish.New(publish.Config{
 		Zone: cfg.DNSZone, Upstream: cfg.DNSUpstream, Listen: cfg.DNSListen, Bridge: cfg.Bridge,
 		Gateway: gatewayIf(ed.Network != nil, d.Engine.Gateway()), Runner: ed.Runner, Logger: logger, Resolvctl: true,
+		Activity: d.Engine.Touch,
 	})
 	d.Engine.Subscribe(d.publisher.Handle)
 	d.Engine.SetPortBinder(d.publisher)
@@ -119,7 +142,22 @@ func New(ctx context.Context, cfg config.Config, deps Deps, logger *slog.Logger)
 		inv.Policies = p
 	}
 	d.API = localapi.New(cfg, d.Engine, inv, logger)
+	d.API.SetEventLog(d.Events)
+	d.API.SetRequestObserver(d.Metrics)
+	d.Engine.SetBusyCheck(d.publisher.Busy)
 	return d, nil
+}
+
+// eventsKeep is how many events the log keeps (events_keep).
+func eventsKeep(cfg config.Config) (int, error) {
+	if cfg.EventsKeep == "" {
+		return events.DefaultKeep, nil
+	}
+	n, err := strconv.Atoi(cfg.EventsKeep)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("events_keep %q: want a number of events, at least 1", cfg.EventsKeep)
+	}
+	return n, nil
 }
 
 // checkStoreAccounts refuses to start over a store that is missing or
@@ -276,8 +314,56 @@ func lockStateDir(stateDir string) (*os.File, error) {
 	return f, nil
 }
 
-// Listen opens the API socket.
-func (d *Daemon) Listen() error { return d.API.Listen() }
+// Listen opens the API socket, and the metrics listener when one is
+// configured.
+func (d *Daemon) Listen() error {
+	if err := d.API.Listen(); err != nil {
+		return err
+	}
+	if d.metricsNet == "" || d.metricsListener != nil {
+		return nil
+	}
+	l, err := listenMetrics(d.cfg, d.metricsNet, d.metricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics_listen: %w", err)
+	}
+	d.metricsListener = l
+	return nil
+}
+
+// listenMetrics opens the metrics listener. A unix socket is made like the
+// API's: never world-connectable, the banger group's when it exists; a
+// stale one (nothing answers) is replaced.
+func listenMetrics(cfg config.Config, network, addr string) (net.Listener, error) {
+	if network != "unix" {
+		return net.Listen(network, addr)
+	}
+	if err := os.MkdirAll(filepath.Dir(addr), 0o755); err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(addr); err == nil {
+		if c, err := net.DialTimeout("unix", addr, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("something already answers on %s", addr)
+		}
+		if err := os.Remove(addr); err != nil {
+			return nil, err
+		}
+	}
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", addr)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, err
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(true)
+	if gid, ok := localapi.LookupGroup(cfg.Group); ok {
+		if err := os.Chown(addr, os.Getuid(), gid); err == nil {
+			os.Chmod(addr, 0o660)
+		}
+	}
+	return l, nil
+}
 
 // Serve starts the engine (reconcile in the background, then the
 // publishers) and serves the API until ctx is done or a client asks the
@@ -299,6 +385,15 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if d.metricsListener != nil {
+		l := d.metricsListener
+		go func() {
+			if err := d.API.ServeMetrics(ectx, l, d.Metrics.Gatherer()); err != nil {
+				d.log.Error("serving metrics", "addr", l.Addr().String(), "err", err)
+			}
+		}()
+		d.log.Info("serving metrics", "addr", l.Addr().String())
+	}
 	d.log.Info("bangerd serving", "socket", d.cfg.Socket, "state_dir", d.cfg.StateDir, "version", api.Version, "pid", os.Getpid())
 	err = d.API.Serve(ectx)
 	d.log.Info("bangerd shutting down")
@@ -313,6 +408,10 @@ func (d *Daemon) Ready() <-chan struct{} { return d.Engine.Ready() }
 func (d *Daemon) Close() error {
 	d.publisher.Close()
 	d.Engine.Close()
+	d.Events.Close() // stores what is queued, before the store closes
+	if d.metricsListener != nil {
+		d.metricsListener.Close()
+	}
 	err := d.Store.Close()
 	if d.lockFile != nil {
 		d.lockFile.Close()

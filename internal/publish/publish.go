@@ -35,6 +35,9 @@ type Config struct {
 	Runner    Runner
 	Logger    *slog.Logger
 	Resolvctl bool // register the zone with systemd-resolved where it runs
+	// Activity, when set, is told of every forwarded TCP connection and
+	// UDP datagram to a running VM (it resets the VM's idle timeout).
+	Activity func(vmID string)
 }
 
 // Publisher serves DNS names and port forwards of running VMs.
@@ -182,8 +185,28 @@ func (p *Publisher) target(vmID string) forward.Target {
 		p.mu.Lock()
 		ip, ok := p.running[vmID]
 		p.mu.Unlock()
+		if ok && p.cfg.Activity != nil {
+			p.cfg.Activity(vmID)
+		}
 		return ip, ok
 	}
+}
+
+// Busy reports whether a VM has a forwarded connection (or a live UDP
+// session) open: it is in use, whatever its idle timeout says.
+func (p *Publisher) Busy(vmID string) bool {
+	p.mu.Lock()
+	fws := make([]*forward.Forwarder, 0, len(p.forwards[vmID]))
+	for _, f := range p.forwards[vmID] {
+		fws = append(fws, f)
+	}
+	p.mu.Unlock()
+	for _, f := range fws {
+		if f.Open() > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Bind opens the host side of a forward for a VM (engine.PortBinder).

@@ -172,6 +172,15 @@ func (f *Forwarder) DropConns() {
 	}
 }
 
+// Open reports how many TCP connections (client side and guest side each
+// count) and UDP sessions are open through the forwarder: a VM with any is
+// in use.
+func (f *Forwarder) Open() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.conns) + len(f.sessions)
+}
+
 // isClosedErr reports whether err comes from a socket closed under us.
 func isClosedErr(err error) bool {
 	return errors.Is(err, net.ErrClosed)
