@@ -186,7 +186,10 @@ func (v *validator) RoundTrip(req *http.Request) (*http.Response, error) {
 	// connection) are not read here: they may not end, and their schema is
 	// any string.
 	var checked []byte
-	streaming := resp.StatusCode == http.StatusSwitchingProtocols || strings.HasPrefix(header.Get("Content-Type"), "text/plain")
+	// JSON lines (a followed event log) are a stream too; their lines are
+	// Events, which the client decodes.
+	ndjson := strings.HasPrefix(header.Get("Content-Type"), "application/x-ndjson")
+	streaming := resp.StatusCode == http.StatusSwitchingProtocols || strings.HasPrefix(header.Get("Content-Type"), "text/plain") || ndjson
 	if !streaming {
 		if checked, err = io.ReadAll(resp.Body); err != nil {
 			resp.Body.Close()
@@ -198,7 +201,7 @@ func (v *validator) RoundTrip(req *http.Request) (*http.Response, error) {
 	out := &openapi3filter.ResponseValidationInput{
 		RequestValidationInput: in, Status: resp.StatusCode, Header: header,
 		Body:    io.NopCloser(bytes.NewReader(checked)),
-		Options: &openapi3filter.Options{IncludeResponseStatus: true},
+		Options: &openapi3filter.Options{IncludeResponseStatus: true, ExcludeResponseBody: ndjson},
 	}
 	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
 		v.fail("response to %s %s (%d, %s) %.300s breaks %s: %v", req.Method, req.URL, resp.StatusCode, resp.Header.Get("Content-Type"), checked, specPath, err)
@@ -438,6 +441,64 @@ func TestContract(t *testing.T) {
 	}
 	_, err = c.StartVM(ctx, "nosuch")
 	want("StartVM nosuch", err, client.IsNotFound, client.CodeNotFound)
+
+	// Stats and lifetimes.
+	st, err := c.VMStats(ctx, "web")
+	must("VMStats", err)
+	if st.Name != "web" || st.Source == "" || st.CPUSeconds < 0 || st.MemoryBytes <= 0 || st.LastActivity.IsZero() {
+		t.Errorf("VMStats = %+v, want web's counters", st)
+	}
+	_, err = c.VMStats(ctx, "nosuch")
+	want("VMStats nosuch", err, client.IsNotFound, client.CodeNotFound)
+	vm, err = c.SetTTL(ctx, "web", client.TTLRequest{TTLSeconds: 3600, Action: "stop"})
+	must("SetTTL", err)
+	if o := vm.Spec.Options; o.ExpiresAt.IsZero() || o.TTLAction != client.TTLStop {
+		t.Errorf("SetTTL = %+v, want an expiry with action stop", o)
+	}
+	_, err = c.SetTTL(ctx, "web", client.TTLRequest{TTLSeconds: 100 * 86400})
+	want("SetTTL beyond max_ttl", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	_, err = c.SetTTL(ctx, "web", client.TTLRequest{Action: "suspend", TTLSeconds: 60})
+	want("SetTTL with action suspend", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	_, err = c.SetTTL(ctx, "nosuch", client.TTLRequest{TTLSeconds: 60})
+	want("SetTTL nosuch", err, client.IsNotFound, client.CodeNotFound)
+	vm, err = c.SetTTL(ctx, "web", client.TTLRequest{Clear: true})
+	if err != nil || !vm.Spec.Options.ExpiresAt.IsZero() {
+		t.Errorf("SetTTL clear = %+v, %v; want no expiry", vm.Spec.Options, err)
+	}
+	_, err = c.CreateVM(ctx, client.CreateVMRequest{Name: "brief", IdleTimeoutSeconds: 5})
+	want("CreateVM with a 5s idle timeout", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+
+	// Events: the log so far, one VM's, a filter naming nothing, and a
+	// follower that gets the kept events and then stops with its context.
+	evs, err := c.Events(ctx, "")
+	must("Events", err)
+	var kinds []string
+	for _, ev := range evs {
+		if ev.VMName == "web" {
+			kinds = append(kinds, ev.Kind)
+		}
+	}
+	if strings.Join(kinds, " ") != "created started" {
+		t.Errorf("Events of web = %v, want created started", kinds)
+	}
+	if evs, err := c.Events(ctx, "web"); err != nil || len(evs) != 2 {
+		t.Errorf("Events of web = %d events, %v; want 2", len(evs), err)
+	}
+	_, err = c.Events(ctx, "nosuch")
+	want("Events of nosuch", err, client.IsNotFound, client.CodeNotFound)
+	followCtx, stopFollowing := context.WithCancel(ctx)
+	var followed []string
+	err = c.FollowEvents(followCtx, "web", func(ev client.Event) error {
+		followed = append(followed, ev.Kind)
+		if len(followed) == 2 {
+			stopFollowing()
+		}
+		return nil
+	})
+	stopFollowing()
+	if err != nil || strings.Join(followed, " ") != "created started" {
+		t.Errorf("FollowEvents of web = %v, %v; want created started, then nil when its context ends", followed, err)
+	}
 	must("WaitSSH", c.WaitSSH(ctx, "web", client.WaitSSHRequest{TimeoutSeconds: 30}))
 	var stdout, stderr bytes.Buffer
 	code, err := run(ctx, c, "web", client.ExecRequest{Argv: []string{"sh", "-c", "cat; echo err >&2; exit 7"}, Stdin: true}, "from stdin", &stdout, &stderr)
@@ -521,6 +582,8 @@ func TestContract(t *testing.T) {
 	want("RestartVM nosuch", err, client.IsNotFound, client.CodeNotFound)
 	_, err = c.StopVM(ctx, "nosuch", client.StopRequest{})
 	want("StopVM nosuch", err, client.IsNotFound, client.CodeNotFound)
+	_, err = c.VMStats(ctx, "web")
+	want("VMStats of a stopped VM", err, client.IsConflict, client.CodeConflict)
 
 	// Host.
 	rep, err := c.Doctor(ctx)
