@@ -343,7 +343,12 @@ func guestSetupNetworkPart() ([]byte, error) {
 		return nil, errors.New("guest-setup has no SSH host key part to leave out")
 	}
 	out := append([]byte(nil), s[:i+1]...)
-	return append(out, "exit 0\n"...), nil
+	out = append(out, "exit 0\n"...)
+	// Run by /.banger's own shell: the image may have no /bin/sh at all.
+	if rest, ok := bytes.CutPrefix(out, []byte("#!/bin/sh\n")); ok {
+		out = append([]byte("#!"+GuestDir+"/bin/sh\n"), rest...)
+	}
+	return out, nil
 }
 
 // patchSFTPPath points dropbear's built-in sftp-server path at /.banger's:

@@ -498,3 +498,16 @@ exec dropbear -F -E -s -r /run/ed25519 -r /run/ecdsa -p ` + addr
 		t.Errorf("sftp read %q", data)
 	}
 }
+
+// Every script banger adds runs with /.banger's own shell: the image may
+// have no /bin/sh (a guest-setup with "#!/bin/sh" left a shell-less image
+// without network).
+func TestGuestSetupUsesOwnShell(t *testing.T) {
+	s, err := guestSetupNetworkPart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(s, []byte("#!"+GuestDir+"/bin/sh\n")) {
+		t.Fatalf("guest-setup starts %q, want /.banger's shell", s[:min(len(s), 40)])
+	}
+}
