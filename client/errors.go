@@ -21,10 +21,12 @@ const (
 	CodeConflict        = api.CodeConflict
 	CodeInternal        = api.CodeInternal
 	CodeUnavailable     = api.CodeUnavailable
+	// CodeNoSpace: the daemon's state disk is full (HTTP 507); what could be
+	// recorded was, and the request can be retried once space is freed.
+	CodeNoSpace = api.CodeNoSpace
 	// CodePermissionDenied answers a caller that is neither root, the
-	// daemon's user nor a member of its group (HTTP 403). internal/api has no
-	// constant for it; the daemon writes the string.
-	CodePermissionDenied ErrorCode = "permission_denied"
+	// daemon's user nor a member of its group (HTTP 403).
+	CodePermissionDenied = api.CodePermissionDenied
 )
 
 // ErrDaemonUnreachable wraps every failure to reach the daemon's socket at

@@ -27,6 +27,7 @@ import (
 	"github.com/banger-dev/banger/internal/vmm"
 	"github.com/banger-dev/banger/internal/vmm/firecracker"
 	"github.com/banger-dev/banger/internal/vmm/firecracker/fcdouble"
+	"golang.org/x/sys/unix"
 )
 
 // The daemontest harness: an in-process daemon on temp dirs, serving its
@@ -181,6 +182,9 @@ func (f fakeDMDisks) InjectFiles(ctx context.Context, image string, files []stor
 type envOpts struct {
 	dm      bool // fake host with the dm method; else the real host with the copy method
 	network bool // fake network
+	// stateTmpfs puts the state dir on a tmpfs of this many bytes (root
+	// only), so a test can fill the disk.
+	stateTmpfs int64
 	// confine runs VMMs confined (own uid, cgroup, jail; root only). Off,
 	// the harness sets confine = off explicitly: the double's test hooks
 	// (environment, fake sysfs) do not reach into a jail.
@@ -225,6 +229,16 @@ func newEnvWith(t *testing.T, o envOpts, tweak func(*Deps)) *testEnv {
 	cfg := config.Defaults()
 	cfg.StateDir = filepath.Join(base, "s")
 	cfg.RunDir = filepath.Join(base, "r")
+	if o.stateTmpfs > 0 {
+		if os.Geteuid() != 0 {
+			t.Skip("a tmpfs state dir needs root")
+		}
+		os.MkdirAll(cfg.StateDir, 0o750)
+		if err := unix.Mount("tmpfs", cfg.StateDir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0750", o.stateTmpfs)); err != nil {
+			t.Skipf("cannot mount a tmpfs: %v", err)
+		}
+		t.Cleanup(func() { unix.Unmount(cfg.StateDir, unix.MNT_DETACH) })
+	}
 	cfg.Group = "banger-test-nonexistent"
 	cfg.FirecrackerBin = double
 	cfg.VMM = "firecracker"

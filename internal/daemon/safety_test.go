@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/api"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/network"
@@ -403,4 +404,44 @@ func TestStateFilesNotFollowedThroughSymlinks(t *testing.T) {
 	if err := checkOwnedDirs(link); err == nil || !strings.Contains(err.Error(), "symlink") {
 		t.Fatalf("symlinked state dir: %v", err)
 	}
+}
+
+// Symptom 7b: a vm stop while the state disk was full killed the VMM but
+// left the VM stopping and answered 500. Now: the VMM is gone, the answer
+// is no_space (507) naming the cause, and the state settles once space is
+// back (here at the next daemon start).
+func TestStopWithFullStateDisk(t *testing.T) {
+	e := newEnv(t, envOpts{dm: true, network: true, stateTmpfs: 24 << 20})
+	e.importImage()
+	ctx := context.Background()
+	vm := e.createStarted("full")
+	p, _ := e.vmmProcess(vm)
+	// Fill the state disk.
+	filler := filepath.Join(e.cfg.StateDir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	f.Close()
+	_, err = e.c.StopVM(ctx, "full", client.StopRequest{Force: true})
+	if err == nil || client.CodeOf(err) != client.CodeNoSpace {
+		t.Fatalf("stop on a full disk: %v (code %s), want no_space", err, client.CodeOf(err))
+	}
+	if p.Alive() {
+		t.Error("the vmm survived the stop")
+	}
+	os.Remove(filler)
+	e.crash()
+	e.start()
+	got, err := e.c.GetVM(ctx, "full")
+	if err != nil || got.Runtime.State != client.StateStopped {
+		t.Fatalf("after space came back: %+v %v", got.Runtime.State, err)
+	}
+	e.assertNothingLeft(vm)
 }

@@ -163,8 +163,16 @@ func (e *Engine) stopLocked(ctx context.Context, vm *model.VMRecord, force bool,
 	if h.IsZero() && !vm.Runtime.State.Transitional() && vm.Runtime.State != model.StateRunning {
 		return nil
 	}
+	// A full state disk must not keep a VM running that was asked to stop:
+	// the VMM is stopped anyway, and the state settles on a retry or at
+	// the next daemon start (reconcile finds the VMM gone).
+	noSpace := false
 	if err := e.commitState(ctx, vm, model.StateStopping, ""); err != nil {
-		return err
+		if !errors.Is(err, errdefs.ErrNoSpace) {
+			return err
+		}
+		noSpace = true
+		e.log.Error("state disk full: stopping the vm without recording it first", "vm", vm.Name, "err", err)
 	}
 	e.guests.drop(vm.ID)
 	r := &run{vm: vm, h: h, force: force, timeout: timeout}
@@ -180,6 +188,9 @@ func (e *Engine) stopLocked(ctx context.Context, vm *model.VMRecord, force bool,
 		last = errStopTimedOut(*vm, timeout).Error()
 	}
 	if err := e.commitState(ctx, vm, model.StateStopped, last); err != nil {
+		if errors.Is(err, errdefs.ErrNoSpace) || noSpace {
+			return errdefs.New(errdefs.ErrNoSpace, "vm %q is stopped, but its state could not be recorded: the state disk is full (free space; the next stop or daemon start records it): %w", vm.Name, err)
+		}
 		return err
 	}
 	if r.killed {
