@@ -109,3 +109,23 @@ func TestDoctorAndGCOrphans(t *testing.T) {
 		t.Fatalf("live vm hurt by gc: %+v %v", vm.Live, err)
 	}
 }
+
+// doctor flags a running VMM that is not confined.
+func TestDoctorFlagsUnconfined(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.importImage()
+	e.createStarted("loose")
+	rep, err := e.c.Doctor(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range rep.Checks {
+		if c.Name == "unconfined-vmms" {
+			found = !c.OK && strings.Contains(c.Detail, "loose")
+		}
+	}
+	if !found {
+		t.Fatalf("doctor did not flag the unconfined vm: %+v", rep.Checks)
+	}
+}

@@ -141,6 +141,23 @@ func (inv *Inventory) Doctor(ctx context.Context) (Report, error) {
 	} else {
 		check("vmm", false, err.Error())
 	}
+	// Confinement: can this daemon confine, and does any VMM run without it?
+	if err := e.ConfinementReady(); err != nil {
+		check("confinement", false, err.Error())
+	} else {
+		check("confinement", true, "VMMs run as their VM's own uid, in their own cgroup and jail")
+	}
+	if vms, err := e.ListVMs(ctx); err == nil {
+		var loose []string
+		for _, vm := range vms {
+			if vm.Runtime.State == model.StateRunning && !e.Confinement(vm).Confined {
+				loose = append(loose, vm.Name)
+			}
+		}
+		if len(loose) > 0 {
+			check("unconfined-vmms", false, fmt.Sprintf("running VMs whose VMM is not confined (runs as root, no jail or cgroup): %s; recreate them without --unconfined", strings.Join(loose, ", ")))
+		}
+	}
 	if inv.Policies != nil {
 		if err := inv.Policies.Check(ctx); err != nil {
 			check("network-policy", false, err.Error())
