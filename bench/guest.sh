@@ -34,7 +34,7 @@ export BANGER_IMAGE_CACHE_DIR=${BANGER_IMAGE_CACHE_DIR:-/var/cache/banger/debs}
 key=$BANGER_STATE_DIR/ssh/id_ed25519
 sshopts=(-i "$key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes)
 
-inns() { ip netns exec "$ns" "$@"; }
+inns() { nsenter --net=/run/netns/"$ns" "$@"; } # the net namespace only: ip netns exec would hide the cgroup mounts confinement needs
 
 cleanup() {
   set +e

@@ -3,7 +3,7 @@
 # target and PASS/MISS as information; it fails only when a benchmark cannot
 # run. See bench/README.md.
 #
-#   bench/run.sh [SECTION...]     sections: list create lifecycle reconcile exec boot forward (default: all)
+#   bench/run.sh [SECTION...]     sections: list create lifecycle confine reconcile exec boot forward (default: all)
 #
 # Every section runs its own isolated daemon (BANGER_STATE_DIR/RUN_DIR under
 # one temp dir, config /dev/null, networking off except for real guests) and
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(list create lifecycle reconcile exec boot forward)
+[ ${#sections[@]} -gt 0 ] || sections=(list create lifecycle confine reconcile exec boot forward)
 VMS=${BENCH_VMS:-10000}
 RUNS=${BENCH_RUNS:-30}
 REC_VMS=${BENCH_RECONCILE_VMS:-200}
@@ -38,6 +38,7 @@ use_env() {
   export BANGER_CONFIG=/dev/null BANGER_NETWORK=off BANGER_VMM=firecracker
   export BANGER_FIRECRACKER_BIN=$bin/fc-double BANGER_ROOT_DISK_METHOD=copy
   export BANGER_SUBNET=10.200.0.0/16 # room for 10,000 addresses
+  export BANGER_CONFINE=${BENCH_CONFINE:-off} # the confine section measures confinement itself
   unset BANGER_SOCKET BANGER_ACCEL
   case " ${envs[*]-} " in *" $1 "*) ;; *) envs+=("$1") ;; esac
 }
@@ -62,10 +63,10 @@ cleanup() {
     use_env "$e"
     if [ -S "$BANGER_RUN_DIR/bangerd.sock" ]; then
       if [ -n "$ns" ] && [ "$e" = guest ]; then
-        for v in $(ip netns exec "$ns" "$bin/banger" vm list -q 2>/dev/null); do
-          ip netns exec "$ns" "$bin/banger" vm delete --force "$v" >/dev/null 2>&1
+        for v in $(nsenter --net=/run/netns/"$ns" "$bin/banger" vm list -q 2>/dev/null); do
+          nsenter --net=/run/netns/"$ns" "$bin/banger" vm delete --force "$v" >/dev/null 2>&1
         done
-        ip netns exec "$ns" "$bin/banger" daemon stop >/dev/null 2>&1
+        nsenter --net=/run/netns/"$ns" "$bin/banger" daemon stop >/dev/null 2>&1
       else
         "$bin/banger" daemon stop >/dev/null 2>&1
       fi
@@ -78,7 +79,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "building into $work/bin"
-go build -o "$bin/" ./cmd/banger ./cmd/bangerd ./cmd/fc-double ./bench/cmd/benchtool
+go build -o "$bin/" ./cmd/banger ./cmd/bangerd ./cmd/banger-jail ./cmd/fc-double ./bench/cmd/benchtool
 bt=$bin/benchtool
 banger=$bin/banger
 
@@ -133,6 +134,24 @@ for s in "${sections[@]}"; do
       "$bt" time -n "$n" -parallel "$par" -label "banger lifecycle (root disk = rootfs) x$par" -save "$work/bs$par" -- bash "$lb" "$banger" q$par-{i} --disk-size 32M
       "$bt" time -n "$n" -parallel "$par" -label "script lifecycle (root disk = rootfs) x$par" -save "$work/ss$par" -- bash "$ls" "$kernel" "$kernel" "$rootfs" "$work/script" q$par-{i} 32M
       "$bt" ratio -label "lifecycle banger/script, no grow x$par" -num "$work/bs$par" -den "$work/ss$par" -target 1.5
+    done
+    "$banger" daemon stop >/dev/null
+    ;;
+  confine)
+    say "4b. create+start+stop+delete confined (own uid, cgroup, jail) vs --unconfined, same daemon, double, copy disks"
+    if [ "$(id -u)" != 0 ]; then
+      echo "skipped: confinement needs root"
+      continue
+    fi
+    BENCH_CONFINE=on use_env conf
+    import_double_image
+    lb=$repo/bench/lifecycle-banger.sh
+    n=$((RUNS < 20 ? 20 : RUNS))
+    # Alternate blocks so drift in the machine's speed hits both sides.
+    for round in 1 2; do
+      "$bt" time -n $((n / 2)) -label "confined lifecycle, round $round" -save "$work/con$round" -- bash "$lb" "$banger" con$round-{i} --disk-size 32M
+      "$bt" time -n $((n / 2)) -label "unconfined lifecycle, round $round" -save "$work/unc$round" -- bash "$lb" "$banger" unc$round-{i} --disk-size 32M --unconfined
+      "$bt" ratio -label "lifecycle confined/unconfined, round $round" -num "$work/con$round" -den "$work/unc$round" -target 1.15
     done
     "$banger" daemon stop >/dev/null
     ;;

@@ -26,8 +26,8 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
   set +e
   if ip netns list 2>/dev/null | grep -qw "$ns"; then
-    ip netns exec "$ns" "$banger" vm delete --force demo >/dev/null 2>&1
-    ip netns exec "$ns" "$banger" daemon stop >/dev/null 2>&1
+    nsenter --net=/run/netns/"$ns" "$banger" vm delete --force demo >/dev/null 2>&1
+    nsenter --net=/run/netns/"$ns" "$banger" daemon stop >/dev/null 2>&1
     ip netns del "$ns"
   fi
   "$banger" daemon stop >/dev/null 2>&1
@@ -48,17 +48,17 @@ ip netns add "$ns"
 ip -n "$ns" link set lo up
 
 say "banger vm run --name demo -- uname -a"
-time ip netns exec "$ns" "$banger" vm run --name demo -- uname -a
+time nsenter --net=/run/netns/"$ns" "$banger" vm run --name demo -- uname -a
 
 say "banger vm run --name demo -- cat /etc/os-release"
-time ip netns exec "$ns" "$banger" vm run --name demo -- cat /etc/os-release
+time nsenter --net=/run/netns/"$ns" "$banger" vm run --name demo -- cat /etc/os-release
 
 say "banger vm list"
-ip netns exec "$ns" "$banger" vm list
+nsenter --net=/run/netns/"$ns" "$banger" vm list
 
 say "cleaning up"
-ip netns exec "$ns" "$banger" vm delete demo
-ip netns exec "$ns" "$banger" daemon stop
+nsenter --net=/run/netns/"$ns" "$banger" vm delete demo
+nsenter --net=/run/netns/"$ns" "$banger" daemon stop
 ip netns del "$ns"
 left=$(ip -br link 2>/dev/null | grep -c '^bgr' || true)
 echo "demo done; taps left in the host namespace: $left"

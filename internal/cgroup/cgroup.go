@@ -88,7 +88,7 @@ func Detect(root, parent string) (*Manager, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("cgroups: no usable controllers for %s under %s (cgroup v2 without memory and pids, and no v1 hierarchy for %s): mount them or enable them for the unified hierarchy",
+		return nil, fmt.Errorf("cgroups: no usable controllers for %s under %s (cgroup v2 without memory and pids, and no v1 hierarchy for %s): mount them or enable them for the unified hierarchy (under `ip netns exec`, which mounts a fresh /sys, run bangerd with `nsenter --net=/run/netns/NAME` instead)",
 			strings.Join(missing, ", "), root, strings.Join(missing, ", "))
 	}
 	m.mode = V1
