@@ -459,15 +459,17 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// An idle timeout stops a VM nobody used for that long, not one with
-// activity (an exec), counting from the daemon's start after a restart.
-func TestIdleTimeout(t *testing.T) {
+// idleEnv is a daemon on a clock the test moves, whose guests are one
+// host SSH server (sessions under a host directory).
+func idleEnv(t *testing.T) (*testEnv, *fakeClock) {
 	clock := &fakeClock{}
 	var srv *guesttest.Server
 	var addrMu sync.Mutex
+	guestDir := t.TempDir()
 	e := newEnvWith(t, envOpts{}, func(d *Deps) {
 		d.Now = clock.Now
 		d.LifetimeEvery = 20 * time.Millisecond
+		d.GuestSessionsRoot = filepath.Join(guestDir, "sessions")
 		d.GuestAddr = func(model.VMRecord) string {
 			addrMu.Lock()
 			defer addrMu.Unlock()
@@ -483,9 +485,16 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	addrMu.Lock()
-	srv = guesttest.Start(t, guesttest.Options{ClientKey: signer.PublicKey()})
+	srv = guesttest.Start(t, guesttest.Options{ClientKey: signer.PublicKey(), Dir: guestDir})
 	addrMu.Unlock()
 	e.importImage()
+	return e, clock
+}
+
+// An idle timeout stops a VM nobody used for that long, not one with
+// activity (an exec), counting from the daemon's start after a restart.
+func TestIdleTimeout(t *testing.T) {
+	e, clock := idleEnv(t)
 	ctx := context.Background()
 	if _, err := e.c.CreateVM(ctx, client.CreateVMRequest{Name: "quick", IdleTimeoutSeconds: 10, DiskSizeBytes: testDisk, WorkDiskBytes: testWork}); !client.IsInvalidArgument(err) {
 		t.Fatalf("a 10s idle timeout: %v, want invalid argument", err)
@@ -579,4 +588,34 @@ func TestLifetimeBadInput(t *testing.T) {
 	if code, _ := e.raw("GET", "/v1/events?follow=maybe", nil); code != 400 {
 		t.Errorf("events with follow=maybe: %d", code)
 	}
+}
+
+// A running session that writes output keeps its VM from idling; one that
+// went quiet does not (the first look at a session's output counts as
+// activity: the sizes seen before a restart are not kept).
+func TestIdleTimeoutSeesSessionOutput(t *testing.T) {
+	e, clock := idleEnv(t)
+	ctx := context.Background()
+	e.createWith(client.CreateVMRequest{Name: "worker", IdleTimeoutSeconds: 60}, true)
+	e.createWith(client.CreateVMRequest{Name: "quiet", IdleTimeoutSeconds: 60}, true)
+	for name, script := range map[string]string{"worker": "for i in $(seq 400); do echo tick; sleep 0.05; done", "quiet": "echo once; sleep 20"} {
+		if _, err := e.c.StartSession(ctx, name, client.StartSessionRequest{Name: "job", Argv: []string{"sh", "-c", script}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := func(name string) bool { return e.mustGet(name).Runtime.State == model.StateRunning }
+	time.Sleep(300 * time.Millisecond) // both have written
+	clock.advance(61 * time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if !running("worker") || !running("quiet") {
+		t.Fatal("a vm with a running session was stopped at the first look at its output")
+	}
+	clock.advance(61 * time.Second)
+	waitUntil(t, "quiet to be stopped", 5*time.Second, func() bool { return !running("quiet") })
+	if !running("worker") {
+		t.Fatal("a vm whose session keeps writing was stopped as idle")
+	}
+	// The stand-in guest runs sessions on this host; both end by themselves
+	// within 20s, the worker's now.
+	e.c.StopSession(ctx, "worker", "job", client.StopSessionRequest{Signal: "KILL"})
 }
