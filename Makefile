@@ -49,6 +49,13 @@ fuzz:
 test-unit:
 	$(GO) test ./...
 
+# The crash tests alone, verbosely: bangerd killed at every failpoint (and
+# again during the recovery), and at random moments of random operations,
+# then the invariants checked (e2e/crash/doc.go). A few minutes.
+.PHONY: test-crash
+test-crash:
+	$(GO) test -count=1 -v -timeout 20m ./e2e/crash/
+
 demo: deps build
 	./scripts/demo.sh
 
