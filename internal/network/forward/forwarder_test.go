@@ -478,3 +478,27 @@ func TestUDPCloseEndsSessions(t *testing.T) {
 		t.Fatalf("host port still bound after Close: %v", err)
 	}
 }
+
+// Open counts the connections in flight, so a VM with one is busy.
+func TestOpenCountsConnections(t *testing.T) {
+	port := tcpEchoServer(t)
+	f := startForwarder(t, Options{}, TCP, port, newVM("127.0.0.1"))
+	if n := f.Open(); n != 0 {
+		t.Fatalf("Open = %d before any client", n)
+	}
+	c := dialTCP(t, f.Addr())
+	c.Write([]byte("x"))
+	c.SetReadDeadline(time.Now().Add(patience))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.Open(); n != 2 {
+		t.Fatalf("Open = %d with one client, want 2 (its side and the guest's)", n)
+	}
+	c.Close()
+	for deadline := time.Now().Add(patience); f.Open() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Open = %d after the client left", f.Open())
+		}
+	}
+}
