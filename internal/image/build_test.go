@@ -55,6 +55,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 			mods + "drivers/virtio/virtio_mmio.ko":   "ko",
 			mods + "drivers/block/virtio_blk.ko":     "ko",
 			mods + "drivers/net/virtio_net.ko":       "ko",
+			mods + "drivers/char/virtio_console.ko":  "ko",
 			mods + "drivers/acpi/button.ko":          "ko",
 			mods + "drivers/input/evdev.ko":          "ko",
 			mods + "drivers/net/ethernet/unused.ko":  "ko",
@@ -248,6 +249,8 @@ func TestBuildMinimalFakeHost(t *testing.T) {
 		"etc/init.d/halt":             {mode: 0o755},
 		"etc/acpi/PWRF/00000080":      {mode: 0o755},
 		"usr/lib/banger/guest-setup":  {mode: 0o755},
+		"usr/lib/banger/agent":        {mode: 0o755},
+		"usr/lib/banger/crng-reseed":  {mode: 0o755},
 		"etc/shadow":                  {mode: 0o600},
 		"root":                        {mode: fs.ModeDir | 0o700},
 		"root/.ssh":                   {mode: fs.ModeDir | 0o700},
@@ -280,7 +283,7 @@ func TestBuildMinimalFakeHost(t *testing.T) {
 
 	// The initramfs: init, busybox and the modules that exist, in order.
 	entries := readCPIOFile(t, res.Initrd)
-	if string(entries["lib/modules/order"].data) != "virtio_ring\nvirtio\nvirtio_mmio\nvirtio_blk\nvirtio_net\nbutton\nevdev\n" {
+	if string(entries["lib/modules/order"].data) != "virtio_ring\nvirtio\nvirtio_mmio\nvirtio_blk\nvirtio_net\nvirtio_console\nbutton\nevdev\n" {
 		t.Errorf("module order %q", entries["lib/modules/order"].data)
 	}
 	if string(entries["bin/busybox"].data) != "busybox binary" || entries["bin/switch_root"].mode != sIFLNK|0o777 {

@@ -10,8 +10,10 @@ import (
 // initramfsModules are loaded by the initramfs's init, in this order (plain
 // insmod, no modules.dep): virtio transports (mmio for microvm and
 // Firecracker, pci for q35/pc), the block and net drivers, the ACPI power
-// button with evdev so acpid sees it, and vsock for host-guest sockets.
-// Paths are relative to lib/modules/<version>/kernel.
+// button with evdev so acpid sees it, vsock for host-guest sockets, and
+// virtio_console for the guest agent's virtio-serial port (Debian's cloud
+// kernel has CONFIG_VIRTIO_CONSOLE=m). Paths are relative to
+// lib/modules/<version>/kernel.
 var initramfsModules = []string{
 	"drivers/virtio/virtio_ring",
 	"drivers/virtio/virtio",
@@ -23,6 +25,7 @@ var initramfsModules = []string{
 	"net/core/failover",
 	"drivers/net/net_failover",
 	"drivers/net/virtio_net",
+	"drivers/char/virtio_console",
 	"drivers/acpi/button",
 	"drivers/input/evdev",
 	"net/vmw_vsock/vsock",

@@ -115,7 +115,11 @@ func (b *builder) populateMinimal(ctx context.Context, tree string) error {
 	if err := installGuestFiles("minimal", tree); err != nil {
 		return fmt.Errorf("installing guest files: %w", err)
 	}
-	return nil
+	// The guest agent's reseed runs it (see crngReseedELF).
+	if err := os.WriteFile(filepath.Join(tree, crngReseedPath), crngReseedELF(), 0o755); err != nil {
+		return fmt.Errorf("installing crng-reseed: %w", err)
+	}
+	return os.Chmod(filepath.Join(tree, crngReseedPath), 0o755)
 }
 
 // linkBusyboxApplets does what `busybox --install -s` does, without chroot:

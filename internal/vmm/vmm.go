@@ -4,6 +4,7 @@ package vmm
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"syscall"
 
@@ -45,6 +46,39 @@ type Machine struct {
 
 	// Confine, when set, runs the VMM in a jail (see Start).
 	Confine *Confinement
+
+	// AgentSock is the host end of the guest agent's channel (QEMU: a
+	// virtio-serial port, see docs/snapshots.md). "" = agent.sock in the
+	// directory of APISock.
+	AgentSock string
+	// Incoming, when set, makes Launch restore the VM from saved state
+	// instead of booting it.
+	Incoming *Incoming
+	// ExtraFiles are inherited by the VMM as fd 3, 4, ... (through the jail
+	// helper too). Drivers set them on their own copy of the Machine (QEMU's
+	// -incoming fd:3); the daemon leaves this empty.
+	ExtraFiles []*os.File
+}
+
+// Incoming is saved VM state for Launch to restore instead of booting.
+// The machine must have the same memory, vCPUs and devices as when the
+// state was saved; disk paths, the tap, the sockets, the VM's id and name
+// may differ (a clone).
+type Incoming struct {
+	// File is the state: QEMU's state file written by qemu.Driver.Save, or
+	// Firecracker's VM-state file (snapshot_path).
+	File string
+	// MemFile is Firecracker's guest-memory file (mem_file_path); unused
+	// by QEMU, whose state file holds the memory.
+	MemFile string
+	// VMMVersion, when set, is the VMM version recorded at save; Launch
+	// refuses a VMM of another version (state does not move between
+	// versions). QEMU's state file also records its version itself.
+	VMMVersion string
+	// NetDown (QEMU) leaves the guest's network link down after restore,
+	// so a clone never sends with its source's MAC and IP; the caller sets
+	// the link up (qemu.Driver.SetLink) once the guest agent changed them.
+	NetDown bool
 }
 
 // Confinement runs a VMM through the banger-jail helper: its own uid/gid,
@@ -58,10 +92,11 @@ type Confinement struct {
 // Start starts a VMM process with argv, its stdout and stderr appended to
 // logPath: directly, or through the jail helper when m.Confine is set
 // (then in new mount and PID namespaces; the returned process is the
-// helper, which becomes the VMM when it execs).
+// helper, which becomes the VMM when it execs). m.ExtraFiles are inherited
+// as fd 3, 4, ... either way.
 func Start(m Machine, argv []string, logPath string) (system.Process, error) {
 	if m.Confine == nil {
-		return system.StartDetached(system.DetachedSpec{Argv: argv, LogPath: logPath})
+		return system.StartDetached(system.DetachedSpec{Argv: argv, LogPath: logPath, ExtraFiles: m.ExtraFiles})
 	}
 	bin, err := system.LookPath(argv[0])
 	if err != nil {
@@ -79,6 +114,9 @@ func Start(m Machine, argv []string, logPath string) (system.Process, error) {
 		Argv:       []string{m.Confine.Helper, m.Confine.SpecPath},
 		LogPath:    logPath,
 		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
+		// The helper is a Go program: it leaves inherited descriptors open
+		// across its exec of the VMM, so they arrive at the same numbers.
+		ExtraFiles: m.ExtraFiles,
 	})
 }
 

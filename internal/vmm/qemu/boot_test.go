@@ -30,7 +30,7 @@ const (
 
 // bootTests are the tests that boot real guests; the parent builds an image
 // only when -test.run selects one of them.
-var bootTests = []string{"TestBootTCG", "TestBootTCGNetwork", "TestBootKVM"}
+var bootTests = []string{"TestBootTCG", "TestBootTCGNetwork", "TestBootKVM", "TestSnapshotTCG"}
 
 const bootLimit = 60 * time.Second // rcS done within this, or the boot failed
 
@@ -157,6 +157,9 @@ func assertNothingLeft(t *testing.T, d *Driver, m vmm.Machine, p system.Process)
 	}
 	if _, err := os.Lstat(m.APISock); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("qmp socket %s left behind (%v)", m.APISock, err)
+	}
+	if _, err := os.Lstat(agentSock(m)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("agent socket %s left behind (%v)", agentSock(m), err)
 	}
 }
 

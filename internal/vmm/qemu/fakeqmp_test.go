@@ -3,10 +3,12 @@ package qemu
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -25,6 +27,8 @@ type fakeQMP struct {
 	quitNoReply     bool   // close the socket on quit without replying
 	silent          bool   // accept connections but never speak
 	name            string // what query-name reports
+	migrateFail     bool   // migrate ends "failed" without writing
+	stream          string // what migrate writes into the descriptor
 
 	mu       sync.Mutex
 	status   string
@@ -32,7 +36,39 @@ type fakeQMP struct {
 	commands []string
 	done     chan struct{} // closed when the VM powers off or QEMU quits
 	once     sync.Once
+	// Save support: descriptors received with commands (SCM_RIGHTS), the
+	// named ones (getfd), the migration's status.
+	received  []*os.File
+	named     map[string]*os.File
+	migration string
 }
+
+// rightsReader reads a unix connection and keeps the descriptors that
+// arrive as SCM_RIGHTS, as QEMU's monitor does.
+type rightsReader struct {
+	c *net.UnixConn
+	f *fakeQMP
+}
+
+func (r rightsReader) Read(p []byte) (int, error) {
+	oob := make([]byte, syscall.CmsgSpace(4*4))
+	n, oobn, _, _, err := r.c.ReadMsgUnix(p, oob)
+	if oobn > 0 {
+		msgs, _ := syscall.ParseSocketControlMessage(oob[:oobn])
+		for _, m := range msgs {
+			fds, _ := syscall.ParseUnixRights(&m)
+			for _, fd := range fds {
+				r.f.mu.Lock()
+				r.f.received = append(r.f.received, os.NewFile(uintptr(fd), "received"))
+				r.f.mu.Unlock()
+			}
+		}
+	}
+	return n, err
+}
+
+// fakeStream is what the fake QEMU migrates into a state file.
+const fakeStream = "QEVM fake migration stream\n"
 
 const qemuGreeting = `{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}, "capabilities": ["oob"]}}`
 
@@ -94,11 +130,19 @@ func (f *fakeQMP) session(conn net.Conn) bool {
 			"timestamp": map[string]int64{"seconds": time.Now().Unix(), "microseconds": 0}})
 	}
 	_, _ = conn.Write([]byte(g + "\n"))
-	dec := json.NewDecoder(conn)
+	var in io.Reader = conn
+	if uc, ok := conn.(*net.UnixConn); ok {
+		in = rightsReader{c: uc, f: f}
+	}
+	dec := json.NewDecoder(in)
 	negotiated := false
 	for {
 		var req struct {
-			Execute string `json:"execute"`
+			Execute   string `json:"execute"`
+			Arguments struct {
+				FDName string `json:"fdname"`
+				URI    string `json:"uri"`
+			} `json:"arguments"`
 		}
 		if err := dec.Decode(&req); err != nil {
 			return false
@@ -140,6 +184,76 @@ func (f *fakeQMP) session(conn net.Conn) bool {
 				f.stopped()
 				return true
 			}
+		case "query-version":
+			reply(map[string]any{"qemu": map[string]int{"major": 7, "minor": 2, "micro": 22}, "package": "Debian"})
+		case "migrate-set-parameters", "set_link":
+			reply(struct{}{})
+		case "stop":
+			f.mu.Lock()
+			f.status = "paused"
+			f.mu.Unlock()
+			event("STOP", struct{}{})
+			reply(struct{}{})
+		case "cont":
+			f.mu.Lock()
+			f.status = "running"
+			f.mu.Unlock()
+			event("RESUME", struct{}{})
+			reply(struct{}{})
+		case "getfd":
+			f.mu.Lock()
+			if len(f.received) == 0 {
+				f.mu.Unlock()
+				fail("GenericError", "No file descriptor supplied via SCM_RIGHTS")
+				continue
+			}
+			if f.named == nil {
+				f.named = map[string]*os.File{}
+			}
+			f.named[req.Arguments.FDName] = f.received[len(f.received)-1]
+			f.received = f.received[:len(f.received)-1]
+			f.mu.Unlock()
+			reply(struct{}{})
+		case "closefd":
+			f.mu.Lock()
+			if fd := f.named[req.Arguments.FDName]; fd != nil {
+				fd.Close()
+				delete(f.named, req.Arguments.FDName)
+			}
+			f.mu.Unlock()
+			reply(struct{}{})
+		case "migrate":
+			name, ok := strings.CutPrefix(req.Arguments.URI, "fd:")
+			f.mu.Lock()
+			fd := f.named[name]
+			delete(f.named, name)
+			f.mu.Unlock()
+			if !ok || fd == nil {
+				fail("GenericError", fmt.Sprintf("File descriptor named '%s' has not been found", name))
+				continue
+			}
+			f.mu.Lock()
+			if f.migrateFail {
+				f.migration = "failed"
+			} else {
+				// Like QEMU: write at the descriptor's offset, then close it.
+				_, _ = fd.Write([]byte(f.stream))
+				f.migration = "completed"
+				f.status = "postmigrate"
+			}
+			f.mu.Unlock()
+			fd.Close()
+			reply(struct{}{})
+		case "query-migrate":
+			f.mu.Lock()
+			st := map[string]any{"status": f.migration}
+			if f.migration == "failed" {
+				st["error-desc"] = "Unable to write to file: No space left on device"
+			}
+			f.mu.Unlock()
+			reply(st)
+		case "migrate_cancel":
+			reply(struct{}{})
 		case "quit":
 			if f.quitNoReply {
 				f.stopped()
@@ -169,7 +283,9 @@ const (
 // fakeQEMUMain runs as a separate process. Its argv is "-name <name> -qmp
 // <token>" like QEMU's. Modes: "sleep" (no monitor at all), "acpid-late" (the first power
 // button press is lost, the second powers off), "no-acpid" (presses ignored,
-// quit honoured), "wedged" (presses and quit ignored: only SIGKILL works).
+// quit honoured), "wedged" (presses and quit ignored: only SIGKILL works),
+// "migrate" (no acpid; stop, getfd, migrate into the descriptor, cont and
+// quit as QEMU does), "migrate-fail" (likewise, but migrations fail).
 func fakeQEMUMain(mode string) int {
 	var sock, name string
 	for i := 1; i+1 < len(os.Args); i++ {
@@ -196,6 +312,10 @@ func fakeQEMUMain(mode string) int {
 	case "no-acpid":
 	case "wedged":
 		f.ignoreQuit = true
+	case "migrate":
+		f.stream = fakeStream
+	case "migrate-fail":
+		f.migrateFail = true
 	default:
 		fmt.Fprintln(os.Stderr, "fake qemu: unknown mode", mode)
 		return 1

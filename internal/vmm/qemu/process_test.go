@@ -36,7 +36,7 @@ func startFakeQEMU(t *testing.T, mode string) fakeVM {
 	m.ConsoleLog = filepath.Join(dir, "console.log")
 	state := filepath.Join(dir, "state")
 	p, err := system.StartDetached(system.DetachedSpec{
-		Argv:    []string{exe, "-name", guestName(m.ID), "-qmp", qmpToken(m.APISock)},
+		Argv:    []string{exe, "-name", guestName(m.ID), "-M", "microvm", "-m", "256", "-smp", "2", "-qmp", qmpToken(m.APISock)},
 		Env:     append(os.Environ(), fakeQEMUEnv+"="+mode, fakeQEMUStateEnv+"="+state),
 		LogPath: filepath.Join(dir, "fake.log"),
 	})

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +48,12 @@ type Driver struct {
 	Binary     string        // "" = vmm.Machine.Binary, else "qemu-system-x86_64" on PATH
 	Logger     *slog.Logger  // nil = discard
 	QMPTimeout time.Duration // how long Launch waits for the QMP socket; default 5s
+	// SaveTimeout bounds the migration into a state file in Save; default
+	// a minute plus a second per 32 MiB of guest RAM.
+	SaveTimeout time.Duration
+	// RestoreTimeout bounds a restoring Launch from QEMU's start to the
+	// guest running; default a minute.
+	RestoreTimeout time.Duration
 }
 
 func (d *Driver) logger() *slog.Logger {
@@ -73,6 +80,25 @@ func (d *Driver) qmpTimeout() time.Duration {
 	}
 	return defaultQMPTimeout
 }
+
+// Device ids that saved state refers to: they must not change.
+const (
+	netdevID = "n0"
+	// AgentPortName is the name of the guest agent's virtio-serial port;
+	// the guest finds it in /sys/class/virtio-ports/*/name.
+	AgentPortName = "org.banger.agent"
+)
+
+// agentSock is the host end of m's guest agent channel.
+func agentSock(m vmm.Machine) string {
+	if m.AgentSock != "" {
+		return m.AgentSock
+	}
+	return filepath.Join(filepath.Dir(m.APISock), "agent.sock")
+}
+
+// AgentSocket returns the path of m's guest agent socket, for Agent.
+func AgentSocket(m vmm.Machine) string { return agentSock(m) }
 
 // qmpToken is the value that follows -qmp in QEMU's argv. Identify and
 // FindProcess compare it exactly, so it must never change shape.
@@ -126,8 +152,22 @@ func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, err
 	if err != nil {
 		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w", m.ID, err)
 	}
+	if m.Incoming != nil {
+		// The state goes in as an inherited descriptor: QEMU's sandbox
+		// and jail need no access to the file's path.
+		f, err := openIncoming(ctx, m, d.binary(m), argv)
+		if err != nil {
+			return system.Process{}, fmt.Errorf("restoring vm %s: %w", m.ID, err)
+		}
+		defer f.Close() // QEMU has its own copy once started
+		m.ExtraFiles = append(m.ExtraFiles[:len(m.ExtraFiles):len(m.ExtraFiles)], f)
+		argv = append(argv, "-incoming", "fd:"+strconv.Itoa(2+len(m.ExtraFiles)))
+	}
 	if err := removeSocket(m.APISock); err != nil {
 		return system.Process{}, fmt.Errorf("launching qemu for vm %s: removing stale qmp socket: %w", m.ID, err)
+	}
+	if err := removeSocket(agentSock(m)); err != nil {
+		return system.Process{}, fmt.Errorf("launching qemu for vm %s: removing stale agent socket: %w", m.ID, err)
 	}
 	logPath := qemuLogPath(m)
 	logOffset := fileSize(logPath)
@@ -139,16 +179,22 @@ func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, err
 	if p.Start == 0 {
 		// Gone before its start time could be read: its PID proves nothing, never signal it.
 		_ = removeSocket(m.APISock)
+		_ = removeSocket(agentSock(m))
 		return system.Process{}, fmt.Errorf("launching qemu for vm %s: qemu exited at once%s", m.ID, diagnostics(logPath, logOffset, m.ConsoleLog))
 	}
-	if err := d.waitRunning(ctx, m, p); err != nil {
+	wait := d.waitRunning
+	if m.Incoming != nil {
+		wait = d.waitRestored
+	}
+	if err := wait(ctx, m, p); err != nil {
 		if kerr := p.Kill(killWait); kerr != nil {
 			log.Error("killing qemu after failed launch", "pid", p.PID, "err", kerr)
 		}
 		_ = removeSocket(m.APISock)
+		_ = removeSocket(agentSock(m))
 		return system.Process{}, fmt.Errorf("launching qemu for vm %s: %w%s", m.ID, err, diagnostics(logPath, logOffset, m.ConsoleLog))
 	}
-	log.Info("qemu running", "pid", p.PID, "accel", m.Accel, "after", time.Since(start).Round(time.Millisecond))
+	log.Info("qemu running", "pid", p.PID, "accel", m.Accel, "restored", m.Incoming != nil, "after", time.Since(start).Round(time.Millisecond))
 	return p, nil
 }
 
@@ -240,6 +286,10 @@ func (d *Driver) kill(m vmm.Machine, p system.Process) error {
 	}
 	if err := removeSocket(m.APISock); err != nil {
 		return fmt.Errorf("removing qmp socket of vm %s: %w", m.ID, err)
+	}
+	// QEMU removes its agent socket when it exits cleanly, not when killed.
+	if err := removeSocket(agentSock(m)); err != nil {
+		return fmt.Errorf("removing agent socket of vm %s: %w", m.ID, err)
 	}
 	return nil
 }
@@ -409,9 +459,16 @@ func buildArgv(m vmm.Machine, binary string, tscKHz int) ([]string, error) {
 	}
 	if m.TapDevice != "" {
 		argv = append(argv,
-			"-netdev", "tap,id=n0,ifname="+m.TapDevice+",script=no,downscript=no",
-			"-device", "virtio-net-device,netdev=n0,mac="+m.GuestMAC)
+			"-netdev", "tap,id="+netdevID+",ifname="+m.TapDevice+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev="+netdevID+",mac="+m.GuestMAC)
 	}
+	// The guest agent's channel (docs/snapshots.md), on every VM so that a
+	// booted VM and a restored one have the same devices. Last, so the
+	// disks and the NIC keep their places.
+	argv = append(argv,
+		"-chardev", "socket,id=agent,path="+agentSock(m)+",server=on,wait=off",
+		"-device", "virtio-serial-device",
+		"-device", "virtserialport,chardev=agent,name="+AgentPortName)
 	return argv, nil
 }
 
@@ -458,6 +515,7 @@ func validate(m vmm.Machine) error {
 	noCommas := []struct{ name, val string }{
 		{"kernel", m.Kernel}, {"initrd", m.Initrd}, {"root disk", m.RootDisk}, {"work disk", m.WorkDisk},
 		{"qmp socket", m.APISock}, {"console log", m.ConsoleLog}, {"tap device", m.TapDevice}, {"guest mac", m.GuestMAC},
+		{"agent socket", agentSock(m)},
 	}
 	for _, f := range noCommas {
 		if strings.ContainsAny(f.val, ",\n") {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -115,6 +116,17 @@ func (c *qmpClient) execute(command string, args any) (json.RawMessage, error) {
 		}
 		defer fpCommandAfter.Hit(context.Background())
 	}
+	b, err := encodeCommand(command, args)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.conn.Write(b); err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", command, err)
+	}
+	return c.readReply(command)
+}
+
+func encodeCommand(command string, args any) ([]byte, error) {
 	req := struct {
 		Execute   string `json:"execute"`
 		Arguments any    `json:"arguments,omitempty"`
@@ -123,9 +135,49 @@ func (c *qmpClient) execute(command string, args any) (json.RawMessage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", command, err)
 	}
-	if _, err := c.conn.Write(append(b, '\n')); err != nil {
+	return append(b, '\n'), nil
+}
+
+// executeWithFile sends command with f's descriptor attached as SCM_RIGHTS
+// ancillary data, as getfd expects: QEMU keeps the descriptor that arrives
+// with the command's bytes, so both go out in one sendmsg. This is how a
+// sandboxed QEMU (no open of host paths it was not given, no exec) gets a
+// file to migrate into.
+func (c *qmpClient) executeWithFile(command string, args any, f *os.File) (json.RawMessage, error) {
+	if err := fpCommandBefore.Hit(context.Background()); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", command, err)
 	}
+	defer fpCommandAfter.Hit(context.Background())
+	uc, ok := c.conn.(*net.UnixConn)
+	if !ok {
+		return nil, fmt.Errorf("qmp %s: descriptors travel only over a unix socket", command)
+	}
+	b, err := encodeCommand(command, args)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", command, err)
+	}
+	var n int
+	var werr error
+	if err := raw.Control(func(fd uintptr) {
+		n, _, werr = uc.WriteMsgUnix(b, syscall.UnixRights(int(fd)), nil)
+	}); err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", command, err)
+	}
+	if werr != nil {
+		return nil, fmt.Errorf("qmp %s: %w", command, werr)
+	}
+	if n != len(b) {
+		return nil, fmt.Errorf("qmp %s: short write (%d of %d bytes)", command, n, len(b))
+	}
+	return c.readReply(command)
+}
+
+// readReply reads until the reply to command, keeping events in c.events.
+func (c *qmpClient) readReply(command string) (json.RawMessage, error) {
 	for {
 		var msg qmpMessage
 		if err := c.dec.Decode(&msg); err != nil {
