@@ -56,9 +56,10 @@ func (d *Driver) binary(m vmm.Machine) string {
 	return "firecracker"
 }
 
-// Launch starts Firecracker for m, configures the microVM and boots it. On
-// any failure after the spawn the process is killed and its sockets removed,
-// so a failed launch leaves nothing behind.
+// Launch starts Firecracker for m, configures the microVM and boots it, or,
+// with m.Incoming, loads that snapshot into the fresh process and resumes
+// it (see loadCalls). On any failure after the spawn the process is killed
+// and its sockets removed, so a failed launch leaves nothing behind.
 func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, error) {
 	if m.ID == "" || m.APISock == "" {
 		return system.Process{}, fmt.Errorf("launch firecracker: machine needs an id and an api socket path")
@@ -91,6 +92,9 @@ func (d *Driver) configure(ctx context.Context, m vmm.Machine, p system.Process)
 	defer c.close()
 	if err := d.waitAPI(ctx, c, m, p); err != nil {
 		return err
+	}
+	if m.Incoming != nil {
+		return d.restore(ctx, c, m, p)
 	}
 	for _, call := range bootCalls(m) {
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)

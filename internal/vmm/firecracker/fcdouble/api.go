@@ -81,6 +81,9 @@ type VM struct {
 	logMu    sync.Mutex
 	exitOnce sync.Once
 	hostPort uint32
+
+	restored      bool // loaded from a snapshot
+	clockRealtime bool // the load asked for clock_realtime
 }
 
 type machineConfig struct {
@@ -932,43 +935,6 @@ func (vm *VM) getMMDS(string, map[string]json.RawMessage) response {
 		return response{status: 200, body: []byte("{}")}
 	}
 	return response{status: 200, body: vm.mmds}
-}
-
-func (vm *VM) createSnapshot(_ string, m map[string]json.RawMessage) response {
-	if vm.state != statePaused {
-		return fault("Create snapshot error: Cannot save the microVM state: save/restore unavailable while running")
-	}
-	for _, k := range []string{"snapshot_path", "mem_file_path"} {
-		p, _ := str(m, k)
-		state, _ := json.Marshal(map[string]any{"fc-double-snapshot": k, "id": vm.cfg.ID, "machine": vm.machine})
-		if err := os.WriteFile(p, state, 0o600); err != nil {
-			return fault("Create snapshot error: Cannot write snapshot file: " + osErr(err))
-		}
-	}
-	return ok()
-}
-
-func (vm *VM) loadSnapshot(_ string, m map[string]json.RawMessage) response {
-	if vm.bootSource != nil || len(vm.drives) > 0 || len(vm.nets) > 0 || vm.vsock != nil ||
-		vm.balloon != nil || vm.mmdsConfig != nil || len(vm.other) > 0 {
-		return fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.")
-	}
-	_, hasFile := m["mem_file_path"]
-	_, hasBackend := m["mem_backend"]
-	if hasFile == hasBackend {
-		return fault("Load snapshot error: Exactly one of mem_file_path or mem_backend must be specified.")
-	}
-	snap, _ := str(m, "snapshot_path")
-	if _, err := os.Stat(snap); err != nil {
-		vm.exitSoon(1)
-		return fault("Load snapshot error: Cannot build a microVM from snapshot: Failed to open snapshot file: " + osErr(err))
-	}
-	if v, ok := m["resume_vm"]; ok && string(v) == "true" {
-		vm.state = stateRunning
-	} else {
-		vm.state = statePaused
-	}
-	return ok()
 }
 
 // exitSoon exits with code once the current response had time to go out:
