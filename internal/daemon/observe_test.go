@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger-dev/banger/client"
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/guest/guesttest"
 	"github.com/banger-dev/banger/internal/model"
 )
@@ -618,4 +619,31 @@ func TestIdleTimeoutSeesSessionOutput(t *testing.T) {
 	// The stand-in guest runs sessions on this host; both end by themselves
 	// within 20s, the worker's now.
 	e.c.StopSession(ctx, "worker", "job", client.StopSessionRequest{Signal: "KILL"})
+}
+
+// Bad lifetime, event and metrics settings stop the daemon at start with
+// an error naming the setting; the state dir is left as it was.
+func TestBadSettingsRefusedAtStart(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.crash()
+	for _, c := range []struct {
+		set  func(c *config.Config)
+		want string
+	}{
+		{func(c *config.Config) { c.MaxTTL = "forever" }, `max_ttl "forever"`},
+		{func(c *config.Config) { c.MaxTTL = "-1h" }, `max_ttl "-1h"`},
+		{func(c *config.Config) { c.EventsKeep = "0" }, `events_keep "0"`},
+		{func(c *config.Config) { c.MetricsListen = "10.1.2.3:9100" }, "not a loopback address"},
+		{func(c *config.Config) { c.MetricsListen = "unix:metrics.sock" }, "absolute path"},
+	} {
+		cfg := e.cfg
+		c.set(&cfg)
+		if d, err := New(context.Background(), cfg, e.deps, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			if d != nil {
+				d.Close()
+			}
+			t.Errorf("New: %v, want an error saying %s", err, c.want)
+		}
+	}
+	e.start() // the lock and the store were released
 }
