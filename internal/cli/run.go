@@ -20,7 +20,11 @@ func (a *app) vmRunCmd() *cobra.Command {
 		Long: "Create (or reuse) a VM, start it, wait for SSH, run CMD, exit with its code.\n\n" +
 			"--image may name a container image (e.g. docker.io/library/python:3.12-slim, or\n" +
 			"localhost:5000/app:1): it is pulled on first use, as docker run does, and with no\n" +
-			"CMD the image's ENTRYPOINT and CMD run.",
+			"CMD the image's ENTRYPOINT and CMD run. On a host with no image, the default image is\n" +
+			"built first (its progress on stderr).\n\n" +
+			"Without --name (and without --keep) the VM is deleted when the command ends, as with\n" +
+			"--rm. A run that fails before its command ran leaves no VM behind; an existing VM\n" +
+			"named with --name is left as it was.",
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req, err := f.request()
