@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/banger-dev/banger/client"
@@ -25,7 +24,7 @@ func needsDefaultImage(ims []client.Image, image string) bool {
 			return false
 		}
 	}
-	return image == "" || strings.ContainsAny(image, "/:@.")
+	return image == "" || looksLikeImageRef(image)
 }
 
 // ensureDefaultImage builds the default image, with its progress on
