@@ -6,9 +6,16 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 
 	"github.com/banger-dev/banger/internal/jail"
 )
+
+// The whole helper runs on the process's first thread, so the final exec
+// comes from the thread group leader: an exec from another thread leaves
+// the leader a zombie for a moment, and the daemon, reading /proc/PID/stat
+// right then, took the starting VMM for dead.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	if len(os.Args) != 2 {

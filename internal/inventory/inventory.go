@@ -207,55 +207,17 @@ var (
 func (inv *Inventory) objects(ctx context.Context) ([]Object, error) {
 	e := inv.Engine
 	cfg := inv.Config
-	vms, err := e.ListVMs(ctx)
-	if err != nil {
-		return nil, err
-	}
-	byID := map[string]model.VMRecord{}
-	for _, vm := range vms {
-		byID[vm.ID] = vm
-	}
-	// What the VMs account for: their handles (cache, else scratch file).
-	owner := map[string]string{} // "kind:name" -> vm name
-	dms, dmErr := inv.Disks.ListDMDevices(ctx)
-	dmSet := map[string]bool{}
-	for _, n := range dms {
-		dmSet[n] = true
-	}
-	for _, vm := range vms {
-		h := e.HandlesHint(vm)
-		for kind, name := range map[string]string{"tap": h.TapDevice, "loop": h.BaseLoop, "loop2": h.COWLoop, "dm": h.DMName} {
-			if name != "" {
-				owner[strings.TrimSuffix(kind, "2")+":"+name] = vm.Name
-			}
-		}
-		// A VM's own tap and dm names are derived from its id, and the
-		// loops its dm device is built on are its too (the kernel says so).
-		owner["tap:"+e.TapName(vm.ID)] = vm.Name
-		owner["dm:"+storage.DMName(vm.ID)] = vm.Name
-		if h.PID != 0 {
-			owner["process:"+strconv.Itoa(h.PID)] = vm.Name
-		}
-		if !dmSet[storage.DMName(vm.ID)] {
-			continue
-		}
-		if kh, err := inv.Disks.FindRootHandles(ctx, vm.ID); err == nil {
-			for _, l := range []string{kh.BaseLoop, kh.COWLoop} {
-				if l != "" {
-					owner["loop:"+l] = vm.Name
-				}
-			}
-		}
-	}
-	var objs []Object
-	add := func(kind, name, detail string) {
-		vm := owner[kind+":"+name]
-		objs = append(objs, Object{Kind: kind, Name: name, VM: vm, Orphan: vm == "", Detail: detail})
-	}
+	// First what is on the host, then the VMs: every VM that made an object
+	// seen here existed before the object did, so it is in the list taken
+	// after (a VM created and started during the sweep is never taken for
+	// an orphan).
+	type raw struct{ kind, name, detail string }
+	var found []raw
+	note := func(kind, name, detail string) { found = append(found, raw{kind, name, detail}) }
 	if inv.Network != nil {
 		if taps, err := inv.Network.ListTaps(ctx); err == nil {
 			for _, t := range taps {
-				add("tap", t, "")
+				note("tap", t, "")
 			}
 		}
 	}
@@ -263,13 +225,14 @@ func (inv *Inventory) objects(ctx context.Context) ([]Object, error) {
 	if loops, err := inv.Disks.ListLoopDevices(ctx); err == nil {
 		for dev, file := range loops {
 			if strings.HasPrefix(file, cfg.StateDir+"/") || images[file] {
-				add("loop", dev, file)
+				note("loop", dev, file)
 			}
 		}
 	}
+	dms, dmErr := inv.Disks.ListDMDevices(ctx)
 	if dmErr == nil {
 		for _, name := range dms {
-			add("dm", name, "")
+			note("dm", name, "")
 		}
 	}
 	// VMM processes: a process is a candidate when its argv names a socket
@@ -285,48 +248,84 @@ func (inv *Inventory) objects(ctx context.Context) ([]Object, error) {
 		if err != nil || !mentions(argv, prefix) {
 			continue
 		}
-		name := strconv.Itoa(pid)
-		if owner["process:"+name] == "" {
-			for _, vm := range vms {
-				// Found by argv but not recorded (a VMM being launched, or
-				// a scratch file that was lost): a process proven to be a
-				// VM's VMM belongs to that VM, alive or not.
-				if e.ProvesVMM(vm, pid) {
-					owner["process:"+name] = vm.Name
-				}
-			}
-		}
-		add("process", name, strings.Join(argv, " "))
+		note("process", strconv.Itoa(pid), strings.Join(argv, " "))
 	}
-	// Network policy rules, tagged with their VM's id.
 	if inv.Policies != nil {
 		if ids, err := inv.Policies.List(ctx); err == nil {
 			for _, id := range ids {
-				if vm, ok := byID[id]; ok {
-					owner["nftrules:"+id] = vm.Name
-				}
-				add("nftrules", id, "nftables rules of vm "+id)
+				note("nftrules", id, "nftables rules of vm "+id)
 			}
 		}
 	}
-	// Sockets and directories of VMs that no longer exist.
 	if ents, err := os.ReadDir(filepath.Join(cfg.RunDir, "vm")); err == nil {
 		for _, ent := range ents {
-			for _, vm := range vms {
-				if strings.HasPrefix(vm.ID, ent.Name()) {
-					owner["rundir:"+ent.Name()] = vm.Name
-				}
-			}
-			add("rundir", ent.Name(), filepath.Join(cfg.RunDir, "vm", ent.Name()))
+			note("rundir", ent.Name(), filepath.Join(cfg.RunDir, "vm", ent.Name()))
 		}
 	}
 	if ents, err := os.ReadDir(filepath.Join(cfg.StateDir, "vms")); err == nil {
 		for _, ent := range ents {
-			if vm, ok := byID[ent.Name()]; ok {
-				owner["vmdir:"+ent.Name()] = vm.Name
-			}
-			add("vmdir", ent.Name(), filepath.Join(cfg.StateDir, "vms", ent.Name()))
+			note("vmdir", ent.Name(), filepath.Join(cfg.StateDir, "vms", ent.Name()))
 		}
+	}
+
+	vms, err := e.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byID := map[string]model.VMRecord{}
+	for _, vm := range vms {
+		byID[vm.ID] = vm
+	}
+	// What the VMs account for: their handles (cache, else scratch file),
+	// the names derived from their ids, and the loops their dm devices are
+	// built on (the kernel says so).
+	owner := map[string]string{} // "kind:name" -> vm name
+	dmSet := map[string]bool{}
+	for _, n := range dms {
+		dmSet[n] = true
+	}
+	for _, vm := range vms {
+		h := e.HandlesHint(vm)
+		for kind, name := range map[string]string{"tap": h.TapDevice, "loop": h.BaseLoop, "loop2": h.COWLoop, "dm": h.DMName} {
+			if name != "" {
+				owner[strings.TrimSuffix(kind, "2")+":"+name] = vm.Name
+			}
+		}
+		owner["tap:"+e.TapName(vm.ID)] = vm.Name
+		owner["dm:"+storage.DMName(vm.ID)] = vm.Name
+		owner["nftrules:"+vm.ID] = vm.Name
+		owner["vmdir:"+vm.ID] = vm.Name
+		owner["rundir:"+vm.ID[:16]] = vm.Name
+		if h.PID != 0 {
+			owner["process:"+strconv.Itoa(h.PID)] = vm.Name
+		}
+		if !dmSet[storage.DMName(vm.ID)] {
+			continue
+		}
+		if kh, err := inv.Disks.FindRootHandles(ctx, vm.ID); err == nil {
+			for _, l := range []string{kh.BaseLoop, kh.COWLoop} {
+				if l != "" {
+					owner["loop:"+l] = vm.Name
+				}
+			}
+		}
+	}
+	var objs []Object
+	for _, f := range found {
+		vm := owner[f.kind+":"+f.name]
+		if vm == "" && f.kind == "process" {
+			pid, _ := strconv.Atoi(f.name)
+			for _, v := range vms {
+				// Found by argv but not recorded (a VMM being launched, or a
+				// scratch file that was lost): a process proven to be a VM's
+				// VMM belongs to that VM, alive or not.
+				if e.ProvesVMM(v, pid) {
+					vm = v.Name
+					break
+				}
+			}
+		}
+		objs = append(objs, Object{Kind: f.kind, Name: f.name, VM: vm, Orphan: vm == "", Detail: f.detail})
 	}
 	sort.Slice(objs, func(i, j int) bool {
 		if objs[i].Kind != objs[j].Kind {

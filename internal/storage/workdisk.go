@@ -29,9 +29,17 @@ func (m *Manager) CreateWorkDisk(ctx context.Context, path string, sizeBytes int
 			return fmt.Errorf("creating work disk %s: seed %s is not a directory", path, seedDir)
 		}
 	}
-	// Make the file ourselves (O_EXCL) rather than let mkfs create it: mkfs
-	// -F would happily overwrite a disk that is already there.
-	if err := createSparse(path, roundUp(sizeBytes, copyBlock)); err != nil {
+	// Make a partial file ourselves (O_EXCL) rather than let mkfs create it
+	// (mkfs -F would happily overwrite a disk that is already there), and
+	// rename it into place only once mkfs succeeded: a crash mid-format
+	// leaves a .partial to redo, never a work.ext4 of zeros that a later
+	// start would take as made.
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("creating work disk %s: %w", path, os.ErrExist)
+	}
+	partial := path + ".partial"
+	os.Remove(partial)
+	if err := createSparse(partial, roundUp(sizeBytes, copyBlock)); err != nil {
 		return fmt.Errorf("creating work disk %s: %w", path, err)
 	}
 	args := []string{"-q", "-F", "-L", "work"}
@@ -40,9 +48,15 @@ func (m *Manager) CreateWorkDisk(ctx context.Context, path string, sizeBytes int
 	}
 	// The file is a fresh hole, which reads as zeros, so mkfs need not
 	// zero the journal: that would allocate 64 MiB of a 4 GiB disk.
-	args = append(args, "-E", "root_owner=0:0,lazy_journal_init=1", path)
+	args = append(args, "-E", "root_owner=0:0,lazy_journal_init=1", partial)
 	if _, err := m.Runner.Run(ctx, "mkfs.ext4", args...); err != nil {
-		os.Remove(path)
+		os.Remove(partial)
+		return fmt.Errorf("creating work disk %s: %w", path, err)
+	}
+	// A hard link never replaces a disk that appeared meanwhile.
+	err := os.Link(partial, path)
+	os.Remove(partial)
+	if err != nil {
 		return fmt.Errorf("creating work disk %s: %w", path, err)
 	}
 	return nil
