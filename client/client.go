@@ -297,6 +297,22 @@ func (c *Client) RestartVM(ctx context.Context, name string, req StopRequest) (V
 	return vm, err
 }
 
+// SuspendVM saves a running VM's memory and device state and ends its VMM
+// (its RAM is freed); the VM keeps its tap, IP, DNS name and forwards.
+func (c *Client) SuspendVM(ctx context.Context, name string) (VM, error) {
+	var out VM
+	err := c.call(ctx, request{route: api.RouteVMSuspend, params: []string{name}, body: struct{}{}}, &out)
+	return out, err
+}
+
+// ResumeVM restores a suspended VM with the same processes and network
+// identity (start, exec, ssh and run resume one too).
+func (c *Client) ResumeVM(ctx context.Context, name string) (VM, error) {
+	var out VM
+	err := c.call(ctx, request{route: api.RouteVMResume, params: []string{name}, body: struct{}{}}, &out)
+	return out, err
+}
+
 // VMLogs streams the VM's console log. With follow it keeps streaming new
 // output until ctx ends or the VM is deleted. The caller closes the reader.
 func (c *Client) VMLogs(ctx context.Context, name string, follow bool) (io.ReadCloser, error) {

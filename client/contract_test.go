@@ -578,6 +578,26 @@ func TestContract(t *testing.T) {
 	if err != nil || vm.Runtime.State != client.StateStopped {
 		t.Errorf("StopVM = %s, %v; want stopped", vm.Runtime.State, err)
 	}
+	// Suspend and resume (the double implements pause, snapshot create and
+	// load); a stopped VM cannot be suspended.
+	_, err = c.SuspendVM(ctx, "web")
+	want("SuspendVM of a stopped VM", err, client.IsConflict, client.CodeConflict)
+	if _, err := c.StartVM(ctx, "web"); err != nil {
+		t.Fatalf("StartVM: %v", err)
+	}
+	if vm, err = c.SuspendVM(ctx, "web"); err != nil || vm.Runtime.State != client.StateSuspended {
+		t.Errorf("SuspendVM = %s, %v; want suspended", vm.Runtime.State, err)
+	}
+	if vm, err = c.ResumeVM(ctx, "web"); err != nil || vm.Runtime.State != client.StateRunning {
+		t.Errorf("ResumeVM = %s, %v; want running", vm.Runtime.State, err)
+	}
+	_, err = c.ResumeVM(ctx, "web")
+	want("ResumeVM of a running VM", err, client.IsConflict, client.CodeConflict)
+	if _, err := c.StopVM(ctx, "web", client.StopRequest{Force: true}); err != nil {
+		t.Fatalf("StopVM: %v", err)
+	}
+	_, err = c.SuspendVM(ctx, "nosuch")
+	want("SuspendVM nosuch", err, client.IsNotFound, client.CodeNotFound)
 	_, err = c.RestartVM(ctx, "nosuch", client.StopRequest{})
 	want("RestartVM nosuch", err, client.IsNotFound, client.CodeNotFound)
 	_, err = c.StopVM(ctx, "nosuch", client.StopRequest{})

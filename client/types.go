@@ -87,6 +87,10 @@ const (
 	StateStopped  = model.StateStopped
 	StateError    = model.StateError
 	StateDeleting = model.StateDeleting
+	// StateSuspended: memory and devices saved, no VMM (vm suspend).
+	StateSuspended  = model.StateSuspended
+	StateSuspending = model.StateSuspending
+	StateResuming   = model.StateResuming
 )
 
 // TTL actions: delete (the default) or stop the VM when its TTL expires.

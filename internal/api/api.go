@@ -32,6 +32,8 @@ const (
 	RouteVMStart   = "POST /v1/vms/{name}/start"
 	RouteVMStop    = "POST /v1/vms/{name}/stop"
 	RouteVMRestart = "POST /v1/vms/{name}/restart"
+	RouteVMSuspend = "POST /v1/vms/{name}/suspend"
+	RouteVMResume  = "POST /v1/vms/{name}/resume"
 	RouteVMLogs    = "GET /v1/vms/{name}/logs"
 	RouteVMExec    = "POST /v1/vms/{name}/exec" // upgrades to the frame protocol (stream.go)
 	RouteVMWait    = "POST /v1/vms/{name}/wait-ssh"

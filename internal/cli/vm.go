@@ -16,7 +16,7 @@ import (
 
 func (a *app) vmCmd() *cobra.Command {
 	return group(&cobra.Command{Use: "vm", Short: "Create, run and manage VMs"},
-		a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmStartCmd(), a.vmStopCmd(), a.vmRestartCmd(),
+		a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmStartCmd(), a.vmStopCmd(), a.vmRestartCmd(), a.vmSuspendCmd(), a.vmResumeCmd(),
 		a.vmDeleteCmd(), a.vmLogsCmd(), a.vmPortCmd(), a.vmRunCmd(), a.vmExecCmd(), a.vmSSHCmd(), a.vmCpCmd(), a.sessionCmd(),
 		a.vmTTLCmd(), a.vmStatsCmd())
 }
@@ -295,6 +295,45 @@ func (a *app) vmStartCmd() *cobra.Command {
 			return errors.Join(errs...)
 		},
 	}
+}
+
+func (a *app) vmSuspendCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "suspend NAME...",
+		Short: "Suspend VMs: memory and device state saved, VMM ended (RAM freed); tap, IP, DNS name and forwards kept",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.eachVM(args, func(c *client.Client, n string) error { _, err := c.SuspendVM(a.ctx, n); return err })
+		},
+	}
+}
+
+func (a *app) vmResumeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume NAME...",
+		Short: "Resume suspended VMs (start, exec, ssh and run resume one too)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.eachVM(args, func(c *client.Client, n string) error { _, err := c.ResumeVM(a.ctx, n); return err })
+		},
+	}
+}
+
+// eachVM runs fn for each named VM, printing the names that succeeded.
+func (a *app) eachVM(names []string, fn func(c *client.Client, name string) error) error {
+	c, err := a.api()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range names {
+		if err := fn(c, n); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fmt.Fprintln(a.stdout, n)
+	}
+	return errors.Join(errs...)
 }
 
 func (a *app) vmStopCmd() *cobra.Command {

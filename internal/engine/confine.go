@@ -193,6 +193,12 @@ func (e *Engine) confine(ctx context.Context, r *run) error {
 	uid := vm.Runtime.UID
 	// The files the VMM opens: its disks, logs and run dir, owned by it.
 	rw := []string{rootDiskPath(vm), vm.Runtime.WorkDiskPath, VMRunDir(e.cfg, vm.ID)}
+	// A VMM that saves or loads its own state files (Firecracker) needs
+	// the suspend dir.
+	if err := os.MkdirAll(suspendDir(vm), 0o750); err != nil {
+		return err
+	}
+	rw = append(rw, suspendDir(vm))
 	for _, p := range []string{vm.Runtime.LogPath, filepath.Join(vm.Runtime.VMDir, "vmm.log"), vm.Runtime.MetricsPath} {
 		if err := createOwned(p, uid); err != nil {
 			return err

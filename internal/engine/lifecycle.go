@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -70,6 +71,9 @@ func (e *Engine) StartVM(ctx context.Context, name string) (model.VMRecord, erro
 
 func (e *Engine) startLocked(ctx context.Context, vm *model.VMRecord) error {
 	began := time.Now()
+	if vm.Runtime.State == model.StateSuspended {
+		return e.resumeLocked(ctx, vm)
+	}
 	if alive, _ := e.vmAlive(ctx, *vm); alive {
 		return nil
 	}
@@ -160,9 +164,11 @@ func (e *Engine) stopLocked(ctx context.Context, vm *model.VMRecord, force bool,
 	if !cached {
 		h, _ = e.rediscoverHandles(*vm)
 	}
-	if h.IsZero() && !vm.Runtime.State.Transitional() && vm.Runtime.State != model.StateRunning {
+	if h.IsZero() && !vm.Runtime.State.Transitional() && vm.Runtime.State != model.StateRunning && vm.Runtime.State != model.StateSuspended {
 		return nil
 	}
+	// Stopping a suspended VM discards its saved state.
+	defer os.RemoveAll(suspendDir(*vm))
 	// A full state disk must not keep a VM running that was asked to stop:
 	// the VMM is stopped anyway, and the state settles on a retry or at
 	// the next daemon start (reconcile finds the VMM gone).

@@ -65,6 +65,9 @@ type run struct {
 	killed bool
 	// confinement is how the VMM is launched (nil: unconfined).
 	confinement *vmm.Confinement
+	// incoming is the saved state a resume restores (nil: a cold boot).
+	// Steps that would write into the guest's disks are skipped then.
+	incoming *vmm.Incoming
 }
 
 func (e *Engine) plan() []step {
@@ -212,6 +215,14 @@ func (e *Engine) makeWorkDisk(ctx context.Context, r *run) error {
 }
 
 func (e *Engine) activateRootDisk(ctx context.Context, r *run) error {
+	if r.incoming != nil {
+		// A suspended VM kept its root disk active: reuse what the kernel has.
+		if kh := e.provenRootHandles(ctx, *r.vm, r.h.RootHandles); kh.DMDev != "" {
+			r.h.RootHandles = kh
+			r.rootDev = kh.DMDev
+			return e.saveHandles(r)
+		}
+	}
 	dev, rh, err := e.deps.RootDisks.ActivateRootDisk(ctx, r.vm.ID, r.im.RootfsPath, rootDiskPath(*r.vm))
 	if err != nil {
 		return err
@@ -297,6 +308,9 @@ func (e *Engine) provenRootHandles(ctx context.Context, vm model.VMRecord, hint 
 // the image already contains. The files are also kept in the VM's system
 // overlay directory for inspection.
 func (e *Engine) writeGuestConfig(ctx context.Context, r *run) error {
+	if r.incoming != nil {
+		return nil // the restored guest has these files in its memory and disk already
+	}
 	pub, err := e.sshPublicKey()
 	if err != nil {
 		return err
@@ -365,7 +379,9 @@ func (e *Engine) deleteTap(ctx context.Context, r *run) error {
 }
 
 func (e *Engine) launchVMM(ctx context.Context, r *run) error {
-	os.Remove(r.vm.Runtime.LogPath) // a fresh console log per boot
+	if r.incoming == nil {
+		os.Remove(r.vm.Runtime.LogPath) // a fresh console log per boot
+	}
 	if r.confinement != nil {
 		// A confined VMM opens its console log itself, as its own user.
 		if err := createOwned(r.vm.Runtime.LogPath, r.confinement.Spec.UID); err != nil {
@@ -374,6 +390,7 @@ func (e *Engine) launchVMM(ctx context.Context, r *run) error {
 	}
 	m := e.machine(*r.vm, r.im, r.rootDev, r.h)
 	m.Confine = r.confinement
+	m.Incoming = r.incoming
 	p, err := r.drv.Launch(ctx, m)
 	if err != nil {
 		return err

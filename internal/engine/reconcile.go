@@ -3,10 +3,12 @@ package engine
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // awaitReconciled blocks until startup reconcile has processed vm (VMs
@@ -79,7 +81,10 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 	if h.PID != 0 {
 		alive, _ = e.processIsVMM(ctx, vm, h)
 	}
-	dec := nextState(vm.Runtime.State, Facts{Alive: alive, HostObjects: !h.IsZero() || herr != nil, Startup: true})
+	present := h.PID != 0 && e.proveVMM(vm, h) == nil
+	_, savedErr := readIncoming(vm)
+	dec := nextState(vm.Runtime.State, Facts{Alive: alive, HostObjects: !h.IsZero() || herr != nil, Startup: true,
+		Present: present, Saved: savedErr == nil})
 	switch dec.Action {
 	case ActKeep:
 		e.handles.set(vm.ID, h)
@@ -99,6 +104,36 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 		}
 		e.commitState(ctx, &vm, dec.State, dec.Reason)
 		e.emitEvent(Event{Kind: EventReconciled, VM: vm, Cause: "demoted: " + dec.Reason})
+	case ActKeepSuspended:
+		r := &run{vm: &vm, h: h, force: true}
+		var steps []step
+		for _, s := range e.plan() {
+			if s.key == "vmm" || s.key == "confine" {
+				steps = append(steps, s)
+			}
+		}
+		e.undoSome(ctx, r, steps)
+		e.handles.set(vm.ID, r.h)
+		if err := e.applyNetPolicy(ctx, r); err != nil {
+			e.log.Error("reconcile: re-applying the network policy", "vm", vm.Name, "err", err)
+		}
+		if vm.Runtime.State != model.StateSuspended {
+			e.commitState(ctx, &vm, model.StateSuspended, dec.Reason)
+		}
+		e.emit(EventStarted, vm) // its DNS name stays published
+	case ActContinue:
+		if drv, err := e.driverFor(vm.Runtime.VMM); err == nil {
+			if sus, ok := drv.(Suspender); ok {
+				if err := sus.Resume(ctx, e.machine(vm, model.Image{}, "", h), system.Process{PID: h.PID, Start: h.PIDStart}); err != nil {
+					e.log.Error("reconcile: resuming a vm a suspend left paused", "vm", vm.Name, "err", err)
+				}
+			}
+		}
+		os.RemoveAll(suspendDir(vm))
+		e.handles.set(vm.ID, h)
+		writeHandlesFile(handlesPath(vm), h)
+		e.commitState(ctx, &vm, model.StateRunning, dec.Reason)
+		e.emit(EventStarted, vm)
 	case ActFinishDelete:
 		if err := e.deleteLocked(withCause(ctx, "reconcile finished an interrupted delete"), &vm, true); err != nil {
 			e.log.Error("reconcile: finishing delete", "vm", vm.Name, "err", err)

@@ -12,6 +12,11 @@ type Facts struct {
 	// Startup: the facts were gathered by startup reconcile, after the
 	// daemon itself was down.
 	Startup bool
+	// Present: a process proven to be this VM's VMM runs (answering or
+	// not: a paused guest, a VMM mid-save).
+	Present bool
+	// Saved: the VM's directory holds a complete saved state (suspend).
+	Saved bool
 }
 
 // Action is what to do to bring a VM's record and the host together.
@@ -23,6 +28,12 @@ const (
 	ActKeep         Action = "keep"          // alive and recorded running: keep it
 	ActTeardown     Action = "teardown"      // tear down whatever is present, then record stopped
 	ActFinishDelete Action = "finish-delete" // an interrupted delete: finish it
+	// ActKeepSuspended keeps a suspended VM's tap, policy and root disk
+	// (ending any VMM it has) and records it suspended.
+	ActKeepSuspended Action = "keep-suspended"
+	// ActContinue resumes a VMM that a suspend left paused without a
+	// complete saved state: the VM goes on running.
+	ActContinue Action = "continue"
 )
 
 // Decision is nextState's answer: the action, the state to record after it
@@ -38,6 +49,24 @@ type Decision struct {
 // reconcile, the exit watcher and vm show all ask it.
 func nextState(state model.VMState, f Facts) Decision {
 	switch state {
+	case model.StateSuspended:
+		return Decision{ActKeepSuspended, model.StateSuspended, ""}
+	case model.StateSuspending:
+		switch {
+		case f.Saved:
+			return Decision{ActKeepSuspended, model.StateSuspended, ""}
+		case f.Present:
+			return Decision{ActContinue, model.StateRunning, "suspend was interrupted; the vm goes on running"}
+		}
+		return Decision{ActTeardown, model.StateStopped, "suspend was interrupted" + restart(f)}
+	case model.StateResuming:
+		switch {
+		case f.Alive:
+			return Decision{ActKeep, model.StateRunning, ""}
+		case f.Saved:
+			return Decision{ActKeepSuspended, model.StateSuspended, "resume was interrupted" + restart(f)}
+		}
+		return Decision{ActTeardown, model.StateStopped, "resume was interrupted" + restart(f)}
 	case model.StateDeleting:
 		return Decision{ActFinishDelete, model.StateDeleting, ""}
 	case model.StateRunning:

@@ -61,6 +61,12 @@ func (e *Engine) Guest(ctx context.Context, name string, wait time.Duration) (*g
 	if err != nil {
 		return nil, vm, err
 	}
+	if vm.Runtime.State == model.StateSuspended {
+		// exec, ssh, cp and sessions on a suspended VM resume it first.
+		if vm, err = e.ResumeVM(ctx, name); err != nil {
+			return nil, vm, err
+		}
+	}
 	c, err := e.guests.get(ctx, vm, wait)
 	return c, vm, err
 }

@@ -247,6 +247,8 @@ func (s *Server) Handler() http.Handler {
 		api.RouteVMStart:      s.vmStart,
 		api.RouteVMStop:       s.vmStop,
 		api.RouteVMRestart:    s.vmRestart,
+		api.RouteVMSuspend:    s.vmSuspend,
+		api.RouteVMResume:     s.vmResume,
 		api.RouteVMLogs:       s.vmLogs,
 		api.RouteVMExec:       s.vmExec,
 		api.RouteVMWait:       s.vmWaitSSH,

@@ -175,3 +175,25 @@ func (s *Server) vmLogs(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/plain")
 	return s.eng.ConsoleLog(r.Context(), r.PathValue("name"), follow, flushWriter{w})
 }
+
+func (s *Server) vmSuspend(w http.ResponseWriter, r *http.Request) error {
+	if err := decode(r, &struct{}{}, true); err != nil {
+		return err
+	}
+	vm, err := s.eng.SuspendVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, s.view(r.Context(), vm, false))
+}
+
+func (s *Server) vmResume(w http.ResponseWriter, r *http.Request) error {
+	if err := decode(r, &struct{}{}, true); err != nil {
+		return err
+	}
+	vm, err := s.eng.ResumeVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, s.view(r.Context(), vm, true))
+}

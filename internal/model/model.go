@@ -19,11 +19,20 @@ const (
 	StateStopped  VMState = "stopped"
 	StateError    VMState = "error"
 	StateDeleting VMState = "deleting"
+	// Suspended: memory and device state saved in the VM's directory, no
+	// VMM running; the VM keeps its tap, IP, DNS name and forwards.
+	StateSuspended  VMState = "suspended"
+	StateSuspending VMState = "suspending"
+	StateResuming   VMState = "resuming"
 )
 
 // Transitional reports whether s is a state a VM is only in while an operation runs.
 func (s VMState) Transitional() bool {
-	return s == StateStarting || s == StateStopping || s == StateDeleting
+	switch s {
+	case StateStarting, StateStopping, StateDeleting, StateSuspending, StateResuming:
+		return true
+	}
+	return false
 }
 
 // VMSpec is the machine a user asked for.
