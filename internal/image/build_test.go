@@ -30,6 +30,10 @@ type fakeHost struct {
 	downloads []string
 	commands  []string
 	rootfs    map[string]fakeFile // what mkfs.ext4 -d was given
+
+	// depends holds each package's apt-cache depends lines
+	// ("  Depends: x", " |Depends: y", "    provider"); none when absent.
+	depends map[string][]string
 }
 
 type fakePkg struct {
@@ -108,6 +112,10 @@ func (h *fakeHost) Run(_ context.Context, name string, args ...string) ([]byte, 
 			return fail("E: No packages found", nil)
 		}
 		return []byte(kernelMetaPackage + "\n  Depends: linux-image-" + fakeKernelVersion + "\n"), nil
+	case name == "apt-cache" && slices.Equal(args[:min(len(args), len(aptDependsArgs))], aptDependsArgs):
+		return h.aptDependsRecurse(args[len(aptDependsArgs):], fail)
+	case name == "dpkg-deb" && len(args) == 2 && args[0] == "-c":
+		return h.dpkgContents(args[1], fail)
 	case name == "apt-get" && len(args) > 0 && args[0] == "download":
 		var out strings.Builder
 		pkgs := args[1:]
@@ -212,8 +220,9 @@ func TestBuildMinimalFakeHost(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Build: %v\ncommands:\n%s", err, strings.Join(h.commands, "\n"))
 	}
-	wantSteps := []string{"resolving packages", "downloading packages", "unpacking packages",
-		"building rootfs", "building initramfs", "extracting vmlinux", "checking image"}
+	wantSteps := []string{"resolving packages", "extra packages htop need nothing more", "downloading packages",
+		"downloading 11 packages, 0.0 MiB (0 of 11 cached)", "unpacking packages", "building rootfs",
+		"checking extra packages' programs", "building initramfs", "extracting vmlinux", "checking image"}
 	if !slices.Equal(steps, wantSteps) {
 		t.Errorf("steps %q, want %q", steps, wantSteps)
 	}

@@ -164,8 +164,19 @@ func (b *builder) fetch(ctx context.Context, names []string) ([]deb, error) {
 	if cache == "" {
 		cache = filepath.Join(b.work, "debs")
 	}
-	return fetchDebs(ctx, b.r, b.work, cache, dedupe(names), func() error {
-		return b.step(ctx, "downloading packages")
+	return fetchDebsReporting(ctx, b.r, b.work, cache, dedupe(names), func(missing []deb, total int) error {
+		if err := b.step(ctx, "downloading packages"); err != nil {
+			return err
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		var size int64
+		for _, d := range missing {
+			size += d.size
+		}
+		return b.step(ctx, fmt.Sprintf("downloading %d packages, %.1f MiB (%d of %d cached)",
+			len(missing), float64(size)/(1<<20), total-len(missing), total))
 	})
 }
 
@@ -175,11 +186,14 @@ func (b *builder) fetch(ctx context.Context, names []string) ([]deb, error) {
 // size and SHA-256 check out, so concurrent builds can share a cache. With
 // every file cached it needs no network: apt resolves from its local lists.
 func fetchDebs(ctx context.Context, r Runner, scratch, cache string, names []string, beforeDownload func() error) ([]deb, error) {
+	return fetchDebsReporting(ctx, r, scratch, cache, names, func([]deb, int) error { return beforeDownload() })
+}
+
+// fetchDebsReporting is fetchDebs telling beforeDownload which of the total
+// files are not cached yet.
+func fetchDebsReporting(ctx context.Context, r Runner, scratch, cache string, names []string, beforeDownload func(missing []deb, total int) error) ([]deb, error) {
 	debs, err := resolveDebs(ctx, r, scratch, names)
 	if err != nil {
-		return nil, err
-	}
-	if err := beforeDownload(); err != nil {
 		return nil, err
 	}
 	if cache, err = filepath.Abs(cache); err != nil {
@@ -189,11 +203,16 @@ func fetchDebs(ctx context.Context, r Runner, scratch, cache string, names []str
 		return nil, fmt.Errorf("creating package cache %s: %w", cache, err)
 	}
 	var missing []string
+	var missingDebs []deb
 	for i := range debs {
 		debs[i].path = filepath.Join(cache, debs[i].file)
 		if verifyDeb(debs[i], debs[i].path) != nil {
 			missing = append(missing, debs[i].name)
+			missingDebs = append(missingDebs, debs[i])
 		}
+	}
+	if err := beforeDownload(missingDebs, len(debs)); err != nil {
+		return nil, err
 	}
 	if len(missing) == 0 {
 		return debs, nil

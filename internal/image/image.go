@@ -23,6 +23,14 @@
 //     (Firecracker's SendCtrlAltDel) stop the guest cleanly. On the minimal
 //     base both sync, unmount /work, remount / read-only and power off or
 //     reboot at once; the debian base leaves them to systemd (seconds).
+//
+// Extra packages (BuildOptions.Packages) on the minimal base are unpacked
+// with their dependency closure (Depends and Pre-Depends, resolved from
+// apt's metadata as apt would: first installable alternative, a virtual
+// package's only or highest-priority provider) but without maintainer
+// scripts. An unknown package is refused before any download, and a package
+// whose programs could not start in the tree (a missing interpreter, loader
+// or shared library) is refused before the rootfs is written.
 package image
 
 import (
@@ -52,7 +60,7 @@ const (
 type BuildOptions struct {
 	Dir      string   // output directory, created; removed entirely when the build fails
 	Base     string   // BaseMinimal (default) or BaseDebian
-	Packages []string // extra Debian packages: debian base installs them, minimal unpacks them (no dependencies, no maintainer scripts)
+	Packages []string // extra Debian packages: debian base installs them, minimal unpacks them with their Depends and Pre-Depends (no maintainer scripts) and refuses them when their programs cannot start
 	CacheDir string   // downloaded .debs are kept here between builds (optional)
 	Progress func(step string)
 	Runner   Runner
@@ -205,13 +213,18 @@ func (b *builder) buildMinimal(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	names := append(append([]string{kernelPkg}, minimalPackages...), b.opts.Packages...)
+	extra, err := b.resolveExtras(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	names := append(append([]string{kernelPkg}, minimalPackages...), extra...)
 	debs, err := b.fetch(ctx, names)
 	if err != nil {
 		return Result{}, err
 	}
-	if len(b.opts.Packages) > 0 {
-		b.note("extra packages %s were unpacked without their dependencies or maintainer scripts (minimal base)", strings.Join(b.opts.Packages, ", "))
+	programs, err := b.extraPrograms(ctx, debs)
+	if err != nil {
+		return Result{}, err
 	}
 
 	if err := b.step(ctx, "unpacking packages"); err != nil {
@@ -252,6 +265,14 @@ func (b *builder) buildMinimal(ctx context.Context) (Result, error) {
 	}
 	if err := b.populateMinimal(ctx, tree); err != nil {
 		return Result{}, err
+	}
+	if len(programs) > 0 {
+		if err := b.step(ctx, "checking extra packages' programs"); err != nil {
+			return Result{}, err
+		}
+		if err := checkPackagePrograms(tree, programs); err != nil {
+			return Result{}, fmt.Errorf("checking extra packages' programs (unpacked without maintainer scripts):\n%w", err)
+		}
 	}
 	if err := makeExt4(ctx, b.r, tree, b.out(rootfsFile)); err != nil {
 		return Result{}, err

@@ -20,6 +20,10 @@ const testCacheDir = "/var/cache/banger/debs"
 // from TestMain's host-side process to its re-executed child.
 const prefetchEnv = "BANGER_TEST_IMAGE_PREFETCH"
 
+// prefetchPython3Env is the same for python3 and its dependencies, which
+// the extra-package tests build with.
+const prefetchPython3Env = "BANGER_TEST_IMAGE_PREFETCH_PYTHON3"
+
 // TestMain fills the package cache while still in the host's network
 // namespace (the Debian mirror is not reachable from the private one), then
 // re-runs the tests in a private network namespace because the boot test
@@ -27,9 +31,13 @@ const prefetchEnv = "BANGER_TEST_IMAGE_PREFETCH"
 func TestMain(m *testing.M) {
 	if os.Geteuid() == 0 && os.Getenv(system.NetNSEnv) != "1" && os.Getenv(prefetchEnv) == "" {
 		os.Setenv(prefetchEnv, prefetchDebs())
+		os.Setenv(prefetchPython3Env, prefetchPython3())
 	}
 	code := system.ReexecInNewNetNS(m)
 	sharedImage.cleanup()
+	if python3Build.base != "" {
+		os.RemoveAll(python3Build.base)
+	}
 	os.Exit(code)
 }
 
@@ -50,6 +58,26 @@ func prefetchDebs() string {
 	names := append([]string{kernel}, minimalPackages...)
 	if _, err := fetchDebs(ctx, r, scratch, testCacheDir, names, func() error { return nil }); err != nil {
 		return fmt.Sprintf("debian packages unavailable (mirror unreachable?): %v", err)
+	}
+	return "ok"
+}
+
+// prefetchPython3 downloads python3's dependency closure into testCacheDir.
+func prefetchPython3() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	r := system.ExecRunner{}
+	deps, err := resolveClosure(ctx, r, []string{"python3"}, minimalPackages)
+	if err != nil {
+		return fmt.Sprintf("python3's dependencies unresolvable: %v", err)
+	}
+	scratch, err := os.MkdirTemp("", "banger-prefetch-")
+	if err != nil {
+		return err.Error()
+	}
+	defer os.RemoveAll(scratch)
+	if _, err := fetchDebs(ctx, r, scratch, testCacheDir, append([]string{"python3"}, deps...), func() error { return nil }); err != nil {
+		return fmt.Sprintf("python3's packages unavailable (mirror unreachable?): %v", err)
 	}
 	return "ok"
 }
