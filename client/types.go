@@ -97,6 +97,8 @@ const (
 const (
 	TTLDelete = model.TTLDelete
 	TTLStop   = model.TTLStop
+	// TTLSuspend suspends the VM when its TTL expires.
+	TTLSuspend = model.TTLSuspend
 )
 
 // Guest session statuses.

@@ -128,15 +128,13 @@ func (f *createFlags) lifetime(req *client.CreateVMRequest) error {
 	}
 	switch a := client.TTLAction(f.ttlAction); a {
 	case "":
-	case client.TTLDelete, client.TTLStop:
+	case client.TTLDelete, client.TTLStop, client.TTLSuspend:
 		if req.TTLSeconds == 0 {
 			return usageError{fmt.Errorf("--ttl-action %s needs --ttl", a)}
 		}
 		req.TTLAction = string(a)
-	case "suspend":
-		return usageError{fmt.Errorf("--ttl-action suspend needs VM snapshots, which banger does not have yet: use stop or delete")}
 	default:
-		return usageError{fmt.Errorf("invalid --ttl-action %q: want delete or stop", f.ttlAction)}
+		return usageError{fmt.Errorf("invalid --ttl-action %q: want delete, stop or suspend", f.ttlAction)}
 	}
 	if f.idleTimeout != "" || f.changed("idle-timeout") {
 		d, err := units.ParseDuration(f.idleTimeout)

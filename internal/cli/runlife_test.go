@@ -82,7 +82,7 @@ func TestTTLRequest(t *testing.T) {
 			t.Errorf("ttlRequest(%q) = %+v, %v; want %+v", arg, got, err, want)
 		}
 	}
-	for _, c := range [][2]string{{"0", ""}, {"-1h", ""}, {"+0s", ""}, {"soon", ""}, {"1h", "suspend"}, {"1h", "explode"}, {"none", "stop"}} {
+	for _, c := range [][2]string{{"0", ""}, {"-1h", ""}, {"+0s", ""}, {"soon", ""}, {"1h", "explode"}, {"none", "stop"}} {
 		if got, err := ttlRequest(c[0], c[1]); err == nil {
 			t.Errorf("ttlRequest(%q, action %q) = %+v, want an error", c[0], c[1], got)
 		} else if exitCode(err) != ExitUsage {
@@ -281,7 +281,7 @@ func TestRunRefusesBadLifetimesFirst(t *testing.T) {
 	sock := d.serve(t)
 	for _, args := range [][]string{
 		{"--ttl", "0"}, {"--ttl=-1m"}, {"--ttl", "soon"}, {"--ttl", "31d"}, {"--idle-timeout", "10s"},
-		{"--ttl", "1h", "--ttl-action", "suspend"}, {"--ttl-action", "stop"}, {"--rm", "--keep"},
+		{"--ttl-action", "stop"}, {"--rm", "--keep"},
 	} {
 		code, _, errOut := runAgainst(t, sock, append(append([]string{"vm", "run"}, args...), "--", "true")...)
 		if code != ExitUsage || errOut == "" {

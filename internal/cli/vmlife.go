@@ -44,11 +44,9 @@ func (a *app) vmTTLCmd() *cobra.Command {
 func ttlRequest(arg, action string) (client.TTLRequest, error) {
 	req := client.TTLRequest{Action: action}
 	switch action {
-	case "", string(client.TTLDelete), string(client.TTLStop):
-	case "suspend":
-		return req, usageError{fmt.Errorf("--action suspend needs VM snapshots, which banger does not have yet: use stop or delete")}
+	case "", string(client.TTLDelete), string(client.TTLStop), string(client.TTLSuspend):
 	default:
-		return req, usageError{fmt.Errorf("invalid --action %q: want delete or stop", action)}
+		return req, usageError{fmt.Errorf("invalid --action %q: want delete, stop or suspend", action)}
 	}
 	if arg == "none" || arg == "off" {
 		if action != "" {

@@ -409,6 +409,19 @@ func (s *switchDriver) Launch(ctx context.Context, m vmm.Machine) (system.Proces
 	return s.cur().Launch(ctx, m)
 }
 
+// Suspend, SetGuestTime and Resume pass through to the current driver.
+func (s *switchDriver) Suspend(ctx context.Context, m vmm.Machine, p system.Process, dir string) (vmm.Incoming, error) {
+	return s.cur().(engine.Suspender).Suspend(ctx, m, p, dir)
+}
+
+func (s *switchDriver) SetGuestTime(ctx context.Context, m vmm.Machine, t time.Time) error {
+	return s.cur().(engine.Suspender).SetGuestTime(ctx, m, t)
+}
+
+func (s *switchDriver) Resume(ctx context.Context, m vmm.Machine, p system.Process) error {
+	return s.cur().(engine.Suspender).Resume(ctx, m, p)
+}
+
 // handlesPath is where the engine keeps a VM's scratch file.
 func handlesPath(vm model.VMRecord) string { return filepath.Join(vm.Runtime.VMDir, "handles.json") }
 

@@ -647,3 +647,27 @@ func TestBadSettingsRefusedAtStart(t *testing.T) {
 	}
 	e.start() // the lock and the store were released
 }
+
+// A VM whose TTL action is suspend is suspended when it expires (its VMM
+// gone, its state saved), and start resumes it.
+func TestTTLSuspends(t *testing.T) {
+	e := newEnvWith(t, envOpts{network: true}, func(d *Deps) { d.LifetimeEvery = 50 * time.Millisecond })
+	e.importImage()
+	ctx := context.Background()
+	vm := e.createWith(client.CreateVMRequest{Name: "dozer", TTLSeconds: 2, TTLAction: "suspend"}, true)
+	p, ok := e.vmmProcess(vm)
+	if !ok {
+		t.Fatal("no vmm")
+	}
+	waitUntil(t, "dozer to be suspended", 8*time.Second, func() bool { return e.mustGet("dozer").Runtime.State == model.StateSuspended })
+	if p.Alive() {
+		t.Error("the vmm of a suspended vm still runs")
+	}
+	if _, err := e.c.StartVM(ctx, "dozer"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.c.GetVM(ctx, "dozer")
+	if err != nil || got.Runtime.State != model.StateRunning || got.Live == nil || !got.Live.Alive {
+		t.Fatalf("after start: %s %+v %v", got.Runtime.State, got.Live, err)
+	}
+}

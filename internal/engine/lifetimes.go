@@ -67,11 +67,9 @@ func (e *Engine) checkLifetime(l Lifetime) error {
 
 func checkTTLAction(a model.TTLAction, hasTTL bool) error {
 	switch a {
-	case "", model.TTLDelete, model.TTLStop:
-	case model.TTLSuspend:
-		return errdefs.Invalid("ttl action suspend needs VM snapshots, which banger does not have yet: use stop or delete")
+	case "", model.TTLDelete, model.TTLStop, model.TTLSuspend:
 	default:
-		return errdefs.Invalid("invalid ttl action %q: want delete or stop", a)
+		return errdefs.Invalid("invalid ttl action %q: want delete, stop or suspend", a)
 	}
 	if a != "" && !hasTTL {
 		return errdefs.Invalid("a ttl action (%s) needs a ttl", a)
@@ -375,6 +373,17 @@ func (e *Engine) expire(ctx context.Context, id string) {
 	e.log.Info("vm ttl expired", "vm", vm.Name, "action", action, "expired_at", o.ExpiresAt)
 	cctx := withCause(ctx, "ttl expired")
 	switch action {
+	case model.TTLSuspend:
+		if vm.Runtime.State != model.StateRunning {
+			break
+		}
+		if err := e.suspendLocked(cctx, &vm); err != nil {
+			e.log.Error("suspending a vm whose ttl expired", "vm", vm.Name, "err", err)
+			retry = 30 * time.Second
+			return
+		}
+		vm.Spec.Options.ExpiresAt, vm.Spec.Options.TTLAction = time.Time{}, ""
+		e.commitState(cctx, &vm, vm.Runtime.State, "suspended: ttl expired at "+o.ExpiresAt.Format(time.RFC3339))
 	case model.TTLStop:
 		if err := e.stopLocked(cctx, &vm, false, 10*time.Second); err != nil && vm.Runtime.State != model.StateStopped {
 			e.log.Error("stopping a vm whose ttl expired", "vm", vm.Name, "err", err)

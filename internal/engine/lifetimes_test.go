@@ -31,8 +31,7 @@ func TestCheckLifetime(t *testing.T) {
 		{Lifetime{IdleTimeout: 10 * time.Second}, "shorter than a boot"},
 		{Lifetime{IdleTimeout: -time.Minute}, "positive"},
 		{Lifetime{IdleTimeout: 40 * 24 * time.Hour}, "beyond max_ttl"},
-		{Lifetime{TTL: time.Hour, TTLAction: model.TTLSuspend}, "snapshots"},
-		{Lifetime{TTL: time.Hour, TTLAction: "explode"}, "want delete or stop"},
+		{Lifetime{TTL: time.Hour, TTLAction: "explode"}, "want delete, stop or suspend"},
 		{Lifetime{TTLAction: model.TTLStop}, "needs a ttl"},
 	} {
 		err := e.checkLifetime(bad.l)

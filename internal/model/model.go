@@ -66,8 +66,8 @@ type VMOptions struct {
 // TTLAction is what happens to a VM when its TTL expires.
 type TTLAction string
 
-// The TTL actions. Suspend needs snapshots, which banger does not have
-// yet: it is refused.
+// The TTL actions: delete (the default), stop, or suspend (memory and
+// device state saved, no VMM).
 const (
 	TTLDelete  TTLAction = "delete"
 	TTLStop    TTLAction = "stop"
