@@ -457,8 +457,6 @@ func TestContract(t *testing.T) {
 	}
 	_, err = c.SetTTL(ctx, "web", client.TTLRequest{TTLSeconds: 100 * 86400})
 	want("SetTTL beyond max_ttl", err, client.IsInvalidArgument, client.CodeInvalidArgument)
-	_, err = c.SetTTL(ctx, "web", client.TTLRequest{Action: "suspend", TTLSeconds: 60})
-	want("SetTTL with action suspend", err, client.IsInvalidArgument, client.CodeInvalidArgument)
 	_, err = c.SetTTL(ctx, "nosuch", client.TTLRequest{TTLSeconds: 60})
 	want("SetTTL nosuch", err, client.IsNotFound, client.CodeNotFound)
 	vm, err = c.SetTTL(ctx, "web", client.TTLRequest{Clear: true})
