@@ -559,7 +559,7 @@ func TestLifetimeBadInput(t *testing.T) {
 		`{"name":"x","ttl_seconds":2678400}`, // 31 days: beyond max_ttl
 		`{"name":"x","idle_timeout_seconds":29}`,
 		`{"name":"x","idle_timeout_seconds":-5}`,
-		`{"name":"x","ttl_seconds":60,"ttl_action":"suspend"}`,
+		`{"name":"x","ttl_seconds":60,"ttl_action":"hibernate"}`,
 		`{"name":"x","ttl_seconds":60,"ttl_action":"explode"}`,
 		`{"name":"x","ttl_action":"stop"}`,
 		`{"name":"x","ttl_seconds":"soon"}`,
@@ -574,7 +574,7 @@ func TestLifetimeBadInput(t *testing.T) {
 	}
 	e.createWith(client.CreateVMRequest{Name: "y"}, false)
 	before := e.mustGet("y")
-	for _, body := range []string{`{"ttl_seconds":0}`, `{"ttl_seconds":-3}`, `{"ttl_seconds":2678400}`, `{"clear":true,"ttl_seconds":5}`, `{"ttl_seconds":5,"action":"suspend"}`} {
+	for _, body := range []string{`{"ttl_seconds":0}`, `{"ttl_seconds":-3}`, `{"ttl_seconds":2678400}`, `{"clear":true,"ttl_seconds":5}`, `{"ttl_seconds":5,"action":"hibernate"}`} {
 		code, out := e.raw("POST", "/v1/vms/y/ttl", strings.NewReader(body))
 		if code != 400 {
 			t.Errorf("ttl %s: %d %s, want 400", body, code, out)

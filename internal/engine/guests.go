@@ -100,6 +100,7 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 	// which a loaded guest (or dropbear's limit on unauthenticated
 	// connections per address) answered by closing some: EOF.
 	deadline := time.Now().Add(wait)
+	joined := false
 	p.mu.Lock()
 	for {
 		if c, ok := p.m[vm.ID]; ok {
@@ -111,6 +112,7 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 			break
 		}
 		p.mu.Unlock()
+		joined = true
 		select {
 		case <-call.done:
 		case <-ctx.Done():
@@ -123,7 +125,10 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 		}
 		p.mu.Lock()
 	}
-	wait = max(time.Until(deadline), 0)
+	if joined {
+		// Part of the wait went on another caller's dial.
+		wait = max(time.Until(deadline), 0).Round(time.Millisecond)
+	}
 	call := &dialCall{done: make(chan struct{})}
 	p.dialing[vm.ID] = call
 	p.mu.Unlock()

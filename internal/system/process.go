@@ -93,7 +93,10 @@ func ProcStartTime(pid int) (uint64, error) {
 	if len(fields) < 20 {
 		return 0, fmt.Errorf("parse /proc/%d/stat: short", pid)
 	}
-	if fields[0] == "Z" || fields[0] == "X" {
+	// A zombie thread group leader whose other threads still run (a
+	// multithreaded program exec'ing from another thread, for a moment) is
+	// alive: num_threads (field 20) says so.
+	if (fields[0] == "Z" || fields[0] == "X") && !(fields[0] == "Z" && len(fields) > 17 && fields[17] != "1" && fields[17] != "0") {
 		return 0, fmt.Errorf("process %d is a zombie: %w", pid, os.ErrNotExist)
 	}
 	return strconv.ParseUint(fields[19], 10, 64)
