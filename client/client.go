@@ -297,6 +297,41 @@ func (c *Client) RestartVM(ctx context.Context, name string, req StopRequest) (V
 	return vm, err
 }
 
+// SnapshotVM takes a named snapshot of a running or suspended VM (a
+// running one pauses briefly and goes on); As "" generates a name.
+func (c *Client) SnapshotVM(ctx context.Context, name string, req SnapshotRequest) (Snapshot, error) {
+	var out Snapshot
+	err := c.call(ctx, request{route: api.RouteVMSnapshot, params: []string{name}, body: req}, &out)
+	return out, err
+}
+
+// ForkVM makes new VMs from a running VM, each with its own identity, and
+// starts them.
+func (c *Client) ForkVM(ctx context.Context, name string, req ForkRequest) ([]VM, error) {
+	var out []VM
+	err := c.call(ctx, request{route: api.RouteVMFork, params: []string{name}, body: req}, &out)
+	return out, err
+}
+
+// ListSnapshots lists the snapshots.
+func (c *Client) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
+	var out []Snapshot
+	err := c.call(ctx, request{route: api.RouteSnapshotList}, &out)
+	return out, err
+}
+
+// GetSnapshot shows a snapshot and the VMs that still need it.
+func (c *Client) GetSnapshot(ctx context.Context, name string) (Snapshot, error) {
+	var out Snapshot
+	err := c.call(ctx, request{route: api.RouteSnapshotShow, params: []string{name}}, &out)
+	return out, err
+}
+
+// DeleteSnapshot removes a snapshot no VM still needs.
+func (c *Client) DeleteSnapshot(ctx context.Context, name string) error {
+	return c.call(ctx, request{route: api.RouteSnapshotDelete, params: []string{name}}, nil)
+}
+
 // SuspendVM saves a running VM's memory and device state and ends its VMM
 // (its RAM is freed); the VM keeps its tap, IP, DNS name and forwards.
 func (c *Client) SuspendVM(ctx context.Context, name string) (VM, error) {

@@ -586,9 +586,39 @@ func TestContract(t *testing.T) {
 	if vm, err = c.SuspendVM(ctx, "web"); err != nil || vm.Runtime.State != client.StateSuspended {
 		t.Errorf("SuspendVM = %s, %v; want suspended", vm.Runtime.State, err)
 	}
+	// Snapshots: a suspended VM's saved state and disks are copied; the
+	// Firecracker driver cannot restore clones yet, so a VM made from one
+	// is refused, and so is a fork (it snapshots a running VM).
+	snap, err := c.SnapshotVM(ctx, "web", client.SnapshotRequest{As: "snap1"})
+	if err != nil || snap.Name != "snap1" || snap.SourceVM != "web" {
+		t.Errorf("SnapshotVM = %+v, %v; want snap1 of web", snap, err)
+	}
+	_, err = c.SnapshotVM(ctx, "web", client.SnapshotRequest{As: "snap1"})
+	want("SnapshotVM again", err, client.IsAlreadyExists, client.CodeAlreadyExists)
+	_, err = c.SnapshotVM(ctx, "web", client.SnapshotRequest{As: "bad/name"})
+	want("SnapshotVM with a bad name", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	_, err = c.SnapshotVM(ctx, "nosuch", client.SnapshotRequest{})
+	want("SnapshotVM nosuch", err, client.IsNotFound, client.CodeNotFound)
+	if snaps, err := c.ListSnapshots(ctx); err != nil || len(snaps) != 1 || snaps[0].Name != "snap1" {
+		t.Errorf("ListSnapshots = %+v, %v; want [snap1]", snaps, err)
+	}
+	if got, err := c.GetSnapshot(ctx, "snap1"); err != nil || got.Image != "contract" {
+		t.Errorf("GetSnapshot = %+v, %v; want image contract", got, err)
+	}
+	_, err = c.GetSnapshot(ctx, "nosuch")
+	want("GetSnapshot nosuch", err, client.IsNotFound, client.CodeNotFound)
+	_, err = c.CreateVM(ctx, client.CreateVMRequest{Name: "clone", From: "snap1"})
+	want("CreateVM from a Firecracker snapshot", err, client.IsConflict, client.CodeConflict)
+	_, err = c.CreateVM(ctx, client.CreateVMRequest{Name: "clone", From: "nosuch"})
+	want("CreateVM from a missing snapshot", err, client.IsNotFound, client.CodeNotFound)
+	must("DeleteSnapshot", c.DeleteSnapshot(ctx, "snap1"))
+	err = c.DeleteSnapshot(ctx, "snap1")
+	want("DeleteSnapshot again", err, client.IsNotFound, client.CodeNotFound)
 	if vm, err = c.ResumeVM(ctx, "web"); err != nil || vm.Runtime.State != client.StateRunning {
 		t.Errorf("ResumeVM = %s, %v; want running", vm.Runtime.State, err)
 	}
+	_, err = c.ForkVM(ctx, "web", client.ForkRequest{Count: 1})
+	want("ForkVM of a running Firecracker VM", err, client.IsConflict, client.CodeConflict)
 	_, err = c.ResumeVM(ctx, "web")
 	want("ResumeVM of a running VM", err, client.IsConflict, client.CodeConflict)
 	if _, err := c.StopVM(ctx, "web", client.StopRequest{Force: true}); err != nil {

@@ -53,6 +53,9 @@ type (
 	// BuildImageRequest builds an image from Debian packages (BuildImage).
 	BuildImageRequest = api.BuildImageRequest
 	PullImageRequest  = api.PullImageRequest
+	SnapshotRequest   = api.SnapshotRequest
+	ForkRequest       = api.ForkRequest
+	Snapshot          = api.Snapshot
 	OCIImage          = api.OCIImage
 	OCILayer          = api.OCILayer
 	Confinement       = api.Confinement

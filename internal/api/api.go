@@ -25,20 +25,26 @@ const MaxBodyBytes = 1 << 20
 const (
 	RouteVersion = "GET /v1/version"
 
-	RouteVMList    = "GET /v1/vms"
-	RouteVMCreate  = "POST /v1/vms"
-	RouteVMShow    = "GET /v1/vms/{name}"
-	RouteVMDelete  = "DELETE /v1/vms/{name}"
-	RouteVMStart   = "POST /v1/vms/{name}/start"
-	RouteVMStop    = "POST /v1/vms/{name}/stop"
-	RouteVMRestart = "POST /v1/vms/{name}/restart"
-	RouteVMSuspend = "POST /v1/vms/{name}/suspend"
-	RouteVMResume  = "POST /v1/vms/{name}/resume"
-	RouteVMLogs    = "GET /v1/vms/{name}/logs"
-	RouteVMExec    = "POST /v1/vms/{name}/exec" // upgrades to the frame protocol (stream.go)
-	RouteVMWait    = "POST /v1/vms/{name}/wait-ssh"
-	RouteVMStats   = "GET /v1/vms/{name}/stats"
-	RouteVMTTL     = "POST /v1/vms/{name}/ttl"
+	RouteVMList     = "GET /v1/vms"
+	RouteVMCreate   = "POST /v1/vms"
+	RouteVMShow     = "GET /v1/vms/{name}"
+	RouteVMDelete   = "DELETE /v1/vms/{name}"
+	RouteVMStart    = "POST /v1/vms/{name}/start"
+	RouteVMStop     = "POST /v1/vms/{name}/stop"
+	RouteVMRestart  = "POST /v1/vms/{name}/restart"
+	RouteVMSuspend  = "POST /v1/vms/{name}/suspend"
+	RouteVMResume   = "POST /v1/vms/{name}/resume"
+	RouteVMSnapshot = "POST /v1/vms/{name}/snapshot"
+	RouteVMFork     = "POST /v1/vms/{name}/fork"
+
+	RouteSnapshotList   = "GET /v1/snapshots"
+	RouteSnapshotShow   = "GET /v1/snapshots/{name}"
+	RouteSnapshotDelete = "DELETE /v1/snapshots/{name}"
+	RouteVMLogs         = "GET /v1/vms/{name}/logs"
+	RouteVMExec         = "POST /v1/vms/{name}/exec" // upgrades to the frame protocol (stream.go)
+	RouteVMWait         = "POST /v1/vms/{name}/wait-ssh"
+	RouteVMStats        = "GET /v1/vms/{name}/stats"
+	RouteVMTTL          = "POST /v1/vms/{name}/ttl"
 
 	RouteVMPorts      = "GET /v1/vms/{name}/ports"
 	RouteVMPortAdd    = "POST /v1/vms/{name}/ports"
@@ -96,6 +102,32 @@ type CreateVMRequest struct {
 	TTLSeconds         int64  `json:"ttl_seconds,omitempty"`
 	TTLAction          string `json:"ttl_action,omitempty"` // delete (default) or stop
 	IdleTimeoutSeconds int64  `json:"idle_timeout_seconds,omitempty"`
+	// From makes the VM from a snapshot: its machine, image and disks, and
+	// at its first start the snapshot's memory and device state.
+	From string `json:"from,omitempty"`
+}
+
+// SnapshotRequest names a snapshot to take ("" = generated).
+type SnapshotRequest struct {
+	As string `json:"as,omitempty"`
+}
+
+// ForkRequest asks for Count new VMs from a running VM.
+type ForkRequest struct {
+	Count int `json:"count,omitempty"` // default 1
+}
+
+// Snapshot is a named point in time of a VM.
+type Snapshot struct {
+	Name       string       `json:"name"`
+	SourceVM   string       `json:"source_vm"`
+	Image      string       `json:"image"`
+	VMM        string       `json:"vmm"`
+	VMMVersion string       `json:"vmm_version,omitempty"`
+	Spec       model.VMSpec `json:"spec"`
+	Size       int64        `json:"size"`
+	CreatedAt  string       `json:"created_at"`
+	UsedBy     []string     `json:"used_by,omitempty"`
 }
 
 // TTLRequest changes a VM's TTL (RouteVMTTL): TTLSeconds from now, or

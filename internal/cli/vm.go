@@ -16,7 +16,7 @@ import (
 
 func (a *app) vmCmd() *cobra.Command {
 	return group(&cobra.Command{Use: "vm", Short: "Create, run and manage VMs"},
-		a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmStartCmd(), a.vmStopCmd(), a.vmRestartCmd(), a.vmSuspendCmd(), a.vmResumeCmd(),
+		a.vmCreateCmd(), a.vmListCmd(), a.vmShowCmd(), a.vmStartCmd(), a.vmStopCmd(), a.vmRestartCmd(), a.vmSuspendCmd(), a.vmResumeCmd(), a.vmSnapshotCmd(), a.vmForkCmd(),
 		a.vmDeleteCmd(), a.vmLogsCmd(), a.vmPortCmd(), a.vmRunCmd(), a.vmExecCmd(), a.vmSSHCmd(), a.vmCpCmd(), a.sessionCmd(),
 		a.vmTTLCmd(), a.vmStatsCmd())
 }
@@ -28,6 +28,7 @@ type createFlags struct {
 	ports                        []string
 	flags                        *pflag.FlagSet // to tell --name "" from no --name
 	// confinement and network policy
+	from                  string
 	unconfined, isolated  bool
 	cpuQuota              int
 	allowHost             []uint
@@ -47,6 +48,7 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	fl.StringVar(&f.disk, "disk-size", "8G", "root disk size")
 	fl.StringVar(&f.work, "work-disk-size", "4G", "work disk size")
 	fl.StringArrayVarP(&f.ports, "publish", "p", nil, "forward a host port: [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp] (repeatable)")
+	fl.StringVar(&f.from, "from", "", "make the VM from a snapshot: its machine, image and disks; its first start restores the snapshot")
 	fl.BoolVar(&f.unconfined, "unconfined", false, "run the VMM as root with no jail or cgroup (not recommended; logged and shown)")
 	fl.IntVar(&f.cpuQuota, "cpu-quota", 0, "cap the VMM at this percent of one CPU (0: no cap)")
 	fl.BoolVar(&f.isolated, "isolated", false, "no traffic between this VM and the other VMs, both ways")
@@ -60,7 +62,7 @@ func (f *createFlags) add(cmd *cobra.Command) {
 
 func (f *createFlags) request() (client.CreateVMRequest, error) {
 	req := client.CreateVMRequest{Name: f.name, Image: f.image, VMM: f.vmm, VCPUs: f.vcpus, MemoryMiB: f.memory, Ports: f.ports,
-		Unconfined: f.unconfined, CPUQuota: f.cpuQuota, Isolated: f.isolated, EgressAllow: f.egressAllow, EgressDeny: f.egressDn}
+		Unconfined: f.unconfined, CPUQuota: f.cpuQuota, Isolated: f.isolated, EgressAllow: f.egressAllow, EgressDeny: f.egressDn, From: f.from}
 	for _, p := range f.allowHost {
 		if p < 1 || p > 65535 {
 			return req, usageError{fmt.Errorf("invalid --allow-host %d: want a port from 1 to 65535", p)}
@@ -453,4 +455,103 @@ func quota(q int) string {
 		return "none"
 	}
 	return fmt.Sprintf("%d%% of a CPU", q)
+}
+
+func (a *app) vmSnapshotCmd() *cobra.Command {
+	var as string
+	cmd := &cobra.Command{
+		Use:   "snapshot NAME [--as SNAP]",
+		Short: "Take a snapshot of a running or suspended VM (memory, devices, disks); a running VM pauses briefly",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			s, err := c.SnapshotVM(a.ctx, args[0], client.SnapshotRequest{As: as})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, s.Name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&as, "as", "", "snapshot name (default: the VM's name and the time)")
+	return cmd
+}
+
+func (a *app) vmForkCmd() *cobra.Command {
+	var count int
+	cmd := &cobra.Command{
+		Use:   "fork NAME [--count N]",
+		Short: "Make new running VMs from a running VM, each with its own name, IP, MAC, hostname and host key",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if count < 1 {
+				return usageError{fmt.Errorf("invalid --count %d: want at least 1", count)}
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			vms, err := c.ForkVM(a.ctx, args[0], client.ForkRequest{Count: count})
+			for _, vm := range vms {
+				fmt.Fprintln(a.stdout, vm.Name)
+			}
+			return err
+		},
+	}
+	cmd.Flags().IntVar(&count, "count", 1, "how many")
+	return cmd
+}
+
+func (a *app) snapshotCmd() *cobra.Command {
+	var output string
+	list := &cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List snapshots", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			snaps, err := c.ListSnapshots(a.ctx)
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, s := range snaps {
+				rows = append(rows, []string{s.Name, s.SourceVM, s.VMM, human(s.Size), s.CreatedAt})
+			}
+			return a.render(output, snaps, []string{"NAME", "FROM VM", "VMM", "SIZE", "CREATED"}, rows)
+		},
+	}
+	outputFlag(list, &output)
+	show := &cobra.Command{
+		Use: "show SNAP", Short: "Show a snapshot and the VMs that still need it", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			s, err := c.GetSnapshot(a.ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return a.printJSON(s)
+		},
+	}
+	del := &cobra.Command{
+		Use: "delete SNAP", Aliases: []string{"rm"}, Short: "Delete a snapshot (refused while a VM made from it has not started)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			return c.DeleteSnapshot(a.ctx, args[0])
+		},
+	}
+	return group(&cobra.Command{Use: "snapshot", Short: "Manage VM snapshots"}, list, show, del)
 }

@@ -76,6 +76,11 @@ func validateCreate(req *CreateSpec) error {
 // vsock CID, and binds its port forwards. Disks are made at first start, so
 // a create is a single row insert; on failure nothing remains.
 func (e *Engine) CreateVM(ctx context.Context, req CreateSpec) (model.VMRecord, error) {
+	if req.Options.From != "" {
+		if err := e.checkFrom(&req); err != nil {
+			return model.VMRecord{}, err
+		}
+	}
 	if err := validateCreate(&req); err != nil {
 		return model.VMRecord{}, err
 	}

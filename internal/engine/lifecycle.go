@@ -125,7 +125,24 @@ func (e *Engine) startLocked(ctx context.Context, vm *model.VMRecord) error {
 		return fmt.Errorf("starting vm %q: %w", vm.Name, err)
 	}
 	r := &run{vm: vm, im: im, drv: drv, force: true}
-	if err := e.forward(ctx, r); err != nil {
+	in, snap, err := e.cloneIncoming(*vm)
+	if err != nil {
+		e.commitState(ctx, vm, model.StateError, err.Error())
+		return err
+	}
+	r.incoming, r.clone = in, snap
+	err = e.forward(ctx, r)
+	if err == nil && r.clone != nil {
+		// Restored from a snapshot: its own identity before anyone sees it.
+		if err = e.identifyClone(ctx, r); err != nil {
+			err = errors.Join(fmt.Errorf("giving the clone its identity: %w", err), e.teardown(ctx, r))
+			// Its disks are the snapshot's copies with the guest's state in
+			// flight: redo them at the next start.
+			os.Remove(rootDiskPath(*vm))
+			os.Remove(vm.Runtime.WorkDiskPath)
+		}
+	}
+	if err != nil {
 		err = fmt.Errorf("starting vm %q: %w", vm.Name, err)
 		e.commitState(ctx, vm, model.StateError, err.Error())
 		e.log.Error("vm start failed", "vm", vm.Name, "err", err)

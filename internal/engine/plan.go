@@ -68,6 +68,8 @@ type run struct {
 	// incoming is the saved state a resume restores (nil: a cold boot).
 	// Steps that would write into the guest's disks are skipped then.
 	incoming *vmm.Incoming
+	// clone is the snapshot a VM made from one restores at its first start.
+	clone *Snapshot
 }
 
 func (e *Engine) plan() []step {
@@ -195,6 +197,9 @@ func (e *Engine) removeSockets(ctx context.Context, r *run) error {
 }
 
 func (e *Engine) makeRootDisk(ctx context.Context, r *run) error {
+	if r.clone != nil {
+		return e.copyFromSnapshot(ctx, r.clone, r.clone.RootDisk, rootDiskPath(*r.vm))
+	}
 	if _, err := os.Stat(rootDiskPath(*r.vm)); err == nil {
 		return nil
 	}
@@ -203,6 +208,9 @@ func (e *Engine) makeRootDisk(ctx context.Context, r *run) error {
 }
 
 func (e *Engine) makeWorkDisk(ctx context.Context, r *run) error {
+	if r.clone != nil {
+		return e.copyFromSnapshot(ctx, r.clone, r.clone.WorkDisk, r.vm.Runtime.WorkDiskPath)
+	}
 	if _, err := os.Stat(r.vm.Runtime.WorkDiskPath); err == nil {
 		return nil
 	}

@@ -80,7 +80,7 @@ func (s *Server) vmCreate(w http.ResponseWriter, r *http.Request) error {
 	vm, err := s.eng.CreateVM(r.Context(), engine.CreateSpec{
 		Name: req.Name, Image: req.Image, VMM: req.VMM, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB,
 		DiskSizeBytes: req.DiskSizeBytes, WorkDiskBytes: req.WorkDiskBytes, Ports: req.Ports,
-		Options: model.VMOptions{Unconfined: req.Unconfined, CPUQuota: req.CPUQuota, Net: model.NetPolicy{
+		Options: model.VMOptions{Unconfined: req.Unconfined, CPUQuota: req.CPUQuota, From: req.From, Net: model.NetPolicy{
 			Isolated: req.Isolated, AllowHost: req.AllowHost, EgressAllow: req.EgressAllow, EgressDeny: req.EgressDeny}},
 		Lifetime: life,
 	})
@@ -196,4 +196,71 @@ func (s *Server) vmResume(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, s.view(r.Context(), vm, true))
+}
+
+func snapshotView(s engine.Snapshot) api.Snapshot {
+	return api.Snapshot{Name: s.Name, SourceVM: s.SourceVM, Image: s.Image, VMM: s.VMM, VMMVersion: s.VMMVersion, Spec: s.Spec,
+		Size: s.Size, CreatedAt: s.CreatedAt.Format(time.RFC3339), UsedBy: s.UsedBy}
+}
+
+func (s *Server) vmSnapshot(w http.ResponseWriter, r *http.Request) error {
+	var req api.SnapshotRequest
+	if err := decode(r, &req, true); err != nil {
+		return err
+	}
+	snap, err := s.eng.SnapshotVM(r.Context(), r.PathValue("name"), req.As)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	return writeJSON(w, snapshotView(snap))
+}
+
+func (s *Server) vmFork(w http.ResponseWriter, r *http.Request) error {
+	var req api.ForkRequest
+	if err := decode(r, &req, true); err != nil {
+		return err
+	}
+	if req.Count == 0 {
+		req.Count = 1
+	}
+	vms, err := s.eng.ForkVM(r.Context(), r.PathValue("name"), req.Count)
+	if err != nil {
+		return err
+	}
+	out := []api.VM{}
+	for _, vm := range vms {
+		out = append(out, s.view(r.Context(), vm, false))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	return writeJSON(w, out)
+}
+
+func (s *Server) snapshotList(w http.ResponseWriter, r *http.Request) error {
+	snaps, err := s.eng.ListSnapshots(r.Context())
+	if err != nil {
+		return err
+	}
+	out := []api.Snapshot{}
+	for _, sn := range snaps {
+		out = append(out, snapshotView(sn))
+	}
+	return writeJSON(w, out)
+}
+
+func (s *Server) snapshotShow(w http.ResponseWriter, r *http.Request) error {
+	snap, err := s.eng.GetSnapshot(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, snapshotView(snap))
+}
+
+func (s *Server) snapshotDelete(w http.ResponseWriter, r *http.Request) error {
+	if err := s.eng.DeleteSnapshot(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	return writeJSON(w, struct{}{})
 }

@@ -52,8 +52,11 @@ type VMOptions struct {
 	// asked explicitly (vm create --unconfined), logged and shown.
 	Unconfined bool `json:"unconfined,omitempty"`
 	// CPUQuota caps the VMM at this percent of one CPU (0 = no cap).
-	CPUQuota int       `json:"cpu_quota,omitempty"`
-	Net      NetPolicy `json:"net"`
+	CPUQuota int `json:"cpu_quota,omitempty"`
+	// From is the snapshot the VM was made from: its first start restores
+	// the snapshot's state instead of booting.
+	From string    `json:"from,omitempty"`
+	Net  NetPolicy `json:"net"`
 
 	// Lifetime: the VM is stopped or deleted (TTLAction) at ExpiresAt, and
 	// stopped after IdleTimeoutSeconds without exec, ssh, session or

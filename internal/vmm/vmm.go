@@ -128,3 +128,12 @@ func (m Machine) KernelIPArg() string {
 	}
 	return "ip=" + m.GuestIP + "::" + m.GatewayIP + ":" + m.Netmask + ":" + m.Name + ":eth0:off"
 }
+
+// CloneIdentity is what makes a VM restored from another's state its own.
+type CloneIdentity struct {
+	MAC       string
+	IP        string
+	PrefixLen int
+	Gateway   string
+	Hostname  string
+}

@@ -1,0 +1,84 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestForkAndSnapshot forks a running guest into two clones and makes a VM
+// from a named snapshot: each clone carries the source's memory (a file on
+// a tmpfs) and disks, yet has its own hostname, address, SSH host key and
+// disk; the source goes on running.
+func TestForkAndSnapshot(t *testing.T) {
+	requireSuite(t)
+	const name = "e2e-fork"
+	runVM(t, name)
+	hostKey := "dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key | grep ^ssh-"
+	mustBanger(t, "vm", "exec", name, "--", "sh", "-c", "echo in-memory >/tmp/mark && echo on-disk >/root/mark && sync")
+	srcKey := strings.TrimSpace(mustBanger(t, "vm", "exec", name, "--", "sh", "-c", hostKey))
+	srcIP := showVM(t, name).Runtime.GuestIP
+
+	start := time.Now()
+	out := mustBanger(t, "vm", "fork", name, "--count", "2")
+	t.Logf("TIMING fork of 2 %s", time.Since(start).Round(time.Millisecond))
+	clones := strings.Fields(out)
+	if len(clones) != 2 {
+		t.Fatalf("vm fork printed %q, want two names", out)
+	}
+	deleteAtEnd(t, clones...)
+
+	ips := map[string]string{srcIP: name}
+	for _, c := range clones {
+		vm := showVM(t, c)
+		if vm.Runtime.State != "running" {
+			t.Errorf("clone %s is %s, want running", c, vm.Runtime.State)
+		}
+		if other, dup := ips[vm.Runtime.GuestIP]; dup {
+			t.Errorf("clone %s has the address %s of %s", c, vm.Runtime.GuestIP, other)
+		}
+		ips[vm.Runtime.GuestIP] = c
+		got := mustBanger(t, "vm", "exec", c, "--", "sh", "-c", "hostname; cat /tmp/mark /root/mark; ip -4 -o addr show dev eth0")
+		lines := strings.Split(strings.TrimSpace(got), "\n")
+		if len(lines) < 4 || lines[0] != c || lines[1] != "in-memory" || lines[2] != "on-disk" || !strings.Contains(lines[3], " "+vm.Runtime.GuestIP+"/") {
+			t.Errorf("clone %s: got %q; want its own hostname, the source's memory and disk, and its address %s", c, got, vm.Runtime.GuestIP)
+		}
+		if key := strings.TrimSpace(mustBanger(t, "vm", "exec", c, "--", "sh", "-c", hostKey)); key == "" || key == srcKey {
+			t.Errorf("clone %s kept the source's SSH host key", c)
+		}
+	}
+	// Disks are copies: a write in one clone is not seen anywhere else.
+	mustBanger(t, "vm", "exec", clones[0], "--", "sh", "-c", "echo mine >/root/only; sync")
+	for _, other := range []string{clones[1], name} {
+		if _, _, code := banger(t, "vm", "exec", other, "--", "test", "-e", "/root/only"); code == 0 {
+			t.Errorf("%s sees a file written in %s", other, clones[0])
+		}
+	}
+	if h := strings.TrimSpace(mustBanger(t, "vm", "exec", name, "--", "hostname")); h != name {
+		t.Errorf("source hostname after the fork = %q", h)
+	}
+	// The fork's temporary snapshot is gone.
+	if out := mustBanger(t, "snapshot", "list"); strings.Contains(out, "fork-") {
+		t.Errorf("snapshot list after a fork:\n%s", out)
+	}
+
+	// A named snapshot, a VM made from it, and its deletion once no
+	// unstarted VM needs it.
+	mustBanger(t, "vm", "snapshot", name, "--as", "e2e-snap")
+	t.Cleanup(func() { banger(t, "snapshot", "delete", "e2e-snap") })
+	mustBanger(t, "vm", "create", "--name", "e2e-from", "--from", "e2e-snap")
+	deleteAtEnd(t, "e2e-from")
+	if _, errOut, code := banger(t, "snapshot", "delete", "e2e-snap"); code == 0 || !strings.Contains(errOut, "e2e-from") {
+		t.Errorf("snapshot delete while e2e-from needs it: exit %d, %q", code, errOut)
+	}
+	mustBanger(t, "vm", "start", "e2e-from")
+	if got := strings.TrimSpace(mustBanger(t, "vm", "exec", "e2e-from", "--", "sh", "-c", "hostname; cat /tmp/mark")); got != "e2e-from\nin-memory" {
+		t.Errorf("vm from a snapshot: %q", got)
+	}
+	mustBanger(t, "snapshot", "delete", "e2e-snap")
+	// A restart of a VM made from a snapshot boots from its own disks.
+	mustBanger(t, "vm", "restart", "e2e-from")
+	if got := strings.TrimSpace(mustBanger(t, "vm", "exec", "e2e-from", "--", "sh", "-c", "hostname; cat /root/mark; test -e /tmp/mark || echo cold")); got != "e2e-from\non-disk\ncold" {
+		t.Errorf("vm from a snapshot after a restart: %q", got)
+	}
+}

@@ -1,0 +1,351 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/vmm"
+)
+
+// Snapshots: a named point in time of a VM (its memory and device state,
+// root and work disks), taken from a running VM (paused briefly while its
+// state is saved and its disks copied) or a suspended one. New VMs are made
+// from one (vm create --from, vm fork): each gets its own id, name, IP,
+// MAC, DNS name, tap and disk copies, and on its first start the snapshot's
+// state is restored with the link down, the guest agent gives it its
+// identity (MAC, address, hostname, fresh entropy, a new SSH host key, the
+// clock), and only then its link comes up. Snapshots live in
+// STATE_DIR/snapshots/<name> with a meta.json.
+
+// Snapshot describes a snapshot.
+type Snapshot struct {
+	Name       string       `json:"name"`
+	SourceVM   string       `json:"source_vm"`
+	SourceID   string       `json:"source_id"`
+	Image      string       `json:"image"`
+	VMM        string       `json:"vmm"`
+	Accel      string       `json:"accel"`
+	Spec       model.VMSpec `json:"spec"`
+	State      string       `json:"state"`              // the VMM's saved state file
+	MemFile    string       `json:"mem_file,omitempty"` // Firecracker's guest memory file
+	RootDisk   string       `json:"root_disk"`
+	WorkDisk   string       `json:"work_disk"`
+	Size       int64        `json:"size"` // bytes on disk, all files
+	CreatedAt  time.Time    `json:"created_at"`
+	Temporary  bool         `json:"temporary,omitempty"` // made by vm fork, removed after
+	UsedBy     []string     `json:"used_by,omitempty"`   // VMs made from it not yet started
+	VMMVersion string       `json:"vmm_version,omitempty"`
+}
+
+// SnapshotSaver is what the engine needs of a VMM to snapshot and clone.
+type SnapshotSaver interface {
+	SaveForSnapshot(ctx context.Context, m vmm.Machine, p system.Process, file string) error
+	Resume(ctx context.Context, m vmm.Machine, p system.Process) error
+	PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneIdentity) (string, error)
+}
+
+func (e *Engine) snapshotDir(name string) string {
+	return filepath.Join(e.cfg.StateDir, "snapshots", name)
+}
+
+func (e *Engine) readSnapshot(name string) (Snapshot, error) {
+	var s Snapshot
+	if err := validName(name); err != nil {
+		return s, errdefs.Invalid("snapshot %w", err)
+	}
+	b, err := os.ReadFile(filepath.Join(e.snapshotDir(name), "meta.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return s, errdefs.NotFound("snapshot %q not found", name)
+	}
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("snapshot %q: %w", name, err)
+	}
+	return s, nil
+}
+
+// GetSnapshot describes a snapshot and the VMs that still need it.
+func (e *Engine) GetSnapshot(ctx context.Context, name string) (Snapshot, error) {
+	s, err := e.readSnapshot(name)
+	if err != nil {
+		return s, err
+	}
+	vms, _ := e.store.ListVMs(ctx)
+	for _, vm := range vms {
+		if vm.Spec.Options.From == name && !fileExists(rootDiskPath(vm)) {
+			s.UsedBy = append(s.UsedBy, vm.Name)
+		}
+	}
+	return s, nil
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// ListSnapshots lists the snapshots, oldest first.
+func (e *Engine) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
+	ents, err := os.ReadDir(filepath.Join(e.cfg.StateDir, "snapshots"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	out := []Snapshot{}
+	for _, ent := range ents {
+		if s, err := e.GetSnapshot(ctx, ent.Name()); err == nil {
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+// DeleteSnapshot removes a snapshot no VM still needs.
+func (e *Engine) DeleteSnapshot(ctx context.Context, name string) error {
+	s, err := e.GetSnapshot(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(s.UsedBy) > 0 {
+		return errdefs.Conflict("snapshot %q is needed by vm %s (not started yet): start or delete them first", name, strings.Join(s.UsedBy, ", "))
+	}
+	return os.RemoveAll(e.snapshotDir(name))
+}
+
+// SnapshotVM takes a named snapshot of a running or suspended VM. A running
+// VM is paused while its state is saved and its disks copied, then goes on.
+func (e *Engine) SnapshotVM(ctx context.Context, vmName, snapName string) (Snapshot, error) {
+	var snap Snapshot
+	_, err := e.locked(ctx, vmName, func(vm *model.VMRecord) error {
+		var err error
+		snap, err = e.snapshotLocked(ctx, vm, snapName, false)
+		return err
+	})
+	return snap, err
+}
+
+func (e *Engine) snapshotLocked(ctx context.Context, vm *model.VMRecord, name string, temporary bool) (Snapshot, error) {
+	if name == "" {
+		name = vm.Name + "-" + e.deps.Now().UTC().Format("20060102-150405")
+		if len(name) > model.MaxNameLen {
+			name = "snap-" + newID()[:12]
+		}
+	}
+	if err := validName(name); err != nil {
+		return Snapshot{}, errdefs.Invalid("snapshot %w", err)
+	}
+	dir := e.snapshotDir(name)
+	if fileExists(dir) {
+		return Snapshot{}, errdefs.AlreadyExists("snapshot %q already exists", name)
+	}
+	if vm.Runtime.RootDiskMethod == "dm-snapshot" {
+		return Snapshot{}, errdefs.Conflict("vm %q: snapshots of dm-snapshot root disks are not supported yet", vm.Name)
+	}
+	suspended := vm.Runtime.State == model.StateSuspended
+	var saver SnapshotSaver
+	if !suspended {
+		if alive, reason := e.vmAlive(ctx, *vm); !alive {
+			return Snapshot{}, errdefs.Conflict("vm %q is not running or suspended (%s): nothing to snapshot", vm.Name, reason)
+		}
+		drv, err := e.driverFor(vm.Runtime.VMM)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		var ok bool
+		if saver, ok = drv.(SnapshotSaver); !ok {
+			return Snapshot{}, errdefs.Conflict("vm %q: snapshots of running %s VMs are not supported yet (suspend it first)", vm.Name, vm.Runtime.VMM)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return Snapshot{}, err
+	}
+	fail := func(err error) (Snapshot, error) {
+		os.RemoveAll(dir)
+		return Snapshot{}, err
+	}
+	snap := Snapshot{Name: name, SourceVM: vm.Name, SourceID: vm.ID, Image: vm.Image, VMM: vm.Runtime.VMM, Accel: vm.Runtime.Accel,
+		Spec: vm.Spec, RootDisk: filepath.Join(dir, "root.img"), WorkDisk: filepath.Join(dir, "work.ext4"),
+		CreatedAt: e.deps.Now().UTC(), Temporary: temporary}
+	snap.Spec.Options.From = ""
+	copyDisks := func() error {
+		for _, c := range [][2]string{{rootDiskPath(*vm), snap.RootDisk}, {vm.Runtime.WorkDiskPath, snap.WorkDisk}} {
+			if _, err := e.deps.Runner.Run(ctx, "cp", "--reflink=auto", "--sparse=always", c[0], c[1]); err != nil {
+				return fmt.Errorf("copying %s: %w", c[0], err)
+			}
+		}
+		return nil
+	}
+	start := time.Now()
+	if suspended {
+		in, err := readIncoming(*vm)
+		if err != nil {
+			return fail(errdefs.Conflict("vm %q: its saved state: %w", vm.Name, err))
+		}
+		snap.State = filepath.Join(dir, filepath.Base(in.File))
+		if _, err := e.deps.Runner.Run(ctx, "cp", "--reflink=auto", "--sparse=always", in.File, snap.State); err != nil {
+			return fail(err)
+		}
+		if in.MemFile != "" {
+			snap.MemFile = filepath.Join(dir, filepath.Base(in.MemFile))
+			if _, err := e.deps.Runner.Run(ctx, "cp", "--reflink=auto", "--sparse=always", in.MemFile, snap.MemFile); err != nil {
+				return fail(err)
+			}
+		}
+		snap.VMMVersion = in.VMMVersion
+		if err := copyDisks(); err != nil {
+			return fail(err)
+		}
+	} else {
+		h, _ := e.handles.get(vm.ID)
+		m := e.machine(*vm, model.Image{}, "", h)
+		p := system.Process{PID: h.PID, Start: h.PIDStart}
+		snap.State = filepath.Join(dir, "qemu.state")
+		if err := saver.SaveForSnapshot(ctx, m, p, snap.State); err != nil {
+			return fail(fmt.Errorf("snapshot of vm %q: %w", vm.Name, err))
+		}
+		err := copyDisks()
+		if rerr := saver.Resume(context.WithoutCancel(ctx), m, p); rerr != nil {
+			e.log.Error("resuming a vm after its snapshot", "vm", vm.Name, "err", rerr)
+		}
+		if err != nil {
+			return fail(err)
+		}
+	}
+	for _, f := range []string{snap.State, snap.MemFile, snap.RootDisk, snap.WorkDisk} {
+		if st, err := os.Stat(f); err == nil {
+			snap.Size += st.Size()
+		}
+	}
+	b, _ := json.MarshalIndent(snap, "", "  ")
+	if err := writeFileAtomic(filepath.Join(dir, "meta.json"), b, 0o600); err != nil {
+		return fail(err)
+	}
+	e.log.Info("snapshot taken", "vm", vm.Name, "snapshot", name, "took", time.Since(start))
+	return snap, nil
+}
+
+// checkFrom validates a create's snapshot and takes its machine.
+func (e *Engine) checkFrom(req *CreateSpec) error {
+	snap, err := e.readSnapshot(req.Options.From)
+	if err != nil {
+		return err
+	}
+	if req.Image != "" && req.Image != snap.Image {
+		return errdefs.Invalid("vm from snapshot %q runs its image %q, not %q", snap.Name, snap.Image, req.Image)
+	}
+	drv, err := e.driverFor(snap.VMM)
+	if err != nil {
+		return err
+	}
+	if _, ok := drv.(SnapshotSaver); !ok {
+		return errdefs.Conflict("%s cannot clone VMs from snapshots yet", snap.VMM)
+	}
+	req.Image = snap.Image
+	req.VMM = snap.VMM
+	// The restored machine must be the snapshot's.
+	req.VCPUs, req.MemoryMiB = snap.Spec.VCPUs, snap.Spec.MemoryMiB
+	req.DiskSizeBytes, req.WorkDiskBytes = snap.Spec.DiskSizeBytes, snap.Spec.WorkDiskBytes
+	return nil
+}
+
+// cloneIncoming is the state a VM made from a snapshot restores at its
+// first start (nil for any other start).
+func (e *Engine) cloneIncoming(vm model.VMRecord) (*vmm.Incoming, *Snapshot, error) {
+	if vm.Spec.Options.From == "" || fileExists(rootDiskPath(vm)) {
+		return nil, nil, nil
+	}
+	snap, err := e.readSnapshot(vm.Spec.Options.From)
+	if err != nil {
+		return nil, nil, fmt.Errorf("vm %q is made from snapshot %q: %w", vm.Name, vm.Spec.Options.From, err)
+	}
+	return &vmm.Incoming{File: snap.State, MemFile: snap.MemFile, VMMVersion: snap.VMMVersion, NetDown: true}, &snap, nil
+}
+
+// copyFromSnapshot gives a clone its own copies of the snapshot's disks.
+func (e *Engine) copyFromSnapshot(ctx context.Context, snap *Snapshot, from, to string) error {
+	if fileExists(to) {
+		return nil
+	}
+	tmp := to + ".partial"
+	os.Remove(tmp)
+	if _, err := e.deps.Runner.Run(ctx, "cp", "--reflink=auto", "--sparse=always", from, tmp); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("copying snapshot %q's disk: %w", snap.Name, err)
+	}
+	return os.Rename(tmp, to)
+}
+
+// identifyClone gives a restored clone its own identity (see PrepareClone).
+func (e *Engine) identifyClone(ctx context.Context, r *run) error {
+	saver, ok := r.drv.(SnapshotSaver)
+	if !ok {
+		return errdefs.Conflict("%s cannot clone VMs yet", r.vm.Runtime.VMM)
+	}
+	nc := e.NetConfig()
+	gw := nc.Gateway()
+	pfx := nc.Subnet.Bits()
+	if !gw.IsValid() {
+		gw = netip.IPv4Unspecified()
+	}
+	m := e.machine(*r.vm, r.im, r.rootDev, r.h)
+	ictx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if _, err := saver.PrepareClone(ictx, m, vmm.CloneIdentity{MAC: r.vm.Runtime.GuestMAC, IP: r.vm.Runtime.GuestIP, PrefixLen: pfx,
+		Gateway: gw.String(), Hostname: r.vm.Name}); err != nil {
+		return err
+	}
+	// A fresh known_hosts: the clone's new key is pinned on first contact,
+	// which is only possible now that its link is up.
+	os.Remove(knownHostsPath(*r.vm))
+	return nil
+}
+
+// ForkVM makes count new VMs from a running VM (snapshotted on the fly; it
+// pauses briefly and goes on) and starts them.
+func (e *Engine) ForkVM(ctx context.Context, name string, count int) ([]model.VMRecord, error) {
+	if count < 1 || count > 100 {
+		return nil, errdefs.Invalid("invalid fork count %d: want 1 to 100", count)
+	}
+	var snap Snapshot
+	src, err := e.locked(ctx, name, func(vm *model.VMRecord) error {
+		var err error
+		snap, err = e.snapshotLocked(ctx, vm, "fork-"+newID()[:12], true)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(e.snapshotDir(snap.Name))
+	var out []model.VMRecord
+	for i := range count {
+		vm, err := e.CreateVM(ctx, CreateSpec{Name: forkName(src.Name, i, count), Options: model.VMOptions{From: snap.Name,
+			Unconfined: src.Spec.Options.Unconfined, CPUQuota: src.Spec.Options.CPUQuota, Net: src.Spec.Options.Net}})
+		if err != nil {
+			return out, fmt.Errorf("fork %d of %d: %w", i+1, count, err)
+		}
+		if vm, err = e.StartVM(ctx, vm.Name); err != nil {
+			e.DeleteVM(context.WithoutCancel(ctx), vm.Name, true)
+			return out, fmt.Errorf("fork %d of %d: %w", i+1, count, err)
+		}
+		out = append(out, vm)
+	}
+	return out, nil
+}
+
+func forkName(src string, i, count int) string {
+	base := src
+	if len(base) > 20 {
+		base = base[:20]
+	}
+	return fmt.Sprintf("%s-fork-%s", strings.TrimRight(base, "-"), newID()[:6])
+}
