@@ -2,7 +2,7 @@
 # Real-guest benchmarks, called by run.sh as root: QEMU guests (TCG unless
 # /dev/kvm works) in a network namespace made here, one guest at a time.
 #
-#   guest.sh exec|boot|forward WORK BIN BOOTS RUNS
+#   guest.sh exec|boot|forward|snap WORK BIN BOOTS RUNS
 #
 #   exec: banger vm exec NAME -- true against a running guest, beside a plain
 #         OpenSSH client with the daemon's key (ratio, target <= 1.3x).
@@ -14,6 +14,9 @@
 #         connection to the guest: throughput to a guest that counts what
 #         it received and answers after EOF (target >= 0.8x), and round trips
 #         to a guest echo server.
+#   snap: vm run --from SNAP -- true (a new VM restored from a snapshot of a
+#         running guest) beside a cold vm run -- true on a new VM, target
+#         <= 0.2x; vm fork --count 4 beside vm fork --count 1, target <= 2x.
 #
 # The image is built outside the namespace (it needs the Debian mirror). The
 # caller (run.sh) owns WORK and removes it; this script removes its namespace,
@@ -86,6 +89,23 @@ boot)
   inns "$bt" time -n "$boots" -warmup 0 -label "bare qemu boot + ssh true" -save "$g/b_bare" \
     -- bash "$repo/bench/bare-boot.sh" "$bt" "$g/qemu.argv" "$vmdir/root.img" "$g/bare" "$ip" "$key" "$BANGER_BRIDGE"
   "$bt" ratio -label "boot banger/bare" -num "$g/b_banger" -den "$g/b_bare" -target 1.2
+  ;;
+snap)
+  say "12. starts from a snapshot and forks ($accel)"
+  inns "$banger" vm snapshot warm --as bsnap >/dev/null
+  # Deletes every VM but warm (clones have generated names).
+  printf '%s\n' "for v in \$($banger vm list -q); do [ \$v = warm ] || $banger vm delete --force \$v >/dev/null; done" >"$g/clean.sh"
+  inns "$bt" time -n "$boots" -warmup 0 -label "vm run -- true (new VM, cold boot)" -save "$g/s_cold" \
+    -after "bash $g/clean.sh" -- "$banger" vm run --name cold-{i} -- true
+  inns "$bt" time -n "$boots" -warmup 0 -label "vm run --from SNAP -- true (new VM, restored)" -save "$g/s_from" \
+    -after "bash $g/clean.sh" -- "$banger" vm run --name from-{i} --from bsnap -- true
+  "$bt" ratio -label "run from snapshot/cold" -num "$g/s_from" -den "$g/s_cold" -target 0.2
+  inns "$bt" time -n "$boots" -warmup 0 -label "vm fork warm --count 1" -save "$g/s_f1" \
+    -after "bash $g/clean.sh" -- "$banger" vm fork warm --count 1
+  inns "$bt" time -n "$boots" -warmup 0 -label "vm fork warm --count 4" -save "$g/s_f4" \
+    -after "bash $g/clean.sh" -- "$banger" vm fork warm --count 4
+  "$bt" ratio -label "fork 4/fork 1" -num "$g/s_f4" -den "$g/s_f1" -target 2
+  inns "$banger" snapshot delete bsnap >/dev/null
   ;;
 forward)
   say "forward: TCP through banger's port forward vs direct to the guest ($accel)"

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// TestForkAndSnapshot forks a running guest into two clones and makes a VM
+// TestForkAndSnapshot forks a running guest into four clones and makes a VM
 // from a named snapshot: each clone carries the source's memory (a file on
 // a tmpfs) and disks, yet has its own hostname, address, SSH host key and
 // disk; the source goes on running.
@@ -20,11 +20,11 @@ func TestForkAndSnapshot(t *testing.T) {
 	srcIP := showVM(t, name).Runtime.GuestIP
 
 	start := time.Now()
-	out := mustBanger(t, "vm", "fork", name, "--count", "2")
-	t.Logf("TIMING fork of 2 %s", time.Since(start).Round(time.Millisecond))
+	out := mustBanger(t, "vm", "fork", name, "--count", "4")
+	t.Logf("TIMING fork of 4 %s", time.Since(start).Round(time.Millisecond))
 	clones := strings.Fields(out)
-	if len(clones) != 2 {
-		t.Fatalf("vm fork printed %q, want two names", out)
+	if len(clones) != 4 {
+		t.Fatalf("vm fork printed %q, want four names", out)
 	}
 	deleteAtEnd(t, clones...)
 
@@ -49,7 +49,7 @@ func TestForkAndSnapshot(t *testing.T) {
 	}
 	// Disks are copies: a write in one clone is not seen anywhere else.
 	mustBanger(t, "vm", "exec", clones[0], "--", "sh", "-c", "echo mine >/root/only; sync")
-	for _, other := range []string{clones[1], name} {
+	for _, other := range []string{clones[1], clones[3], name} {
 		if _, _, code := banger(t, "vm", "exec", other, "--", "test", "-e", "/root/only"); code == 0 {
 			t.Errorf("%s sees a file written in %s", other, clones[0])
 		}
@@ -75,9 +75,14 @@ func TestForkAndSnapshot(t *testing.T) {
 	if got := strings.TrimSpace(mustBanger(t, "vm", "exec", "e2e-from", "--", "sh", "-c", "hostname; cat /tmp/mark")); got != "e2e-from\nin-memory" {
 		t.Errorf("vm from a snapshot: %q", got)
 	}
+	// vm run --from: a sandbox from the snapshot in one command, deleted after.
+	if got := strings.TrimSpace(mustBanger(t, "vm", "run", "--from", "e2e-snap", "--", "cat", "/tmp/mark")); got != "in-memory" {
+		t.Errorf("vm run --from: %q", got)
+	}
 	mustBanger(t, "snapshot", "delete", "e2e-snap")
 	// A restart of a VM made from a snapshot boots from its own disks.
 	mustBanger(t, "vm", "restart", "e2e-from")
+	mustBanger(t, "vm", "run", "--name", "e2e-from", "--", "true") // wait for ssh
 	if got := strings.TrimSpace(mustBanger(t, "vm", "exec", "e2e-from", "--", "sh", "-c", "hostname; cat /root/mark; test -e /tmp/mark || echo cold")); got != "e2e-from\non-disk\ncold" {
 		t.Errorf("vm from a snapshot after a restart: %q", got)
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/banger-dev/banger/internal/errdefs"
@@ -326,23 +327,45 @@ func (e *Engine) ForkVM(ctx context.Context, name string, count int) ([]model.VM
 		return nil, err
 	}
 	defer os.RemoveAll(e.snapshotDir(snap.Name))
-	var out []model.VMRecord
-	for i := range count {
-		vm, err := e.CreateVM(ctx, CreateSpec{Name: forkName(src.Name, i, count), Options: model.VMOptions{From: snap.Name,
+	// Clones are made one at a time (names and addresses are allocated
+	// under the store's lock) and started together.
+	var names []string
+	for range count {
+		vm, err := e.CreateVM(ctx, CreateSpec{Name: forkName(src.Name), Options: model.VMOptions{From: snap.Name,
 			Unconfined: src.Spec.Options.Unconfined, CPUQuota: src.Spec.Options.CPUQuota, Net: src.Spec.Options.Net}})
 		if err != nil {
-			return out, fmt.Errorf("fork %d of %d: %w", i+1, count, err)
+			for _, n := range names {
+				e.DeleteVM(context.WithoutCancel(ctx), n, true)
+			}
+			return nil, fmt.Errorf("fork %d of %d: %w", len(names)+1, count, err)
 		}
-		if vm, err = e.StartVM(ctx, vm.Name); err != nil {
-			e.DeleteVM(context.WithoutCancel(ctx), vm.Name, true)
-			return out, fmt.Errorf("fork %d of %d: %w", i+1, count, err)
-		}
-		out = append(out, vm)
+		names = append(names, vm.Name)
 	}
-	return out, nil
+	started := make([]model.VMRecord, count)
+	errs := make([]error, count)
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			started[i], errs[i] = e.StartVM(ctx, n)
+		}()
+	}
+	wg.Wait()
+	var out []model.VMRecord
+	var failed []error
+	for i, n := range names {
+		if errs[i] != nil {
+			e.DeleteVM(context.WithoutCancel(ctx), n, true)
+			failed = append(failed, fmt.Errorf("fork %s: %w", n, errs[i]))
+			continue
+		}
+		out = append(out, started[i])
+	}
+	return out, errors.Join(failed...)
 }
 
-func forkName(src string, i, count int) string {
+func forkName(src string) string {
 	base := src
 	if len(base) > 20 {
 		base = base[:20]
