@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -621,5 +623,47 @@ func TestInteractiveLoginShell(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "hi-from-42") {
 		t.Errorf("shell output %q", out.String())
+	}
+}
+
+// A session closed before its exec is answered never ran its command: Run
+// retries it on a new session of the same connection, and the command runs
+// exactly once; a server that keeps closing them gets an error, and nothing ran.
+func TestRunRetriesAnUnansweredExec(t *testing.T) {
+	for _, tc := range []struct {
+		drop    int
+		wantErr bool
+	}{{drop: 2}, {drop: startAttempts, wantErr: true}} {
+		t.Run(fmt.Sprintf("drop=%d", tc.drop), func(t *testing.T) {
+			key := guesttest.NewSigner(t)
+			srv := guesttest.Start(t, guesttest.Options{ClientKey: key.PublicKey(), DropExecs: tc.drop})
+			c, err := Dial(testCtx(t), Config{Addr: srv.Addr, Signer: key, KnownHostsFile: filepath.Join(t.TempDir(), "known_hosts")})
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			defer c.Close()
+			log := filepath.Join(t.TempDir(), "ran")
+			var out bytes.Buffer
+			code, err := c.Run(testCtx(t), []string{"sh", "-c", "echo x >>" + log + "; echo done"}, strings.NewReader("in"), &out, io.Discard)
+			b, _ := os.ReadFile(log)
+			if tc.wantErr {
+				if err == nil || !errors.Is(err, io.EOF) {
+					t.Errorf("Run = %d, %v; want an EOF error", code, err)
+				}
+				if len(b) != 0 {
+					t.Errorf("the command ran %d times, want none", strings.Count(string(b), "x"))
+				}
+				return
+			}
+			if err != nil || code != 0 || out.String() != "done\n" {
+				t.Fatalf("Run = %d, %v, %q", code, err, out.String())
+			}
+			if n := strings.Count(string(b), "x"); n != 1 {
+				t.Errorf("the command ran %d times, want once", n)
+			}
+			if srv.Accepted() != 1 {
+				t.Errorf("%d connections, want the one", srv.Accepted())
+			}
+		})
 	}
 }

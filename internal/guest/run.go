@@ -111,22 +111,63 @@ func (c *Client) Output(ctx context.Context, script string) ([]byte, error) {
 	return stdout.Bytes(), nil
 }
 
+// startAttempts bounds startCommand's tries.
+const startAttempts = 4
+
+// startCommand opens a session and starts cmd on it. A session the server
+// closes before it answers the exec request (EOF; seen from dropbear on a
+// loaded guest with several sessions opening at once on one connection)
+// never ran the command: the server answers an exec only once its child
+// is started, and stdin is read only after that answer. So it is retried
+// on a new session while the connection itself still answers.
+func (c *Client) startCommand(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (*ssh.Session, error) {
+	for attempt := 1; ; attempt++ {
+		sess, err := c.conn.NewSession()
+		if err != nil {
+			if retryableStart(err) && attempt < startAttempts && c.Ping() == nil && sleepCtx(ctx, time.Duration(attempt)*50*time.Millisecond) {
+				continue
+			}
+			return nil, fmt.Errorf("open ssh session to guest %s: %w", c.addr, err)
+		}
+		if stdin != nil {
+			sess.Stdin = stdin
+		}
+		sess.Stdout, sess.Stderr = stdout, stderr
+		err = sess.Start(cmd)
+		if err == nil {
+			return sess, nil
+		}
+		sess.Close()
+		if retryableStart(err) && attempt < startAttempts && c.Ping() == nil && sleepCtx(ctx, time.Duration(attempt)*50*time.Millisecond) {
+			continue
+		}
+		return nil, fmt.Errorf("start %q in guest %s: %w", shortCmd(cmd), c.addr, err)
+	}
+}
+
+func retryableStart(err error) bool { return errors.Is(err, io.EOF) }
+
+// sleepCtx waits d unless ctx ends first (false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 func (c *Client) run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return -1, fmt.Errorf("run %q in guest %s: %w", shortCmd(cmd), c.addr, err)
 	}
-	sess, err := c.conn.NewSession()
+	sess, err := c.startCommand(ctx, cmd, stdin, stdout, stderr)
 	if err != nil {
-		return -1, fmt.Errorf("open ssh session to guest %s: %w", c.addr, err)
+		return -1, err
 	}
 	defer sess.Close()
-	if stdin != nil {
-		sess.Stdin = stdin
-	}
-	sess.Stdout, sess.Stderr = stdout, stderr
-	if err := sess.Start(cmd); err != nil {
-		return -1, fmt.Errorf("start %q in guest %s: %w", shortCmd(cmd), c.addr, err)
-	}
 	done := make(chan struct{})
 	go func() {
 		select {

@@ -38,6 +38,9 @@ type Options struct {
 	// NoSFTPSubsystem refuses the "sftp" subsystem, like a server that has no
 	// sftp-server where it expects one.
 	NoSFTPSubsystem bool
+	// DropExecs closes the channel of the first DropExecs exec requests
+	// without answering or running them, as a loaded dropbear was seen to.
+	DropExecs int
 }
 
 // Server is a running test SSH server.
@@ -54,8 +57,20 @@ type Server struct {
 	mu       sync.Mutex
 	closed   bool
 	accepted int // connections accepted so far
+	dropped  int // exec requests dropped (DropExecs)
 	conns    map[net.Conn]bool
 	cmds     map[*system.Command]bool
+}
+
+// dropExec reports whether this exec request is one to drop (DropExecs).
+func (s *Server) dropExec() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dropped < s.opts.DropExecs {
+		s.dropped++
+		return true
+	}
+	return false
 }
 
 // Start starts a server and stops it when the test ends.
@@ -255,6 +270,9 @@ func (s *Server) serveSession(ch ssh.Channel, reqs <-chan *ssh.Request) {
 		ch.Close()
 	}()
 	for req := range reqs {
+		if req.Type == "exec" && s.dropExec() {
+			return
+		}
 		ok := ss.handle(req)
 		if req.WantReply {
 			req.Reply(ok, nil) //nolint:errcheck
