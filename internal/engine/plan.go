@@ -349,7 +349,23 @@ func (e *Engine) createTap(ctx context.Context, r *run) error {
 	if err := e.saveHandles(r); err != nil {
 		return err
 	}
-	return e.deps.Network.CreateTap(ctx, r.h.TapDevice)
+	if err := e.deps.Network.CreateTap(ctx, r.h.TapDevice); err != nil {
+		return err
+	}
+	// A reused address may be cached at a deleted VM's MAC (see
+	// network.Manager.SetNeighbor): best effort, a miss only costs time.
+	if n, ok := e.deps.Network.(neighborSetter); ok && r.vm.Runtime.GuestIP != "" && r.vm.Runtime.GuestMAC != "" {
+		if err := n.SetNeighbor(ctx, r.vm.Runtime.GuestIP, r.vm.Runtime.GuestMAC); err != nil {
+			e.log.Warn("neighbour entry for the guest", "vm", r.vm.Name, "err", err)
+		}
+	}
+	return nil
+}
+
+// neighborSetter is the optional part of Network that updates the host's
+// neighbour cache for a guest.
+type neighborSetter interface {
+	SetNeighbor(ctx context.Context, ip, mac string) error
 }
 
 // deleteTap removes the VM's own tap, whose name is derived from its id,

@@ -146,6 +146,31 @@ func (m *Manager) CreateTap(ctx context.Context, name string) error {
 	return nil
 }
 
+// SetNeighbor records on the bridge that ip is at mac, replacing what the
+// host's neighbour cache holds for ip. An address given to a new VM may
+// still be cached as reachable at the MAC of a deleted one: the host would
+// send to the old MAC for up to the reachable time (15 to 45 s) before it
+// asks again, and a quiet guest never corrects it. The entry is left stale,
+// so the kernel confirms it on first use as usual.
+func (m *Manager) SetNeighbor(ctx context.Context, ip, mac string) error {
+	addr := net.ParseIP(ip)
+	hw, err := net.ParseMAC(mac)
+	if addr == nil || addr.To4() == nil || err != nil {
+		return fmt.Errorf("set neighbour %s at %s: not an IPv4 address and a MAC", ip, mac)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	br, err := m.ensureBridgeLocked(ctx)
+	if err != nil {
+		return fmt.Errorf("set neighbour %s: %w", ip, err)
+	}
+	n := &netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_STALE, IP: addr.To4(), HardwareAddr: hw}
+	if err := netlink.NeighSet(n); err != nil {
+		return fmt.Errorf("set neighbour %s at %s on %s: %w", ip, mac, br.Attrs().Name, err)
+	}
+	return nil
+}
+
 // DeleteTap removes the tap name. An absent tap is success; a link of that
 // name that is not a tap is left alone and reported.
 func (m *Manager) DeleteTap(ctx context.Context, name string) error {

@@ -479,3 +479,44 @@ func TestCreateTapRejectsBadNames(t *testing.T) {
 		}
 	}
 }
+
+// An address cached as reachable at an old MAC (a deleted VM's) is replaced
+// by the new VM's MAC, left stale so the kernel confirms it on use.
+func TestSetNeighborReplacesAStaleMAC(t *testing.T) {
+	requireNetNS(t)
+	ctx := context.Background()
+	m := newTestManager(t, testBridgePrefix+"nb")
+	if err := m.EnsureBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	br := mustLink(t, m.Config.Bridge)
+	ip := net.ParseIP("10.77.0.9").To4()
+	old, _ := net.ParseMAC("02:00:00:00:00:01")
+	if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_REACHABLE, IP: ip, HardwareAddr: old}); err != nil {
+		t.Fatalf("seed the old entry: %v", err)
+	}
+	if err := m.SetNeighbor(ctx, "10.77.0.9", "02:00:00:00:00:02"); err != nil {
+		t.Fatalf("SetNeighbor: %v", err)
+	}
+	neighs, err := netlink.NeighList(br.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, n := range neighs {
+		if n.IP.Equal(ip) {
+			found = true
+			if n.HardwareAddr.String() != "02:00:00:00:00:02" || n.State != netlink.NUD_STALE {
+				t.Errorf("entry for %s = %s state %#x, want 02:00:00:00:00:02 stale", ip, n.HardwareAddr, n.State)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no neighbour entry for %s", ip)
+	}
+	for _, bad := range [][2]string{{"nope", "02:00:00:00:00:02"}, {"10.77.0.9", "nope"}, {"fd00::1", "02:00:00:00:00:02"}} {
+		if err := m.SetNeighbor(ctx, bad[0], bad[1]); err == nil {
+			t.Errorf("SetNeighbor(%q, %q) = nil, want an error", bad[0], bad[1])
+		}
+	}
+}
