@@ -361,15 +361,22 @@ func (c *Client) sessionLogs(ctx context.Context, id, stream string, tail int, w
 }
 
 // sendScript feeds stdin to the session's FIFO. The runner holds the FIFO
-// while the command runs, so the open cannot block; a session that ended
-// while the data went in removed its FIFO, which the final check reports.
+// while the command runs, so the open cannot block. Once cat has written
+// everything, the data is in the session's stdin pipe: a command that reads
+// it and exits at once may remove the FIFO before cat returns, which is
+// success (an earlier version reported "ended while sending" then, a false
+// failure under load); a command that ends without reading loses it, as
+// with any pipe. A session that had ended before the send is refused, also
+// when its FIFO went between the check and cat's open (cat then made a
+// plain file, which is removed).
 const sendScript = `cd "$1" 2>/dev/null || { echo "no session directory $1" >&2; exit 2; }
 if [ -e exit ]; then echo "session has ended" >&2; exit 2; fi
 [ -p stdin ] || { echo "session has no stdin pipe" >&2; exit 2; }
 r=$(cat runner.pid 2>/dev/null) || r=
 { [ -n "$r" ] && kill -0 "$r" 2>/dev/null; } || { echo "session is not running" >&2; exit 2; }
 cat >stdin || exit 1
-[ -p stdin ] || { rm -f stdin; echo "session ended while sending" >&2; exit 2; }
+# The FIFO was removed between the check and the open: cat made a plain file.
+if [ -e stdin ] && [ ! -p stdin ]; then rm -f stdin; echo "session ended before the data went in" >&2; exit 2; fi
 `
 
 // SendToSession writes data, byte for byte, to the stdin of a running

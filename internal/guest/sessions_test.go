@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -447,5 +448,65 @@ func TestOfflineReadersRefuseSymlinks(t *testing.T) {
 	b.Reset()
 	if err := ReadSessionLogDir(dir, "stdout", 0, &b); err != nil || b.String() != "real\n" {
 		t.Fatalf("regular log: %q %v", b.String(), err)
+	}
+}
+
+// A command that reads what was sent and exits at once removes its FIFO,
+// possibly before the send has returned: the send still succeeded, and the
+// command got the data. The sender here holds its stream open until the
+// session has ended, so the FIFO is always gone when cat returns.
+func TestSessionStdinReadThenExit(t *testing.T) {
+	forEachShell(t, func(t *testing.T, g *testGuest) {
+		ctx := testCtx(t)
+		startSession(t, g, SessionSpec{ID: "r", Argv: []string{"sh", "-c", "read l; echo got $l"}, Stdin: true})
+		exitFile := filepath.Join(g.c.SessionsRoot, "r", "exit")
+		fifo := filepath.Join(g.c.SessionsRoot, "r", "stdin")
+		data := &untilGone{data: []byte("hello\n"), paths: []string{exitFile}, gone: fifo, ctx: ctx}
+		if err := g.c.SendToSession(ctx, "r", data); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		var b bytes.Buffer
+		if err := g.c.SessionLogs(ctx, "r", "stdout", 0, &b); err != nil || b.String() != "got hello\n" {
+			t.Errorf("stdout %q, %v; want got hello", b.String(), err)
+		}
+		if _, err := os.Lstat(fifo); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("stdin after the end: %v, want it gone", err)
+		}
+	})
+}
+
+// untilGone yields data, then blocks until every path exists and gone does
+// not, then ends.
+type untilGone struct {
+	data  []byte
+	paths []string
+	gone  string
+	ctx   context.Context
+}
+
+func (u *untilGone) Read(p []byte) (int, error) {
+	if len(u.data) > 0 {
+		n := copy(p, u.data)
+		u.data = u.data[n:]
+		return n, nil
+	}
+	for {
+		ready := true
+		for _, f := range u.paths {
+			if _, err := os.Stat(f); err != nil {
+				ready = false
+			}
+		}
+		if _, err := os.Lstat(u.gone); err == nil {
+			ready = false
+		}
+		if ready {
+			return 0, io.EOF
+		}
+		select {
+		case <-u.ctx.Done():
+			return 0, u.ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 }
