@@ -1,7 +1,7 @@
 package image
 
 // Boot test: boots the built minimal image with QEMU microvm, as in
-// shared/design/qemu-rig.md, inside the private network namespace TestMain
+// docs/qemu.md, inside the private network namespace TestMain
 // re-executes into; the guest's tap lives there too, so no packet reaches
 // the host's network. Root only.
 

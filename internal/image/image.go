@@ -3,7 +3,7 @@
 // virtio drivers and switches to the root disk, an ext4 root filesystem made
 // without loop mounts, and an uncompressed vmlinux for Firecracker. It only
 // writes files; the daemon registers them. The recipe follows
-// shared/design/qemu-rig.md.
+// docs/qemu.md.
 //
 // What a guest built here expects and provides (the contract with the VMM
 // drivers and the daemon):

@@ -2,7 +2,7 @@
 // process detached, configures the microVM through its API socket, boots it,
 // stops it (Ctrl-Alt-Del, then SIGKILL) and proves that a recorded process is
 // still the VMM it launched. The daemon consumes Driver through an interface
-// of its own. Firecracker's observed behaviour is in shared/design/firecracker.md.
+// of its own. Firecracker's observed behaviour is in docs/firecracker.md.
 package firecracker
 
 import (

@@ -4,7 +4,7 @@
 // same strict request validation, PUT-time side effects and pre/post-boot
 // state machine, with a simulated guest that "boots" by writing kernel-like
 // lines to stdout. It lets banger's driver and daemon be tested without KVM.
-// See shared/design/firecracker.md section 13 for the behaviour it follows.
+// See docs/firecracker.md ("The double") for the behaviour it follows.
 package fcdouble
 
 import (
