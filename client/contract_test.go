@@ -611,6 +611,22 @@ func TestContract(t *testing.T) {
 	want("CreateVM from a Firecracker snapshot", err, client.IsConflict, client.CodeConflict)
 	_, err = c.CreateVM(ctx, client.CreateVMRequest{Name: "clone", From: "nosuch"})
 	want("CreateVM from a missing snapshot", err, client.IsNotFound, client.CodeNotFound)
+	// A snapshot interrupted before its meta.json is not listed, holds its
+	// name, and is removed by a delete.
+	half := filepath.Join(d.state, "snapshots", "half")
+	if err := os.MkdirAll(half, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(half, "root.img"), []byte("partial"), 0o600)
+	if snaps, err := c.ListSnapshots(ctx); err != nil || len(snaps) != 1 {
+		t.Errorf("ListSnapshots with an incomplete one = %+v, %v; want only snap1", snaps, err)
+	}
+	_, err = c.SnapshotVM(ctx, "web", client.SnapshotRequest{As: "half"})
+	want("SnapshotVM over an incomplete snapshot", err, client.IsAlreadyExists, client.CodeAlreadyExists)
+	must("DeleteSnapshot of an incomplete snapshot", c.DeleteSnapshot(ctx, "half"))
+	if _, err := os.Stat(half); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("incomplete snapshot dir after delete: %v", err)
+	}
 	must("DeleteSnapshot", c.DeleteSnapshot(ctx, "snap1"))
 	err = c.DeleteSnapshot(ctx, "snap1")
 	want("DeleteSnapshot again", err, client.IsNotFound, client.CodeNotFound)

@@ -114,6 +114,12 @@ func (e *Engine) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
 // DeleteSnapshot removes a snapshot no VM still needs.
 func (e *Engine) DeleteSnapshot(ctx context.Context, name string) error {
 	s, err := e.GetSnapshot(ctx, name)
+	if errors.Is(err, errdefs.ErrNotFound) && validName(name) == nil && fileExists(e.snapshotDir(name)) {
+		// A snapshot interrupted before its meta.json (a crash while saving)
+		// is no snapshot; its directory is removed so the name is free.
+		e.log.Info("removing an incomplete snapshot", "snapshot", name)
+		return os.RemoveAll(e.snapshotDir(name))
+	}
 	if err != nil {
 		return err
 	}
@@ -147,7 +153,7 @@ func (e *Engine) snapshotLocked(ctx context.Context, vm *model.VMRecord, name st
 	}
 	dir := e.snapshotDir(name)
 	if fileExists(dir) {
-		return Snapshot{}, errdefs.AlreadyExists("snapshot %q already exists", name)
+		return Snapshot{}, errdefs.AlreadyExists("snapshot %q already exists (banger snapshot delete %s frees the name)", name, name)
 	}
 	if vm.Runtime.RootDiskMethod == "dm-snapshot" {
 		return Snapshot{}, errdefs.Conflict("vm %q: snapshots of dm-snapshot root disks are not supported yet", vm.Name)
