@@ -1,8 +1,6 @@
 package localapi
 
 import (
-	"bufio"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -144,20 +142,13 @@ func (s *Server) imagePull(w http.ResponseWriter, r *http.Request) error {
 	if err := s.eng.CheckOCI(r.Context(), &spec); err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", "text/plain")
-	w.WriteHeader(http.StatusOK)
-	out := bufio.NewWriter(flushWriter{w})
-	say := func(format string, args ...any) {
-		fmt.Fprintf(out, format+"\n", args...)
-		out.Flush()
-	}
-	start := time.Now()
-	im, err := s.eng.PullImage(r.Context(), spec, func(line string) { say("[%5.1fs] %s", time.Since(start).Seconds(), line) })
+	p := startProgress(w)
+	im, err := s.eng.PullImage(r.Context(), spec, p.step)
 	if err != nil {
-		say("error: %v", err)
+		p.say("error: %v", err)
 		return nil
 	}
-	say("ok %s (%.1fs)", im.Name, time.Since(start).Seconds())
+	p.say("ok %s (%.1fs)", im.Name, p.elapsed())
 	return nil
 }
 
@@ -216,23 +207,16 @@ func (s *Server) imageBuild(w http.ResponseWriter, r *http.Request) error {
 	if err := s.eng.CheckBuild(r.Context(), &spec); err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", "text/plain")
-	w.WriteHeader(http.StatusOK)
-	out := bufio.NewWriter(flushWriter{w})
-	say := func(format string, args ...any) {
-		fmt.Fprintf(out, format+"\n", args...)
-		out.Flush()
-	}
-	start := time.Now()
-	b, err := s.eng.BuildImage(r.Context(), spec, func(step string) { say("[%5.1fs] %s", time.Since(start).Seconds(), step) })
+	p := startProgress(w)
+	b, err := s.eng.BuildImage(r.Context(), spec, p.step)
 	if err != nil {
-		say("error: %v", err)
+		p.say("error: %v", err)
 		return nil
 	}
 	for _, n := range b.Notes {
-		say("note: %s", n)
+		p.say("note: %s", n)
 	}
-	say("ok %s (kernel %s, %.1fs)", b.Image.Name, b.KernelVersion, time.Since(start).Seconds())
+	p.say("ok %s (kernel %s, %.1fs)", b.Image.Name, b.KernelVersion, p.elapsed())
 	return nil
 }
 

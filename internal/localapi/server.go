@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -375,6 +376,28 @@ func writeJSON(w http.ResponseWriter, v any) error {
 func decode(r *http.Request, v any, allowEmpty bool) error {
 	return api.DecodeJSON(r.Body, v, allowEmpty)
 }
+
+// progress is a streamed text answer of progress lines (image build and
+// pull), each sent as it is written.
+type progress struct {
+	w     io.Writer
+	start time.Time
+}
+
+// startProgress answers 200 with a text body that progress lines follow.
+func startProgress(w http.ResponseWriter) *progress {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusOK)
+	return &progress{w: flushWriter{w}, start: time.Now()}
+}
+
+func (p *progress) say(format string, args ...any) { fmt.Fprintf(p.w, format+"\n", args...) }
+
+// step is a line of the work's own progress, stamped with the seconds since
+// the start.
+func (p *progress) step(line string) { p.say("[%5.1fs] %s", p.elapsed(), line) }
+
+func (p *progress) elapsed() float64 { return time.Since(p.start).Seconds() }
 
 // flushWriter flushes each write, for streamed responses.
 type flushWriter struct{ w http.ResponseWriter }
