@@ -17,17 +17,11 @@ import (
 // procStatus returns the fields of /proc/PID/status.
 func procStatus(t *testing.T, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := system.ProcStatus(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok {
-			out[k] = strings.TrimSpace(v)
-		}
-	}
-	return out
+	return st
 }
 
 // A confined VMM runs as its VM's own uid with no capabilities and

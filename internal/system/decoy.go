@@ -402,18 +402,12 @@ func startInPIDNS(nsHolder int, cmd *exec.Cmd, after func()) (Process, error) {
 // procNSPID returns the innermost PID of pid, from the NSpid line of
 // /proc/PID/status.
 func procNSPID(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := ProcStatus(pid)
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(rest)
-			if len(f) == 0 {
-				break
-			}
-			return strconv.Atoi(f[len(f)-1])
-		}
+	if f := strings.Fields(st["NSpid"]); len(f) > 0 {
+		return strconv.Atoi(f[len(f)-1])
 	}
 	return 0, fmt.Errorf("/proc/%d/status: no NSpid line", pid)
 }
