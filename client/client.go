@@ -332,6 +332,41 @@ func (c *Client) DeleteSnapshot(ctx context.Context, name string) error {
 	return c.call(ctx, request{route: api.RouteSnapshotDelete, params: []string{name}}, nil)
 }
 
+// CreatePool makes a warm pool: Size VMs restored from a snapshot and kept
+// paused, filled in the background (Ready counts those done).
+func (c *Client) CreatePool(ctx context.Context, req CreatePoolRequest) (Pool, error) {
+	var out Pool
+	err := c.call(ctx, request{route: api.RoutePoolCreate, body: req}, &out)
+	return out, err
+}
+
+// ListPools lists the warm pools.
+func (c *Client) ListPools(ctx context.Context) ([]Pool, error) {
+	var out []Pool
+	err := c.call(ctx, request{route: api.RoutePoolList}, &out)
+	return out, err
+}
+
+// GetPool shows a pool and its members.
+func (c *Client) GetPool(ctx context.Context, name string) (Pool, error) {
+	var out Pool
+	err := c.call(ctx, request{route: api.RoutePoolShow, params: []string{name}}, &out)
+	return out, err
+}
+
+// DeletePool deletes a pool and its members (VMs claimed from it stay).
+func (c *Client) DeletePool(ctx context.Context, name string) error {
+	return c.call(ctx, request{route: api.RoutePoolDelete, params: []string{name}}, nil)
+}
+
+// ClaimFromPool takes a running VM from a pool (renamed to req.Name when
+// given); it is an ordinary VM from then on, and the pool refills.
+func (c *Client) ClaimFromPool(ctx context.Context, pool string, req ClaimRequest) (VM, error) {
+	var out VM
+	err := c.call(ctx, request{route: api.RoutePoolClaim, params: []string{pool}, body: req}, &out)
+	return out, err
+}
+
 // SuspendVM saves a running VM's memory and device state and ends its VMM
 // (its RAM is freed); the VM keeps its tap, IP, DNS name and forwards.
 func (c *Client) SuspendVM(ctx context.Context, name string) (VM, error) {

@@ -624,6 +624,25 @@ func TestContract(t *testing.T) {
 	_, err = c.SnapshotVM(ctx, "web", client.SnapshotRequest{As: "half"})
 	want("SnapshotVM over an incomplete snapshot", err, client.IsAlreadyExists, client.CodeAlreadyExists)
 	must("DeleteSnapshot of an incomplete snapshot", c.DeleteSnapshot(ctx, "half"))
+	// Warm pools need a VMM that restores clones and keeps them paused
+	// (QEMU: e2e TestPool); here every refusal is checked.
+	_, err = c.CreatePool(ctx, client.CreatePoolRequest{Name: "warm", Snapshot: "snap1", Size: 2})
+	want("CreatePool from a Firecracker snapshot", err, client.IsConflict, client.CodeConflict)
+	_, err = c.CreatePool(ctx, client.CreatePoolRequest{Name: "warm", Snapshot: "nosuch", Size: 2})
+	want("CreatePool from a missing snapshot", err, client.IsNotFound, client.CodeNotFound)
+	_, err = c.CreatePool(ctx, client.CreatePoolRequest{Name: "warm", Snapshot: "snap1", Size: 0})
+	want("CreatePool of size 0", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	_, err = c.CreatePool(ctx, client.CreatePoolRequest{Name: "bad/name", Snapshot: "snap1", Size: 1})
+	want("CreatePool with a bad name", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	if pools, err := c.ListPools(ctx); err != nil || len(pools) != 0 {
+		t.Errorf("ListPools = %+v, %v; want none (every create was refused)", pools, err)
+	}
+	_, err = c.GetPool(ctx, "warm")
+	want("GetPool nosuch", err, client.IsNotFound, client.CodeNotFound)
+	err = c.DeletePool(ctx, "warm")
+	want("DeletePool nosuch", err, client.IsNotFound, client.CodeNotFound)
+	_, err = c.ClaimFromPool(ctx, "warm", client.ClaimRequest{})
+	want("ClaimFromPool nosuch", err, client.IsNotFound, client.CodeNotFound)
 	if _, err := os.Stat(half); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("incomplete snapshot dir after delete: %v", err)
 	}

@@ -56,9 +56,15 @@ type (
 	SnapshotRequest   = api.SnapshotRequest
 	ForkRequest       = api.ForkRequest
 	Snapshot          = api.Snapshot
-	OCIImage          = api.OCIImage
-	OCILayer          = api.OCILayer
-	Confinement       = api.Confinement
+	// CreatePoolRequest asks for a warm pool (CreatePool).
+	CreatePoolRequest = api.CreatePoolRequest
+	// Pool is a warm pool and its members.
+	Pool = api.Pool
+	// ClaimRequest takes a VM from a pool (ClaimFromPool).
+	ClaimRequest = api.ClaimRequest
+	OCIImage     = api.OCIImage
+	OCILayer     = api.OCILayer
+	Confinement  = api.Confinement
 
 	// Event is one entry of the daemon's event log (Events, FollowEvents).
 	Event = api.Event

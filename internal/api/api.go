@@ -40,11 +40,18 @@ const (
 	RouteSnapshotList   = "GET /v1/snapshots"
 	RouteSnapshotShow   = "GET /v1/snapshots/{name}"
 	RouteSnapshotDelete = "DELETE /v1/snapshots/{name}"
-	RouteVMLogs         = "GET /v1/vms/{name}/logs"
-	RouteVMExec         = "POST /v1/vms/{name}/exec" // upgrades to the frame protocol (stream.go)
-	RouteVMWait         = "POST /v1/vms/{name}/wait-ssh"
-	RouteVMStats        = "GET /v1/vms/{name}/stats"
-	RouteVMTTL          = "POST /v1/vms/{name}/ttl"
+
+	RoutePoolList   = "GET /v1/pools"
+	RoutePoolCreate = "POST /v1/pools"
+	RoutePoolShow   = "GET /v1/pools/{name}"
+	RoutePoolDelete = "DELETE /v1/pools/{name}"
+	RoutePoolClaim  = "POST /v1/pools/{name}/claim"
+
+	RouteVMLogs  = "GET /v1/vms/{name}/logs"
+	RouteVMExec  = "POST /v1/vms/{name}/exec" // upgrades to the frame protocol (stream.go)
+	RouteVMWait  = "POST /v1/vms/{name}/wait-ssh"
+	RouteVMStats = "GET /v1/vms/{name}/stats"
+	RouteVMTTL   = "POST /v1/vms/{name}/ttl"
 
 	RouteVMPorts      = "GET /v1/vms/{name}/ports"
 	RouteVMPortAdd    = "POST /v1/vms/{name}/ports"
@@ -128,6 +135,32 @@ type Snapshot struct {
 	Size       int64        `json:"size"`
 	CreatedAt  string       `json:"created_at"`
 	UsedBy     []string     `json:"used_by,omitempty"`
+	Pools      []string     `json:"pools,omitempty"`
+}
+
+// CreatePoolRequest asks for a warm pool of Size VMs from a snapshot.
+type CreatePoolRequest struct {
+	Name     string `json:"name"`
+	Snapshot string `json:"snapshot"`
+	Size     int    `json:"size"`
+}
+
+// Pool is a warm pool: Size VMs restored from Snapshot and kept paused.
+type Pool struct {
+	Name      string   `json:"name"`
+	Snapshot  string   `json:"snapshot"`
+	Size      int      `json:"size"`
+	Ready     int      `json:"ready"`                // members ready to claim
+	Warming   int      `json:"warming"`              // members being made
+	Members   []string `json:"members"`              // member VM names, ready ones first
+	LastError string   `json:"last_error,omitempty"` // why the last member could not be made
+	CreatedAt string   `json:"created_at"`
+}
+
+// ClaimRequest takes a VM from a pool; Name renames it ("" keeps the
+// member's name).
+type ClaimRequest struct {
+	Name string `json:"name,omitempty"`
 }
 
 // TTLRequest changes a VM's TTL (RouteVMTTL): TTLSeconds from now, or

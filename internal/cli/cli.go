@@ -108,7 +108,7 @@ func (a *app) rootCmd() *cobra.Command {
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			return a.cfgErr
 		},
-	}, a.vmCmd(), a.imageCmd(), a.snapshotCmd(), a.daemonCmd(), a.versionCmd(), a.doctorCmd(), a.gcCmd(), a.completionCmd(), a.eventsCmd())
+	}, a.vmCmd(), a.imageCmd(), a.snapshotCmd(), a.poolCmd(), a.daemonCmd(), a.versionCmd(), a.doctorCmd(), a.gcCmd(), a.completionCmd(), a.eventsCmd())
 	root.AddCommand(a.manCmd()) // hidden: man pages for make man (man.go)
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })

@@ -13,15 +13,18 @@ import (
 func (a *app) vmRunCmd() *cobra.Command {
 	var f createFlags
 	var rm, keep, interactive bool
+	var pool string
 	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "run [--name N] [--rm|--keep] [--ttl D] [create flags] -- CMD [ARGS...]",
+		Use:   "run [--name N] [--rm|--keep] [--ttl D] [--pool P | create flags] -- CMD [ARGS...]",
 		Short: "Create (or reuse) a VM, start it, wait for SSH, run CMD, exit with its code",
 		Long: "Create (or reuse) a VM, start it, wait for SSH, run CMD, exit with its code.\n\n" +
 			"--image may name a container image (e.g. docker.io/library/python:3.12-slim, or\n" +
 			"localhost:5000/app:1): it is pulled on first use, as docker run does, and with no\n" +
 			"CMD the image's ENTRYPOINT and CMD run. On a host with no image, the default image is\n" +
 			"built first (its progress on stderr).\n\n" +
+			"--pool P claims a VM from warm pool P (banger pool create): a paused member resumed\n" +
+			"in about the time of a resume, renamed to --name when given.\n\n" +
 			"Without --name (and without --keep) the VM is deleted when the command ends, as with\n" +
 			"--rm. A run that fails before its command ran leaves no VM behind; an existing VM\n" +
 			"named with --name is left as it was.",
@@ -36,6 +39,9 @@ func (a *app) vmRunCmd() *cobra.Command {
 			}
 			if err := a.checkMaxTTL(req); err != nil {
 				return err
+			}
+			if pool != "" {
+				return a.runFromPool(cmd, pool, f.name, req, runPlan{created: true, named: f.name != "", keep: keep, rm: rm}, args, interactive, wait)
 			}
 			if len(args) == 0 && req.Image == "" {
 				return usageError{fmt.Errorf("no command: give -- CMD [ARGS...] (an image made from a container image runs its ENTRYPOINT and CMD when given none)")}
@@ -98,6 +104,7 @@ func (a *app) vmRunCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep a VM run without --name (by default it is deleted when the command ends)")
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
 	cmd.Flags().DurationVar(&wait, "wait", 120*time.Second, "how long to wait for the guest's SSH")
+	cmd.Flags().StringVar(&pool, "pool", "", "claim the VM from this warm pool (banger pool create)")
 	return cmd
 }
 
@@ -131,4 +138,37 @@ func insecureRegistry(ref string) bool {
 	host, _, _ := strings.Cut(ref, "/")
 	h, _, _ := strings.Cut(host, ":")
 	return h == "localhost" || strings.HasPrefix(h, "127.") || h == "[::1]"
+}
+
+// runFromPool is vm run --pool: claim a member, run the command in it.
+func (a *app) runFromPool(cmd *cobra.Command, pool, name string, req client.CreateVMRequest, plan runPlan, args []string, interactive bool, wait time.Duration) error {
+	for _, fl := range []string{"image", "vmm", "vcpus", "memory", "disk-size", "work-disk-size", "from", "unconfined", "cpu-quota", "isolated", "allow-host", "egress-allow", "egress-deny", "publish", "idle-timeout"} {
+		if f := cmd.Flags().Lookup(fl); f != nil && f.Changed {
+			return usageError{fmt.Errorf("--%s does not go with --pool: a pool's VMs are made from its snapshot", fl)}
+		}
+	}
+	if len(args) == 0 {
+		return usageError{fmt.Errorf("no command: give -- CMD [ARGS...]")}
+	}
+	c, err := a.api()
+	if err != nil {
+		return err
+	}
+	vm, err := c.ClaimFromPool(a.ctx, pool, client.ClaimRequest{Name: name})
+	if err != nil {
+		return err
+	}
+	name = vm.Name
+	commandRan := false
+	defer func() { a.cleanupRun(c, name, plan, commandRan) }()
+	if req.TTLSeconds > 0 {
+		if _, err := c.SetTTL(a.ctx, name, client.TTLRequest{TTLSeconds: req.TTLSeconds, Action: req.TTLAction}); err != nil {
+			return err
+		}
+	}
+	if err := c.WaitSSH(a.ctx, name, client.WaitSSHRequest{TimeoutSeconds: int64(wait.Seconds())}); err != nil {
+		return err
+	}
+	commandRan = true
+	return a.runExec(name, args, interactive)
 }

@@ -45,6 +45,7 @@ type Engine struct {
 	cgroupErr   string
 	ports       PortBinder
 	lives       lifeIndex     // TTLs, idle timeouts and activity (lifetimes.go)
+	pools       poolSet       // warm pools (pool.go)
 	maxTTL      time.Duration // max_ttl
 	// reconcileTook is how long startup reconcile took (nanoseconds).
 	reconcileTook atomic.Int64
@@ -141,6 +142,10 @@ func (e *Engine) Start(ctx context.Context, afterReconcile func()) error {
 	go func() {
 		<-e.ready // what expired while the daemon was down is applied first
 		e.reapLifetimes(ctx, lifeEvery)
+	}()
+	go func() {
+		<-e.ready // members are sorted once reconcile kept or demoted them
+		e.startPools(ctx)
 	}()
 	return nil
 }

@@ -29,6 +29,7 @@ const (
 	EventVMMExited  EventKind = "vmm-exited" // the VMM exited on its own while the daemon ran
 	EventReconciled EventKind = "reconciled" // startup reconcile kept or demoted a VM (Cause says which)
 	EventGCRemoved  EventKind = "gc-removed" // gc removed an orphaned host object (Cause names it)
+	EventClaimed    EventKind = "claimed"    // a warm pool's member was handed over (Prev: its member name)
 )
 
 // Event is one thing that happened to a VM, with the record as it was then.
@@ -45,6 +46,9 @@ type Event struct {
 	// their state (reconcile announcing a VM it kept as started): nothing
 	// new happened, and the event log skips it.
 	Replay bool
+	// Prev is the VM's name before the event, when it changed (a pool
+	// member claimed under the caller's name).
+	Prev string
 }
 
 // eventBus delivers events to subscribers synchronously, in order, on the
@@ -71,6 +75,7 @@ func (e *Engine) emit(kind EventKind, vm model.VMRecord) {
 func (e *Engine) emitEvent(ev Event) {
 	ev.Time = e.deps.Now().UTC()
 	e.lives.follow(ev)
+	e.poolsFollow(ev)
 	e.events.mu.RLock()
 	subs := e.events.subs
 	e.events.mu.RUnlock()

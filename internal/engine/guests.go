@@ -80,6 +80,9 @@ func (e *Engine) guestAddr(vm model.VMRecord) string {
 // get returns a connected client for vm, dialing (and retrying up to wait)
 // when there is none. The VM must be alive.
 func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Duration) (*guest.Client, error) {
+	if vm.Spec.Options.Pool != "" && !hasPoolAccess(ctx) {
+		return nil, errPoolMember(vm)
+	}
 	if alive, reason := p.e.vmAlive(ctx, vm); !alive {
 		return nil, errdefs.Conflict("vm %q is not running (%s): start it with banger vm start %s", vm.Name, reason, vm.Name)
 	}

@@ -46,6 +46,7 @@ type Snapshot struct {
 	CreatedAt  time.Time    `json:"created_at"`
 	Temporary  bool         `json:"temporary,omitempty"` // made by vm fork, removed after
 	UsedBy     []string     `json:"used_by,omitempty"`   // VMs made from it not yet started
+	Pools      []string     `json:"pools,omitempty"`     // warm pools made from it
 	VMMVersion string       `json:"vmm_version,omitempty"`
 }
 
@@ -90,6 +91,7 @@ func (e *Engine) GetSnapshot(ctx context.Context, name string) (Snapshot, error)
 			s.UsedBy = append(s.UsedBy, vm.Name)
 		}
 	}
+	s.Pools = e.poolsUsing(ctx, name)
 	return s, nil
 }
 
@@ -123,6 +125,9 @@ func (e *Engine) DeleteSnapshot(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if len(s.Pools) > 0 {
+		return errdefs.Conflict("snapshot %q is used by pool %s: delete the pool first (banger pool delete)", name, strings.Join(s.Pools, ", "))
+	}
 	if len(s.UsedBy) > 0 {
 		return errdefs.Conflict("snapshot %q is needed by vm %s (not started yet): start or delete them first", name, strings.Join(s.UsedBy, ", "))
 	}
@@ -154,6 +159,9 @@ func (e *Engine) snapshotLocked(ctx context.Context, vm *model.VMRecord, name st
 	dir := e.snapshotDir(name)
 	if fileExists(dir) {
 		return Snapshot{}, errdefs.AlreadyExists("snapshot %q already exists (banger snapshot delete %s frees the name)", name, name)
+	}
+	if vm.Spec.Options.Pool != "" {
+		return Snapshot{}, errPoolMember(*vm)
 	}
 	if vm.Runtime.RootDiskMethod == "dm-snapshot" {
 		return Snapshot{}, errdefs.Conflict("vm %q: snapshots of dm-snapshot root disks are not supported yet", vm.Name)

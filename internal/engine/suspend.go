@@ -67,6 +67,9 @@ func (e *Engine) suspendLocked(ctx context.Context, vm *model.VMRecord) error {
 	if vm.Runtime.State == model.StateSuspended {
 		return nil
 	}
+	if vm.Spec.Options.Pool != "" {
+		return errPoolMember(*vm)
+	}
 	if alive, reason := e.vmAlive(ctx, *vm); !alive {
 		return errdefs.Conflict("vm %q is not running (%s): only a running vm can be suspended", vm.Name, reason)
 	}

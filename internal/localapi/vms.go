@@ -200,7 +200,7 @@ func (s *Server) vmResume(w http.ResponseWriter, r *http.Request) error {
 
 func snapshotView(s engine.Snapshot) api.Snapshot {
 	return api.Snapshot{Name: s.Name, SourceVM: s.SourceVM, Image: s.Image, VMM: s.VMM, VMMVersion: s.VMMVersion, Spec: s.Spec,
-		Size: s.Size, CreatedAt: s.CreatedAt.Format(time.RFC3339), UsedBy: s.UsedBy}
+		Size: s.Size, CreatedAt: s.CreatedAt.Format(time.RFC3339), UsedBy: s.UsedBy, Pools: s.Pools}
 }
 
 func (s *Server) vmSnapshot(w http.ResponseWriter, r *http.Request) error {

@@ -57,6 +57,10 @@ type VMOptions struct {
 	// the snapshot's state instead of booting.
 	From string    `json:"from,omitempty"`
 	Net  NetPolicy `json:"net"`
+	// Pool is the warm pool the VM is a member of: restored from the
+	// pool's snapshot and kept paused until a claim takes it (and clears
+	// this). Empty for every other VM.
+	Pool string `json:"pool,omitempty"`
 
 	// Lifetime: the VM is stopped or deleted (TTLAction) at ExpiresAt, and
 	// stopped after IdleTimeoutSeconds without exec, ssh, session or
@@ -64,6 +68,15 @@ type VMOptions struct {
 	ExpiresAt          time.Time `json:"expires_at,omitzero"`
 	TTLAction          TTLAction `json:"ttl_action,omitempty"`
 	IdleTimeoutSeconds int64     `json:"idle_timeout_seconds,omitempty"`
+}
+
+// Pool is a warm pool: Size VMs restored from Snapshot and kept paused,
+// each claimed in about the time of a resume and replaced in the background.
+type Pool struct {
+	Name      string    `json:"name"`
+	Snapshot  string    `json:"snapshot"`
+	Size      int       `json:"size"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // TTLAction is what happens to a VM when its TTL expires.

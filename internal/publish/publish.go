@@ -113,6 +113,13 @@ func (p *Publisher) Handle(ev engine.Event) {
 		p.vmStopped(ev.VM.ID, ev.VM.Name)
 	case engine.EventDeleted:
 		p.vmDeleted(ev.VM.ID, ev.VM.Name)
+	case engine.EventClaimed:
+		if ev.Prev != "" && ev.Prev != ev.VM.Name {
+			// A pool member claimed under the caller's name: the new
+			// name replaces the member's.
+			p.dns.Remove(ev.Prev)
+			p.vmStarted(ev.VM.ID, ev.VM.Name, ev.VM.Runtime.GuestIP)
+		}
 	}
 }
 

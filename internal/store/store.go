@@ -117,6 +117,13 @@ var migrations = []string{
 		took_ms INTEGER NOT NULL DEFAULT 0
 	);
 	CREATE INDEX events_vm_name ON events(vm_name, seq);`,
+	// 7: warm pools (their members are VMs whose options name the pool).
+	`CREATE TABLE pools (
+		name TEXT PRIMARY KEY,
+		snapshot TEXT NOT NULL,
+		size INTEGER NOT NULL,
+		created_at INTEGER NOT NULL
+	);`,
 }
 
 // Open opens (creating if needed) the database at path and applies migrations.
@@ -672,4 +679,62 @@ func (s *Store) UsedUIDs(ctx context.Context) ([]int, error) {
 		out = append(out, uid)
 	}
 	return out, rows.Err()
+}
+
+// CreatePool records a warm pool; a name taken is ErrExists.
+func (s *Store) CreatePool(ctx context.Context, p model.Pool) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO pools(name, snapshot, size, created_at) VALUES (?,?,?,?)`,
+		p.Name, p.Snapshot, p.Size, p.CreatedAt.UnixNano())
+	if isUnique(err) {
+		return fmt.Errorf("pool %q: %w", p.Name, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("insert pool %q: %w", p.Name, classify(err))
+	}
+	return nil
+}
+
+// GetPool finds a pool by name.
+func (s *Store) GetPool(ctx context.Context, name string) (model.Pool, error) {
+	var p model.Pool
+	var created int64
+	err := s.db.QueryRowContext(ctx, `SELECT name, snapshot, size, created_at FROM pools WHERE name = ?`, name).
+		Scan(&p.Name, &p.Snapshot, &p.Size, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return p, fmt.Errorf("pool %q: %w", name, ErrNotFound)
+	}
+	p.CreatedAt = time.Unix(0, created).UTC()
+	return p, err
+}
+
+// ListPools returns every pool, oldest first.
+func (s *Store) ListPools(ctx context.Context) ([]model.Pool, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, snapshot, size, created_at FROM pools ORDER BY created_at, name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []model.Pool
+	for rows.Next() {
+		var p model.Pool
+		var created int64
+		if err := rows.Scan(&p.Name, &p.Snapshot, &p.Size, &created); err != nil {
+			return nil, err
+		}
+		p.CreatedAt = time.Unix(0, created).UTC()
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// DeletePool removes a pool's row; absent is ErrNotFound.
+func (s *Store) DeletePool(ctx context.Context, name string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM pools WHERE name = ?`, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("pool %q: %w", name, ErrNotFound)
+	}
+	return nil
 }

@@ -222,3 +222,35 @@ func TestSessionsAndPorts(t *testing.T) {
 		t.Fatal("ports not cascaded")
 	}
 }
+
+func TestPools(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	p := model.Pool{Name: "warm", Snapshot: "base", Size: 3, CreatedAt: time.Unix(100, 5).UTC()}
+	if err := s.CreatePool(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreatePool(ctx, p); !errors.Is(err, ErrExists) {
+		t.Fatalf("second CreatePool = %v, want ErrExists", err)
+	}
+	if err := s.CreatePool(ctx, model.Pool{Name: "cold", Snapshot: "b2", Size: 1, CreatedAt: time.Unix(200, 0).UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetPool(ctx, "warm")
+	if err != nil || !reflect.DeepEqual(got, p) {
+		t.Fatalf("GetPool = %+v, %v; want %+v", got, err, p)
+	}
+	if _, err := s.GetPool(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetPool nosuch = %v, want ErrNotFound", err)
+	}
+	all, err := s.ListPools(ctx)
+	if err != nil || len(all) != 2 || all[0].Name != "warm" || all[1].Name != "cold" {
+		t.Fatalf("ListPools = %+v, %v; want warm then cold", all, err)
+	}
+	if err := s.DeletePool(ctx, "warm"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeletePool(ctx, "warm"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second DeletePool = %v, want ErrNotFound", err)
+	}
+}

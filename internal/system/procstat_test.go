@@ -21,3 +21,10 @@ func TestReadProcUsage(t *testing.T) {
 		t.Fatal("usage of a pid that cannot exist: no error")
 	}
 }
+
+func TestMemAvailable(t *testing.T) {
+	n, err := MemAvailable()
+	if err != nil || n <= 0 {
+		t.Fatalf("MemAvailable = %d, %v", n, err)
+	}
+}

@@ -156,12 +156,16 @@ func (a AgentClient) Ping(ctx context.Context) error {
 	return err
 }
 
-// SetTime steps the guest's wall clock to t (whole seconds in the guest:
-// it waits for the next second boundary, then sets it).
+// SetTime steps the guest's wall clock to t at once, to the nearest whole
+// second (the guest's date sets whole seconds; waiting for the next second
+// boundary instead would cost half a second on average at every resume).
+// An agent too old for "nearest" ignores it and waits for the boundary.
 func (a AgentClient) SetTime(ctx context.Context, t time.Time) error {
-	_, err := a.Do(ctx, fmt.Sprintf("set-time %d", t.UnixNano()))
+	_, err := a.Do(ctx, setTimeCommand(t))
 	return err
 }
+
+func setTimeCommand(t time.Time) string { return fmt.Sprintf("set-time %d nearest", t.UnixNano()) }
 
 // SetIP replaces eth0's IPv4 address with ip/prefixLen and the default
 // route with one via gateway ("" = none).

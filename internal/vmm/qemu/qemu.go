@@ -297,7 +297,7 @@ func (d *Driver) kill(m vmm.Machine, p system.Process) error {
 // Identify checks that p is the QEMU running m: it is alive, its argv holds
 // the exact pairs "-qmp unix:<m.APISock>,server=on,wait=off" and
 // "-name banger-<m.ID>", and QMP on that socket answers query-name with that
-// name and query-status with "running". A PID reused by another program, or
+// name and query-status with "running" or "paused". A PID reused by another program, or
 // another VM's QEMU, fails with an error naming the check that failed.
 func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) error {
 	if !p.Alive() {
@@ -331,8 +331,10 @@ func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) 
 	if err != nil {
 		return fmt.Errorf("identifying qemu for vm %s: %w", m.ID, err)
 	}
-	if st != "running" {
-		return fmt.Errorf("identifying qemu for vm %s: status %q, want running", m.ID, st)
+	// A paused guest (a warm pool's member, a fork's source for a moment)
+	// is alive; one restoring, saved or shut down is not.
+	if st != "running" && st != "paused" {
+		return fmt.Errorf("identifying qemu for vm %s: status %q, want running or paused", m.ID, st)
 	}
 	return nil
 }

@@ -248,6 +248,9 @@ func TestSaveKeepRunningResumes(t *testing.T) {
 	if err := d.Pause(context.Background(), v.m, v.p); err != nil {
 		t.Fatal(err)
 	}
+	if err := d.Identify(context.Background(), v.m, v.p); err != nil {
+		t.Errorf("Identify of a paused QEMU (alive, a pool member): %v", err)
+	}
 	info, err = d.Save(context.Background(), v.m, v.p, state+"2", true)
 	if err != nil {
 		t.Fatalf("Save of a paused guest: %v", err)
@@ -256,7 +259,7 @@ func TestSaveKeepRunningResumes(t *testing.T) {
 		t.Fatalf("after saving a paused guest: Resumed %v, status %q; want it left paused", info.Resumed, st)
 	}
 	if err := d.Identify(context.Background(), v.m, v.p); err == nil {
-		t.Error("Identify accepted a paused QEMU (it requires running)")
+		t.Error("Identify accepted a QEMU whose state was saved (postmigrate)")
 	}
 	if err := d.Resume(context.Background(), v.m, v.p); err != nil {
 		t.Fatal(err)
@@ -376,7 +379,7 @@ func TestAgentClient(t *testing.T) {
 	if err := a.Reseed(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if seen[3] != "set-ip 172.30.0.3/24 172.30.0.1" || seen[4] != "set-time 1700000000000000005" ||
+	if seen[3] != "set-ip 172.30.0.3/24 172.30.0.1" || seen[4] != "set-time 1700000000000000005 nearest" ||
 		!strings.HasPrefix(seen[5], "reseed ") || len(seen[5]) != len("reseed ")+128 {
 		t.Errorf("commands sent: %q", seen)
 	}

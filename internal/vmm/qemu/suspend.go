@@ -52,7 +52,7 @@ func (d *Driver) PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneId
 		return "", fmt.Errorf("clone %s: guest agent: %w", m.ID, err)
 	}
 	answers, err := a.DoAll(ctx, "set-mac "+id.MAC, fmt.Sprintf("set-ip %s/%d %s", id.IP, id.PrefixLen, id.Gateway),
-		"set-hostname "+id.Hostname, "reseed "+hex.EncodeToString(seed), "regen-hostkey", fmt.Sprintf("set-time %d", time.Now().UnixNano()))
+		"set-hostname "+id.Hostname, "reseed "+hex.EncodeToString(seed), "regen-hostkey", setTimeCommand(time.Now()))
 	if err != nil {
 		return "", fmt.Errorf("clone %s: %w", m.ID, err)
 	}
@@ -60,4 +60,11 @@ func (d *Driver) PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneId
 		return "", fmt.Errorf("clone %s: link up: %w", m.ID, err)
 	}
 	return answers[4], nil
+}
+
+// SetHostname gives a running guest a new hostname through the agent (a
+// warm pool's member claimed under a name of the caller's).
+func (d *Driver) SetHostname(ctx context.Context, m vmm.Machine, name string) error {
+	_, err := Agent(AgentSocket(m)).Do(ctx, "set-hostname "+name)
+	return err
 }
