@@ -18,6 +18,9 @@ func TestForkAndSnapshot(t *testing.T) {
 	mustBanger(t, "vm", "exec", name, "--", "sh", "-c", "echo in-memory >/tmp/mark && echo on-disk >/root/mark && sync")
 	srcKey := strings.TrimSpace(mustBanger(t, "vm", "exec", name, "--", "sh", "-c", hostKey))
 	srcIP := showVM(t, name).Runtime.GuestIP
+	// A session running at the fork goes on only in the source.
+	mustBanger(t, "vm", "session", "start", name, "--name", "ticker", "--", "sh", "-c", "while :; do echo tick; sleep 0.3; done", "forkmark")
+	running := "ps -o args | grep -c '[f]orkmark' || true"
 
 	start := time.Now()
 	out := mustBanger(t, "vm", "fork", name, "--count", "4")
@@ -46,6 +49,23 @@ func TestForkAndSnapshot(t *testing.T) {
 		if key := strings.TrimSpace(mustBanger(t, "vm", "exec", c, "--", "sh", "-c", hostKey)); key == "" || key == srcKey {
 			t.Errorf("clone %s kept the source's SSH host key", c)
 		}
+	}
+	// The source's session: listed as forked in a clone, not running there,
+	// still running in the source.
+	if s := sessions(t, clones[0])["ticker"]; s.Status != "forked" {
+		t.Errorf("session ticker in clone %s: %+v, want forked", clones[0], s)
+	}
+	if n := strings.TrimSpace(mustBanger(t, "vm", "exec", clones[0], "--", "sh", "-c", running)); n != "0" {
+		t.Errorf("the source's session runs in clone %s (%s processes)", clones[0], n)
+	}
+	if out := mustBanger(t, "vm", "session", "logs", clones[0], "ticker"); !strings.Contains(out, "tick") {
+		t.Errorf("forked session's logs in the clone: %q", out)
+	}
+	if s := sessions(t, name)["ticker"]; s.Status != "running" {
+		t.Errorf("session ticker in the source after the fork: %+v, want running", s)
+	}
+	if n := strings.TrimSpace(mustBanger(t, "vm", "exec", name, "--", "sh", "-c", running)); n == "0" {
+		t.Error("the source's session stopped running after the fork")
 	}
 	// Disks are copies: a write in one clone is not seen anywhere else.
 	mustBanger(t, "vm", "exec", clones[0], "--", "sh", "-c", "echo mine >/root/only; sync")

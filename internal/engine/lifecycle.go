@@ -151,6 +151,17 @@ func (e *Engine) startLocked(ctx context.Context, vm *model.VMRecord) error {
 	if err := e.commitState(ctx, vm, model.StateRunning, ""); err != nil {
 		return err
 	}
+	if r.clone != nil {
+		// The source's sessions go on only in the source (its guest must be
+		// running to end them).
+		if err := e.forkSessions(ctx, *vm, r.clone); err != nil {
+			err = fmt.Errorf("starting vm %q: %w", vm.Name, errors.Join(err, e.teardown(ctx, r)))
+			os.Remove(rootDiskPath(*vm))
+			os.Remove(vm.Runtime.WorkDiskPath)
+			e.commitState(ctx, vm, model.StateError, err.Error())
+			return err
+		}
+	}
 	e.lives.touch(vm.ID, e.deps.Now())
 	e.emitEvent(Event{Kind: EventStarted, VM: *vm, Cause: causeOf(ctx), Took: time.Since(began)})
 	e.log.Info("vm started", "vm", vm.Name, "vmm", vm.Runtime.VMM, "pid", r.h.PID, "tap", r.h.TapDevice)

@@ -259,3 +259,14 @@ func writeFileAtomic(file string, data []byte, mode os.FileMode) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// PinHostKey pins key (an authorized_keys line such as "ssh-ed25519 AAAA...",
+// as a clone's guest agent reports its new key through a channel that does
+// not depend on the network) for the guest at addr, replacing any pin.
+func PinHostKey(file, addr, key string) error {
+	pk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(key))
+	if err != nil {
+		return fmt.Errorf("host key %q: %w", key, err)
+	}
+	return writePin(file, addr, pk)
+}

@@ -563,3 +563,36 @@ func readRegular(p string) ([]byte, error) {
 	defer f.Close()
 	return io.ReadAll(io.LimitReader(f, 1<<20))
 }
+
+// forkScript ends, in a VM restored from another's snapshot, a session that
+// was running in the source (its runner first, so no exit code is written,
+// then the command's process group), and moves its directory to the new
+// id. A session that ended in the meantime is only moved.
+const forkScript = `[ -d "$1" ] || exit 0
+if [ ! -e "$1/exit" ]; then
+  r=$(cat "$1/runner.pid" 2>/dev/null) || r=
+  p=$(cat "$1/pid" 2>/dev/null) || p=
+  [ -n "$r" ] && kill -KILL "$r" 2>/dev/null
+  [ -n "$p" ] && kill -KILL -"$p" 2>/dev/null
+fi
+rm -f "$1/stdin"
+mv "$1" "$2" && echo forked >"$2/forked"
+`
+
+// ForkSession is for a clone: the session oldID it inherited from its
+// source's memory and work disk must go on only in the source, so it is
+// ended here and its directory (logs up to the fork) renamed to newID.
+func (c *Client) ForkSession(ctx context.Context, oldID, newID string) error {
+	from, err := c.sessionDir(oldID)
+	if err != nil {
+		return err
+	}
+	to, err := c.sessionDir(newID)
+	if err != nil {
+		return err
+	}
+	if _, err := c.outputArgs(ctx, forkScript, from, to); err != nil {
+		return fmt.Errorf("ending forked session %s in guest %s: %w", oldID, c.addr, err)
+	}
+	return nil
+}

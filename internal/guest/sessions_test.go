@@ -510,3 +510,56 @@ func (u *untilGone) Read(p []byte) (int, error) {
 		}
 	}
 }
+
+// A clone's copy of a session running in its source is ended (no exit code
+// written: the runner goes first) and its directory, logs kept, moved to
+// the clone's new id; an ended session is only moved.
+func TestForkSession(t *testing.T) {
+	forEachShell(t, func(t *testing.T, g *testGuest) {
+		ctx := testCtx(t)
+		pid := startSession(t, g, SessionSpec{ID: "src1", Cwd: g.srv.Dir, Argv: []string{"sh", "-c", "echo before; sleep 1000"}})
+		waitLog(t, g, "src1", "stdout", "before")
+		if err := g.c.ForkSession(ctx, "src1", "clone1"); err != nil {
+			t.Fatal(err)
+		}
+		p := system.Process{PID: pid}
+		if p.WaitExit(10 * time.Second); p.Alive() {
+			t.Errorf("forked session's command %d still runs", pid)
+		}
+		dir := filepath.Join(g.c.SessionsRoot, "clone1")
+		if b, err := os.ReadFile(filepath.Join(dir, "stdout.log")); err != nil || string(b) != "before\n" {
+			t.Errorf("forked session's log = %q, %v", b, err)
+		}
+		time.Sleep(100 * time.Millisecond) // a runner left alive would write exit now
+		if _, err := os.Stat(filepath.Join(dir, "exit")); err == nil {
+			t.Error("the forked session wrote an exit code (its runner outlived the fork)")
+		}
+		if _, err := os.Stat(filepath.Join(g.c.SessionsRoot, "src1")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("old session dir still there: %v", err)
+		}
+		// Ended already: moved, nothing signalled.
+		startSession(t, g, SessionSpec{ID: "done1", Cwd: g.srv.Dir, Argv: []string{"true"}})
+		for {
+			st, err := g.c.SessionState(ctx, "done1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !st.Running {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if err := g.c.ForkSession(ctx, "done1", "clone2"); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(g.c.SessionsRoot, "clone2", "exit")); err != nil || strings.TrimSpace(string(b)) != "0" {
+			t.Errorf("ended session's exit after the fork = %q, %v", b, err)
+		}
+		if err := g.c.ForkSession(ctx, "nosuch", "clone3"); err != nil {
+			t.Errorf("ForkSession of a session the clone lacks: %v", err)
+		}
+		if err := g.c.ForkSession(ctx, "../x", "clone4"); err == nil {
+			t.Error("ForkSession accepted a bad id")
+		}
+	})
+}

@@ -184,6 +184,10 @@ const (
 	SessionExited  SessionStatus = "exited"
 	SessionFailed  SessionStatus = "failed"
 	SessionLost    SessionStatus = "lost"
+	// SessionForked: running in the source when the VM was cloned from it;
+	// it goes on only in the source, and the clone keeps its logs up to the
+	// fork.
+	SessionForked SessionStatus = "forked"
 )
 
 // GuestSession is a long-running guest process whose logs live on the VM's
