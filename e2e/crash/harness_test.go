@@ -765,6 +765,21 @@ func (in *installation) checkInvariants(ctx context.Context, allowed *orphans) [
 			if in.cgroupParent != "" && vm.Live != nil && (len(cg) == 0 || !slices.Contains(cg[0].procs, vm.Live.Handles.PID)) {
 				bad = append(bad, fmt.Sprintf("%s: its vmm (pid %d) is not in its cgroup (%v)", where, vm.Live.Handles.PID, cg))
 			}
+		case client.StateSuspended:
+			// No VMM and nothing only a VMM needs; the tap, its address and
+			// a whole saved state stay for the resume.
+			for _, p := range ps {
+				bad = append(bad, fmt.Sprintf("%s: fc-double pid %d still serves its socket", where, p.pid))
+			}
+			for _, g := range cg {
+				bad = append(bad, fmt.Sprintf("%s: cgroup %s left (processes %v)", where, g.dir, g.procs))
+			}
+			if in.ns != nil && !hasTap {
+				bad = append(bad, fmt.Sprintf("%s: no tap %s", where, tap))
+			}
+			if !exists(filepath.Join(in.state, "vms", id, "suspend", "incoming.json")) {
+				bad = append(bad, where+": no saved state (suspend/incoming.json)")
+			}
 		case client.StateCreated, client.StateStopped, client.StateError:
 			for _, p := range ps {
 				bad = append(bad, fmt.Sprintf("%s: fc-double pid %d still serves its socket", where, p.pid))
@@ -821,6 +836,13 @@ func (in *installation) checkInvariants(ctx context.Context, allowed *orphans) [
 	for _, tap := range taps {
 		if !accounted["tap:"+tap] {
 			bad = append(bad, fmt.Sprintf("tap %s belongs to no vm", tap))
+		}
+	}
+	// A snapshot is whole or absent: an interrupted save leaves no
+	// directory without its meta.json once the daemon started again.
+	for _, name := range dirNames(filepath.Join(in.state, "snapshots")) {
+		if !exists(filepath.Join(in.state, "snapshots", name, "meta.json")) {
+			bad = append(bad, fmt.Sprintf("snapshot %s has no meta.json (holds %v)", name, dirNames(filepath.Join(in.state, "snapshots", name))))
 		}
 	}
 	gc, err := c.GC(ctx, true)

@@ -302,7 +302,8 @@ func crashAt(t *testing.T, point, spec, recoverySpec string, mustDie bool) (surv
 // three creates, three starts (a, b, a again), three teardowns (stop a,
 // delete b, delete a), three gc removals (a planted orphan VMM, its run
 // directory and a VM directory), three deletes; commits, handles writes and
-// Firecracker API calls many times. It returns the step during which
+// Firecracker API calls many times; three suspends, snapshots of the
+// suspended VM and resumes (a, b, a again), and the snapshots' deletes. It returns the step during which
 // bangerd died ("" if it never did), the orphans it planted, and an error
 // when a step failed while bangerd lived.
 func scenario(ctx context.Context, in *installation) (died string, planted *orphans, err error) {
@@ -318,6 +319,18 @@ func scenario(ctx context.Context, in *installation) (died string, planted *orph
 		{"start b", func() error { _, err := c.StartVM(ctx, "b"); return err }},
 		{"stop a", func() error { _, err := c.StopVM(ctx, "a", client.StopRequest{TimeoutSeconds: 5}); return err }},
 		{"start a again", func() error { _, err := c.StartVM(ctx, "a"); return err }},
+		{"suspend a", func() error { _, err := c.SuspendVM(ctx, "a"); return err }},
+		{"snapshot a", func() error { _, err := c.SnapshotVM(ctx, "a", client.SnapshotRequest{As: "s1"}); return err }},
+		{"resume a", func() error { _, err := c.ResumeVM(ctx, "a"); return err }},
+		{"suspend b", func() error { _, err := c.SuspendVM(ctx, "b"); return err }},
+		{"snapshot b", func() error { _, err := c.SnapshotVM(ctx, "b", client.SnapshotRequest{As: "s2"}); return err }},
+		{"resume b", func() error { _, err := c.ResumeVM(ctx, "b"); return err }},
+		{"suspend a again", func() error { _, err := c.SuspendVM(ctx, "a"); return err }},
+		{"snapshot a again", func() error { _, err := c.SnapshotVM(ctx, "a", client.SnapshotRequest{As: "s3"}); return err }},
+		{"resume a again", func() error { _, err := c.ResumeVM(ctx, "a"); return err }},
+		{"delete snapshots", func() error {
+			return errors.Join(c.DeleteSnapshot(ctx, "s1"), c.DeleteSnapshot(ctx, "s2"), c.DeleteSnapshot(ctx, "s3"))
+		}},
 		{"gc with planted orphans", func() error {
 			o, err := in.plantOrphans()
 			if err != nil {

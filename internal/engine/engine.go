@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,8 +144,18 @@ func (e *Engine) Start(ctx context.Context, afterReconcile func()) error {
 		<-e.ready // what expired while the daemon was down is applied first
 		e.reapLifetimes(ctx, lifeEvery)
 	}()
+	// The sweep removes only what is older than this daemon, by the file
+	// system's own clock (coarser than time.Now, and possibly behind it).
+	began := time.Now().Add(-time.Second)
+	marker := filepath.Join(e.cfg.StateDir, ".daemon-started")
+	if err := os.WriteFile(marker, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err == nil {
+		if st, err := os.Stat(marker); err == nil {
+			began = st.ModTime()
+		}
+	}
 	go func() {
 		<-e.ready // members are sorted once reconcile kept or demoted them
+		e.sweepLeftovers(ctx, began)
 		e.startPools(ctx)
 	}()
 	return nil

@@ -21,6 +21,12 @@ var (
 	fpDeleteFilesAfter   = failpoint.New("delete.files.after")
 	fpDeleteRowBefore    = failpoint.New("delete.row.before")
 	fpDeleteRowAfter     = failpoint.New("delete.row.after")
+	// Suspend, resume and snapshots: the state saved but the VMM's
+	// resources not yet released; restored but not yet recorded running;
+	// a snapshot's files copied but its meta.json not yet written.
+	fpSuspendSaved       = failpoint.New("suspend.saved")
+	fpResumeRestored     = failpoint.New("resume.restored")
+	fpSnapshotMetaBefore = failpoint.New("snapshot.meta.before")
 )
 
 // stepPoints are a plan step's failpoints: around its do (start.KEY.*) and

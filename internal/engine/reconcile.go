@@ -3,7 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
-	"os"
+
 	"sync"
 	"time"
 
@@ -89,6 +89,23 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 	case ActKeep:
 		e.handles.set(vm.ID, h)
 		writeHandlesFile(handlesPath(vm), h)
+		if vm.Runtime.State != dec.State {
+			// A resume interrupted once its VMM was restored: the VM runs,
+			// its saved state is spent, its clock is set as a resume would.
+			if vm.Runtime.State == model.StateResuming {
+				emptyDir(suspendDir(vm))
+				if drv, err := e.driverFor(vm.Runtime.VMM); err == nil {
+					if sus, ok := drv.(Suspender); ok {
+						tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+						if err := sus.SetGuestTime(tctx, e.machine(vm, model.Image{}, "", h), time.Now()); err != nil {
+							e.log.Warn("reconcile: correcting a resumed guest's clock", "vm", vm.Name, "err", err)
+						}
+						cancel()
+					}
+				}
+			}
+			e.commitState(ctx, &vm, dec.State, dec.Reason)
+		}
 		// The rules may have gone with a host reboot or a flushed ruleset:
 		// put the live VM's policy back (idempotent).
 		if err := e.applyNetPolicy(ctx, &run{vm: &vm, h: h}); err != nil {
@@ -129,7 +146,7 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 				}
 			}
 		}
-		os.RemoveAll(suspendDir(vm))
+		emptyDir(suspendDir(vm)) // the running VMM's jail binds it
 		e.handles.set(vm.ID, h)
 		writeHandlesFile(handlesPath(vm), h)
 		e.commitState(ctx, &vm, model.StateRunning, dec.Reason)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/guest"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vmm"
@@ -48,6 +50,9 @@ type Snapshot struct {
 	UsedBy     []string     `json:"used_by,omitempty"`   // VMs made from it not yet started
 	Pools      []string     `json:"pools,omitempty"`     // warm pools made from it
 	VMMVersion string       `json:"vmm_version,omitempty"`
+	// Sessions were running in the source when it was taken: a clone ends
+	// its copies of them and lists them as forked.
+	Sessions []model.GuestSession `json:"sessions,omitempty"`
 }
 
 // SnapshotSaver is what the engine needs of a VMM to snapshot and clone.
@@ -192,6 +197,14 @@ func (e *Engine) snapshotLocked(ctx context.Context, vm *model.VMRecord, name st
 		Spec: vm.Spec, RootDisk: filepath.Join(dir, "root.img"), WorkDisk: filepath.Join(dir, "work.ext4"),
 		CreatedAt: e.deps.Now().UTC(), Temporary: temporary}
 	snap.Spec.Options.From = ""
+	snap.Spec.Options.Pool = ""
+	if ss, err := e.store.ListSessions(ctx, vm.ID); err == nil {
+		for _, s := range ss {
+			if s.Status == model.SessionRunning {
+				snap.Sessions = append(snap.Sessions, s)
+			}
+		}
+	}
 	copyDisks := func() error {
 		for _, c := range [][2]string{{rootDiskPath(*vm), snap.RootDisk}, {vm.Runtime.WorkDiskPath, snap.WorkDisk}} {
 			if _, err := e.deps.Runner.Run(ctx, "cp", "--reflink=auto", "--sparse=always", c[0], c[1]); err != nil {
@@ -240,6 +253,9 @@ func (e *Engine) snapshotLocked(ctx context.Context, vm *model.VMRecord, name st
 		if st, err := os.Stat(f); err == nil {
 			snap.Size += st.Size()
 		}
+	}
+	if err := hit(ctx, fpSnapshotMetaBefore); err != nil {
+		return fail(err)
 	}
 	b, _ := json.MarshalIndent(snap, "", "  ")
 	if err := writeFileAtomic(filepath.Join(dir, "meta.json"), b, 0o600); err != nil {
@@ -315,13 +331,44 @@ func (e *Engine) identifyClone(ctx context.Context, r *run) error {
 	m := e.machine(*r.vm, r.im, r.rootDev, r.h)
 	ictx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if _, err := saver.PrepareClone(ictx, m, vmm.CloneIdentity{MAC: r.vm.Runtime.GuestMAC, IP: r.vm.Runtime.GuestIP, PrefixLen: pfx,
-		Gateway: gw.String(), Hostname: r.vm.Name}); err != nil {
+	key, err := saver.PrepareClone(ictx, m, vmm.CloneIdentity{MAC: r.vm.Runtime.GuestMAC, IP: r.vm.Runtime.GuestIP, PrefixLen: pfx,
+		Gateway: gw.String(), Hostname: r.vm.Name})
+	if err != nil {
 		return err
 	}
-	// A fresh known_hosts: the clone's new key is pinned on first contact,
-	// which is only possible now that its link is up.
-	os.Remove(knownHostsPath(*r.vm))
+	// The clone's new host key, as its agent reported it over the host-only
+	// channel, is pinned before anything connects: the first SSH contact is
+	// already checked.
+	if err := guest.PinHostKey(knownHostsPath(*r.vm), e.guestAddr(*r.vm), key); err != nil {
+		return fmt.Errorf("pinning the clone's host key: %w", err)
+	}
+	return nil
+}
+
+// forkSessions ends, in a new clone, the sessions that were running in its
+// source when the snapshot was taken, and records them for the clone as
+// forked, with their logs up to that point.
+func (e *Engine) forkSessions(ctx context.Context, vm model.VMRecord, snap *Snapshot) error {
+	if snap == nil || len(snap.Sessions) == 0 {
+		return nil
+	}
+	gc, err := e.guests.get(poolAccess(ctx), vm, time.Minute)
+	if err != nil {
+		return fmt.Errorf("ending the source's sessions in the clone: %w", err)
+	}
+	now := e.deps.Now().UTC()
+	for _, s := range snap.Sessions {
+		id := newID()
+		if err := gc.ForkSession(ctx, s.ID, id); err != nil {
+			return err
+		}
+		dir := path.Join(guest.SessionsDir, id)
+		s.ID, s.VMID, s.Status, s.EndedAt, s.ExitCode = id, vm.ID, model.SessionForked, &now, nil
+		s.StdoutPath, s.StderrPath = path.Join(dir, "stdout.log"), path.Join(dir, "stderr.log")
+		if err := e.store.CreateSession(ctx, s); err != nil && !errors.Is(err, errdefs.ErrAlreadyExists) {
+			return fmt.Errorf("recording forked session %q: %w", s.Name, err)
+		}
+	}
 	return nil
 }
 
@@ -385,4 +432,52 @@ func forkName(src string) string {
 		base = base[:20]
 	}
 	return fmt.Sprintf("%s-fork-%s", strings.TrimRight(base, "-"), newID()[:6])
+}
+
+// sweepLeftovers runs once after startup reconcile and removes what an
+// interrupted operation of an earlier daemon left in the state dir, all of
+// it older than this daemon: snapshot directories without a meta.json (a
+// save or disk copy cut short), temporary fork snapshots no unstarted clone
+// needs, and atomic-write temporaries (".NAME.tmp*") in VM directories.
+func (e *Engine) sweepLeftovers(ctx context.Context, before time.Time) {
+	old := func(p string) bool {
+		st, err := os.Lstat(p)
+		return err == nil && st.ModTime().Before(before)
+	}
+	root := filepath.Join(e.cfg.StateDir, "snapshots")
+	ents, _ := os.ReadDir(root)
+	for _, ent := range ents {
+		name := ent.Name()
+		dir := filepath.Join(root, name)
+		if !ent.IsDir() || validName(name) != nil || !old(dir) {
+			continue
+		}
+		s, err := e.GetSnapshot(ctx, name)
+		switch {
+		case errors.Is(err, errdefs.ErrNotFound) && !fileExists(filepath.Join(dir, "meta.json")):
+			e.log.Info("removing an incomplete snapshot left by an interrupted save", "snapshot", name)
+		case err == nil && s.Temporary && len(s.UsedBy) == 0 && len(s.Pools) == 0:
+			e.log.Info("removing a fork's temporary snapshot left by an interrupted fork", "snapshot", name)
+		default:
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			e.log.Warn("removing a leftover snapshot", "snapshot", name, "err", err)
+		}
+	}
+	vms, err := e.store.ListVMs(ctx)
+	if err != nil {
+		return
+	}
+	for _, vm := range vms {
+		for _, dir := range []string{vm.Runtime.VMDir, suspendDir(vm)} {
+			tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp*"))
+			for _, t := range tmps {
+				if st, err := os.Lstat(t); err == nil && st.Mode().IsRegular() && old(t) {
+					e.log.Info("removing a temporary file left by an interrupted write", "file", t)
+					os.Remove(t)
+				}
+			}
+		}
+	}
 }

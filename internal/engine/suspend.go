@@ -86,7 +86,9 @@ func (e *Engine) suspendLocked(ctx context.Context, vm *model.VMRecord) error {
 		return err
 	}
 	dir := suspendDir(*vm)
-	os.RemoveAll(dir)
+	// Emptied, never replaced: a jailed VMM sees this directory through a
+	// bind mount made when it started, which a new directory would miss.
+	emptyDir(dir)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return err
 	}
@@ -97,7 +99,7 @@ func (e *Engine) suspendLocked(ctx context.Context, vm *model.VMRecord) error {
 	start := time.Now()
 	in, err := sus.Suspend(ctx, e.machine(*vm, model.Image{}, "", h), system.Process{PID: h.PID, Start: h.PIDStart}, dir)
 	if err != nil {
-		os.RemoveAll(dir)
+		emptyDir(dir)
 		// The VMM resumes its guest when a save fails: still running.
 		if alive, _ := e.processIsVMM(ctx, *vm, h); alive {
 			e.commitState(ctx, vm, model.StateRunning, "suspend failed: "+err.Error())
@@ -109,6 +111,9 @@ func (e *Engine) suspendLocked(ctx context.Context, vm *model.VMRecord) error {
 	}
 	b, _ := json.Marshal(in)
 	if err := writeFileAtomic(incomingPath(*vm), b, 0o600); err != nil {
+		return err
+	}
+	if err := hit(ctx, fpSuspendSaved); err != nil {
 		return err
 	}
 	// The VMM is gone: release what only a running VMM needs (its jail and
@@ -166,6 +171,9 @@ func (e *Engine) resumeLocked(ctx context.Context, vm *model.VMRecord) error {
 		e.commitState(ctx, vm, model.StateSuspended, err.Error())
 		return err
 	}
+	if err := hit(ctx, fpResumeRestored); err != nil {
+		return err
+	}
 	if sus, ok := drv.(Suspender); ok {
 		m := e.machine(*vm, im, r.rootDev, r.h)
 		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -174,7 +182,7 @@ func (e *Engine) resumeLocked(ctx context.Context, vm *model.VMRecord) error {
 		}
 		cancel()
 	}
-	os.RemoveAll(suspendDir(*vm))
+	emptyDir(suspendDir(*vm)) // the new VMM's jail binds it: keep the directory
 	if err := e.commitState(ctx, vm, model.StateRunning, ""); err != nil {
 		return err
 	}
@@ -199,4 +207,12 @@ func (e *Engine) undoSome(ctx context.Context, r *run, steps []step) error {
 	}
 	e.noteHandles(r)
 	return errors.Join(errs...)
+}
+
+// emptyDir removes what dir holds, keeping dir itself.
+func emptyDir(dir string) {
+	ents, _ := os.ReadDir(dir)
+	for _, ent := range ents {
+		os.RemoveAll(filepath.Join(dir, ent.Name()))
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/storage"
 	"github.com/banger-dev/banger/internal/system"
+	"github.com/banger-dev/banger/internal/units"
 )
 
 // Failpoints around each removal gc makes (tests only).
@@ -157,6 +158,27 @@ func (inv *Inventory) Doctor(ctx context.Context) (Report, error) {
 		if len(loose) > 0 {
 			check("unconfined-vmms", false, fmt.Sprintf("running VMs whose VMM is not confined (runs as root, no jail or cgroup): %s; recreate them without --unconfined", strings.Join(loose, ", ")))
 		}
+	}
+	if snaps, err := e.ListSnapshots(ctx); err == nil {
+		var size int64
+		var files int
+		for _, sn := range snaps {
+			size += sn.Size
+			for _, f := range []string{sn.State, sn.MemFile, sn.RootDisk, sn.WorkDisk} {
+				if f != "" {
+					files++
+				}
+			}
+		}
+		detail := fmt.Sprintf("%d snapshots, %d files, %s on disk (banger snapshot list)", len(snaps), files, units.FormatSize(size))
+		if pools, err := e.ListPools(ctx); err == nil && len(pools) > 0 {
+			members := 0
+			for _, p := range pools {
+				members += len(p.Members)
+			}
+			detail += fmt.Sprintf("; %d warm pools holding %d paused VMs (banger pool list)", len(pools), members)
+		}
+		check("snapshots", true, detail)
 	}
 	if inv.Policies != nil {
 		if err := inv.Policies.Check(ctx); err != nil {
