@@ -16,7 +16,10 @@
 #         to a guest echo server.
 #   snap: vm run --from SNAP -- true (a new VM restored from a snapshot of a
 #         running guest) beside a cold vm run -- true on a new VM, target
-#         <= 0.2x; vm fork --count 4 beside vm fork --count 1, target <= 2x.
+#         <= 0.2x; vm fork --count 4 beside vm fork --count 1, target <= 2x;
+#         vm exec on a suspended VM (resume + exec) beside the cold run,
+#         target <= 0.15x; vm run --pool P -- true (a claim from a warm pool
+#         of 2, refilled between runs) beside the cold run, target <= 0.05x.
 #
 # The image is built outside the namespace (it needs the Debian mirror). The
 # caller (run.sh) owns WORK and removes it; this script removes its namespace,
@@ -93,8 +96,8 @@ boot)
 snap)
   say "12. starts from a snapshot and forks ($accel)"
   inns "$banger" vm snapshot warm --as bsnap >/dev/null
-  # Deletes every VM but warm (clones have generated names).
-  printf '%s\n' "for v in \$($banger vm list -q); do [ \$v = warm ] || $banger vm delete --force \$v >/dev/null; done" >"$g/clean.sh"
+  # Deletes every VM but warm and the pool's members (clones have generated names).
+  printf '%s\n' "for v in \$($banger vm list -q); do case \$v in warm | bpool-*) ;; *) $banger vm delete --force \$v >/dev/null ;; esac; done" >"$g/clean.sh"
   inns "$bt" time -n "$boots" -warmup 0 -label "vm run -- true (new VM, cold boot)" -save "$g/s_cold" \
     -after "bash $g/clean.sh" -- "$banger" vm run --name cold-{i} -- true
   inns "$bt" time -n "$boots" -warmup 0 -label "vm run --from SNAP -- true (new VM, restored)" -save "$g/s_from" \
@@ -105,6 +108,19 @@ snap)
   inns "$bt" time -n "$boots" -warmup 0 -label "vm fork warm --count 4" -save "$g/s_f4" \
     -after "bash $g/clean.sh" -- "$banger" vm fork warm --count 4
   "$bt" ratio -label "fork 4/fork 1" -num "$g/s_f4" -den "$g/s_f1" -target 2
+  # Resume: exec on a suspended VM resumes it first (clock stepped at once).
+  inns "$banger" vm suspend warm >/dev/null
+  inns "$bt" time -n "$boots" -warmup 0 -label "vm exec -- true on a suspended VM (resume + exec)" -save "$g/s_resume" \
+    -after "$banger vm suspend warm" -- "$banger" vm exec warm -- true
+  inns "$banger" vm resume warm >/dev/null
+  "$bt" ratio -label "resume to first exec/cold" -num "$g/s_resume" -den "$g/s_cold" -target 0.15
+  # A warm pool of 2; after each claim the next run waits for the refill.
+  inns "$banger" pool create bpool --from bsnap --size 2 --wait >/dev/null
+  printf '%s\n' "bash $g/clean.sh; until $banger pool show bpool | grep -q '\"ready\": 2,'; do sleep 0.2; done" >"$g/poolwait.sh"
+  inns "$bt" time -n "$boots" -warmup 0 -label "vm run --pool P -- true (claimed from a warm pool)" -save "$g/s_pool" \
+    -after "bash $g/poolwait.sh" -- "$banger" vm run --pool bpool --name pool-{i} -- true
+  "$bt" ratio -label "run from a warm pool/cold" -num "$g/s_pool" -den "$g/s_cold" -target 0.05
+  inns "$banger" pool delete bpool >/dev/null
   inns "$banger" snapshot delete bsnap >/dev/null
   ;;
 forward)
