@@ -25,7 +25,7 @@ const (
 
 // suiteTests are the top-level tests, so that a -run filter excluding all of
 // them does not pay for building binaries and an image.
-var suiteTests = []string{"TestRun", "TestTwoVMs", "TestExecSSHCopy", "TestSessions", "TestPortForward", "TestRestartAndRm", "TestDaemonKilled", "TestVMMKilledWhileDaemonDown", "TestGuestPoweroff", "TestBadInput", "TestConfinement", "TestNetworkPolicy", "TestOCIImage", "TestSuspendResume", "TestForkAndSnapshot", "TestPool"}
+var suiteTests = []string{"TestRun", "TestTwoVMs", "TestExecSSHCopy", "TestSessions", "TestPortForward", "TestRestartAndRm", "TestDaemonKilled", "TestVMMKilledWhileDaemonDown", "TestGuestPoweroff", "TestBadInput", "TestConfinement", "TestNetworkPolicy", "TestNetworkPolicyHostAddress", "TestNetworkPolicySpoofing", "TestNetworkPolicyEgress", "TestOCIImage", "TestSuspendResume", "TestForkAndSnapshot", "TestPool"}
 
 // TestMain prepares the suite as root outside any network namespace, then
 // re-runs the tests in a private one (see suite.Run).
