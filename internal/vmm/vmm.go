@@ -3,9 +3,12 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/banger-dev/banger/internal/jail"
@@ -126,6 +129,48 @@ func (j *Jailer) ChrootDir(id string) string { return filepath.Join(j.JailDir(id
 // HostPath is the host path of a path inside the chroot.
 func (j *Jailer) HostPath(id, inJail string) string {
 	return filepath.Join(j.ChrootDir(id), filepath.Clean("/"+inJail))
+}
+
+// Remove removes the jail dir of VM id. It holds only what the driver and
+// the jailer put there (links, nodes, the binary's copy, sockets, the pid
+// file), so it goes whole, but never across a mount point: something
+// mounted inside is not ours to delete. A jail that is not there is fine.
+func (j *Jailer) Remove(id string) error {
+	if id == "" || strings.ContainsAny(id, "/.") {
+		return fmt.Errorf("refusing to remove the jail of id %q", id)
+	}
+	dir := j.JailDir(id)
+	top, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !top.IsDir() {
+		return fmt.Errorf("jail %s is not a directory", dir)
+	}
+	dev := top.Sys().(*syscall.Stat_t).Dev
+	err = filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || !e.IsDir() {
+			return err
+		}
+		st, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		if st.Sys().(*syscall.Stat_t).Dev != dev {
+			return fmt.Errorf("%s is a mount point inside the jail: not removing it", path)
+		}
+		return nil
+	})
+	if err == nil {
+		err = os.RemoveAll(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("remove jail %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Start starts a VMM process with argv, its stdout and stderr appended to

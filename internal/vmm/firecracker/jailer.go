@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -399,47 +398,10 @@ func jailedAPISock(m vmm.Machine) (string, error) {
 	return sock, nil
 }
 
-// removeJail removes m's jail dir. It holds only what the driver and the
-// jailer put there (links, nodes, the binary's copy, sockets), so it is
-// removed whole, but never across a mount point: something mounted inside
-// is not ours to delete.
+// removeJail removes m's jail dir (see vmm.Jailer.Remove).
 func removeJail(m vmm.Machine) error {
 	if !jailerIDPattern.MatchString(m.ID) {
 		return fmt.Errorf("refusing to remove the jail of id %q", m.ID)
 	}
-	dir := m.Jailer.JailDir(m.ID)
-	top, err := os.Lstat(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if !top.IsDir() {
-		return fmt.Errorf("jail %s is not a directory", dir)
-	}
-	dev := top.Sys().(*syscall.Stat_t).Dev
-	err = filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !e.IsDir() {
-			return nil
-		}
-		st, err := os.Lstat(path)
-		if err != nil {
-			return err
-		}
-		if st.Sys().(*syscall.Stat_t).Dev != dev {
-			return fmt.Errorf("%s is a mount point inside the jail: not removing it", path)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("remove jail %s: %w", dir, err)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove jail %s: %w", dir, err)
-	}
-	return nil
+	return m.Jailer.Remove(m.ID)
 }
