@@ -87,8 +87,14 @@ func (e *Engine) ConfinementReady() error {
 	if _, err := e.jailHelper(); err != nil {
 		return err
 	}
+	if err := jail.CheckMount(filepath.Join(e.cfg.RunDir, "jail"), jail.NoSuid|jail.NoExec); err != nil {
+		return err
+	}
 	if e.cfg.FirecrackerJailer != "" {
 		if _, err := e.jailerBinary(); err != nil {
+			return err
+		}
+		if err := jail.CheckMount(e.jailerBase(), jail.NoSuid|jail.NoExec|jail.NoDev); err != nil {
 			return err
 		}
 	}
