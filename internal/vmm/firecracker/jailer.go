@@ -146,6 +146,10 @@ func (d *Driver) launchJailed(ctx context.Context, m vmm.Machine) (system.Proces
 	if err != nil {
 		return system.Process{}, fmt.Errorf("launch firecracker for vm %s: %w", m.ID, err)
 	}
+	// The jailer names the chroot after the canonical exec file.
+	if real, err := filepath.EvalSymlinks(m.Jailer.ExecFile); err != nil || real != m.Jailer.ExecFile {
+		return system.Process{}, fmt.Errorf("launch firecracker for vm %s: exec file %s must be the binary's real path (resolves to %q, %v)", m.ID, m.Jailer.ExecFile, real, err)
+	}
 	if p, ok := d.FindProcess(m); ok {
 		return system.Process{}, fmt.Errorf("launch firecracker for vm %s: it already runs in its jail (pid %d)", m.ID, p.PID)
 	}
