@@ -423,3 +423,63 @@ func (m *Manager) Stats(id string) (Usage, error) {
 	}
 	return u, nil
 }
+
+// JailerSettings renders l as Firecracker jailer settings, one
+// "<file>=<value>" per --cgroup, with the cgroup version for
+// --cgroup-version, for the cgroup Create makes when the jailer is given
+// --parent-cgroup m.Parent and the VM's id: the jailer writes the values
+// again and joins the VMM to the cgroup of each hierarchy a setting names,
+// so every hierarchy banger reads gets one (v1 cpuacct.usage=0 only resets
+// a counter of a VMM not started yet).
+func (m *Manager) JailerSettings(l Limits) (version int, settings []string) {
+	period := 100000
+	add := func(file, value string) { settings = append(settings, file+"="+value) }
+	pids := "max"
+	if l.Pids > 0 {
+		pids = strconv.FormatInt(l.Pids, 10)
+	}
+	if m.mode == V2 {
+		mem := "max"
+		if l.MemoryBytes > 0 {
+			mem = strconv.FormatInt(l.MemoryBytes, 10)
+		}
+		add("memory.max", mem)
+		add("pids.max", pids)
+		if m.controllers["cpu"] && l.CPUWeight > 0 {
+			add("cpu.weight", strconv.Itoa(l.CPUWeight))
+		}
+		if m.controllers["cpu"] && l.CPUQuota > 0 {
+			add("cpu.max", fmt.Sprintf("%d %d", l.CPUQuota*period/100, period))
+		}
+		return 2, settings
+	}
+	mem := "-1"
+	if l.MemoryBytes > 0 {
+		mem = strconv.FormatInt(l.MemoryBytes, 10)
+	}
+	add("memory.limit_in_bytes", mem)
+	add("pids.max", pids)
+	if m.controllers["cpu"] {
+		add("cpu.shares", strconv.Itoa(max(2, orDefault(l.CPUWeight, 100)*1024/100)))
+		if l.CPUQuota > 0 {
+			add("cpu.cfs_quota_us", strconv.Itoa(l.CPUQuota*period/100))
+		}
+	}
+	if m.controllers["cpuacct"] {
+		add("cpuacct.usage", "0")
+	}
+	if m.controllers["blkio"] && l.IOWeight > 0 {
+		if _, err := os.Stat(filepath.Join(m.Root, "blkio", "blkio.weight")); err == nil {
+			add("blkio.weight", strconv.Itoa(min(1000, max(10, l.IOWeight/10))))
+		}
+	}
+	return 1, settings
+}
+
+// orDefault is v, or def when v is not set.
+func orDefault(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}

@@ -105,3 +105,25 @@ func TestRealCgroup(t *testing.T) {
 		t.Fatalf("second remove: %v", err)
 	}
 }
+
+func TestJailerSettings(t *testing.T) {
+	l := Limits{MemoryBytes: 640 << 20, Pids: 512, CPUWeight: 200, CPUQuota: 150}
+	m, err := Detect(fakeRoot(t, "", "memory", "pids", "cpu", "cpuacct"), "banger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, s := m.JailerSettings(l)
+	want := "memory.limit_in_bytes=671088640 pids.max=512 cpu.shares=2048 cpu.cfs_quota_us=150000 cpuacct.usage=0"
+	if got := strings.Join(s, " "); v != 1 || got != want {
+		t.Fatalf("v1 settings = %d %q, want 1 %q", v, got, want)
+	}
+	m, err = Detect(fakeRoot(t, "cpu memory pids"), "banger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, s = m.JailerSettings(Limits{MemoryBytes: 1 << 30, CPUQuota: 50})
+	want = "memory.max=1073741824 pids.max=max cpu.max=50000 100000"
+	if got := strings.Join(s, " "); v != 2 || got != want {
+		t.Fatalf("v2 settings = %d %q, want 2 %q", v, got, want)
+	}
+}

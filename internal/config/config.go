@@ -55,6 +55,11 @@ type Config struct {
 	CgroupRoot     string `toml:"cgroup_root"`     // "/sys/fs/cgroup"
 	CgroupParent   string `toml:"cgroup_parent"`   // "banger": VM cgroups are <parent>/<vm-id>
 
+	// FirecrackerJailer, when set, is Firecracker's jailer binary:
+	// confined Firecracker VMMs then run through it instead of JailBin,
+	// chrooted under <state_dir>/jailer (docs/firecracker.md).
+	FirecrackerJailer string `toml:"firecracker_jailer"`
+
 	// Lifetimes, events and metrics.
 	MaxTTL             string `toml:"max_ttl"`              // longest --ttl and --idle-timeout: "30d"
 	EventsKeep         string `toml:"events_keep"`          // events kept in the store: "10000"

@@ -12,6 +12,7 @@ import (
 
 	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/system"
+	"golang.org/x/sys/unix"
 )
 
 // procStatus returns the fields of /proc/PID/status.
@@ -114,5 +115,108 @@ func TestConfinedVMM(t *testing.T) {
 	c, err := e.c.CreateVM(ctx, client.CreateVMRequest{Name: "next", DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20})
 	if err != nil || c.Runtime.UID != a.Runtime.UID {
 		t.Fatalf("uid not reused after delete: %d (want %d) %v", c.Runtime.UID, a.Runtime.UID, err)
+	}
+}
+
+// With firecracker_jailer, a confined Firecracker runs through the jailer
+// (its double): as the VM's uid, init of its own PID namespace, rooted in
+// its chroot under <state_dir>/jailer, in the VM's cgroup with its limits.
+// The daemon proves it (alive), stops it, and nothing is left.
+func TestConfinedVMMThroughJailer(t *testing.T) {
+	e := newEnv(t, envOpts{confine: true, jailer: true})
+	e.importImage()
+	ctx := context.Background()
+	a := e.createStarted("jailed")
+	h := e.handles(a)
+	p := system.Process{PID: h.PID, Start: h.PIDStart}
+	if !p.Alive() {
+		t.Fatalf("no vmm at the recorded pid %d", h.PID)
+	}
+	st := procStatus(t, p.PID)
+	uid := strconv.Itoa(a.Runtime.UID)
+	if st["Uid"] != strings.Join([]string{uid, uid, uid, uid}, "\t") || st["CapEff"] != "0000000000000000" {
+		t.Errorf("vmm Uid %q CapEff %s, want uid %s and no capabilities", st["Uid"], st["CapEff"], uid)
+	}
+	if f := strings.Fields(st["NSpid"]); len(f) != 2 || f[1] != "1" {
+		t.Errorf("vmm not pid 1 of its own pid namespace: NSpid %q", st["NSpid"])
+	}
+	jailDir := filepath.Join(e.cfg.StateDir, "jailer", "fc-double", a.ID)
+	chroot, _ := os.Stat(filepath.Join(jailDir, "root"))
+	root, _ := os.Stat(fmt.Sprintf("/proc/%d/root", p.PID))
+	if chroot == nil || root == nil || !os.SameFile(chroot, root) {
+		t.Errorf("vmm's root is not its chroot %s", filepath.Join(jailDir, "root"))
+	}
+	ref := "memory:/" + e.cfg.CgroupParent + "/" + a.ID
+	if in, err := system.ProcInCgroup(p.PID, ref); err != nil || !in {
+		t.Errorf("vmm not in %s: %v", ref, err)
+	}
+	memDir := filepath.Join(e.cfg.CgroupRoot, "memory", e.cfg.CgroupParent, a.ID)
+	limit, _ := os.ReadFile(filepath.Join(memDir, "memory.limit_in_bytes"))
+	if want := strconv.Itoa(a.Spec.MemoryMiB<<20 + 384<<20); strings.TrimSpace(string(limit)) != want {
+		t.Errorf("memory limit %s, want %s", limit, want)
+	}
+	vm, err := e.c.GetVM(ctx, "jailed")
+	if err != nil || vm.Live == nil || !vm.Live.Alive {
+		t.Fatalf("jailed vm not alive: %+v %v", vm.Live, err)
+	}
+	if _, err := e.c.StopVM(ctx, "jailed", client.StopRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if p.Alive() {
+		t.Error("vmm survived stop")
+	}
+	for _, left := range []string{jailDir, memDir} {
+		if _, err := os.Stat(left); !os.IsNotExist(err) {
+			t.Errorf("%s left after stop: %v", left, err)
+		}
+	}
+	// Started again: a fresh jail, the same proofs.
+	if _, err := e.c.StartVM(ctx, "jailed"); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err := e.c.GetVM(ctx, "jailed"); err != nil || vm.Live == nil || !vm.Live.Alive {
+		t.Fatalf("restarted jailed vm not alive: %v", err)
+	}
+	if err := e.c.DeleteVM(ctx, "jailed", true); err != nil {
+		t.Fatal(err)
+	}
+	for _, left := range []string{jailDir, memDir} {
+		if _, err := os.Stat(left); !os.IsNotExist(err) {
+			t.Errorf("%s left after delete: %v", left, err)
+		}
+	}
+}
+
+// A jail dir on a nosuid/noexec mount: create refuses before anything is
+// made, naming the mount, and doctor says how to fix it.
+func TestConfinedCreateRefusesNoexecJailDir(t *testing.T) {
+	e := newEnv(t, envOpts{confine: true})
+	e.importImage()
+	ctx := context.Background()
+	jail := filepath.Join(e.cfg.RunDir, "jail")
+	os.MkdirAll(jail, 0o700)
+	if err := unix.Mount("tmpfs", jail, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "size=1m,mode=0700"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(jail, unix.MNT_DETACH) })
+	_, err := e.c.CreateVM(ctx, client.CreateVMRequest{Name: "noexec", DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20})
+	if err == nil || !strings.Contains(err.Error(), "on mount "+jail) || !strings.Contains(err.Error(), "nosuid,noexec") {
+		t.Fatalf("create with the jail dir on a nosuid,noexec mount = %v", err)
+	}
+	if vms, _ := e.c.ListVMs(ctx); len(vms) != 0 {
+		t.Errorf("refused create left %d vms", len(vms))
+	}
+	rep, err := e.c.Doctor(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range rep.Checks {
+		if c.Name == "confinement" && !c.OK && strings.Contains(c.Detail, "mount -o remount,suid,exec "+jail) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("doctor does not say how to fix the jail dir's mount: %+v", rep.Checks)
 	}
 }

@@ -52,7 +52,8 @@ func fcDouble(t *testing.T) string {
 		doublePath = filepath.Join(dir, "fc-double")
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		doubleErr = system.GoBuild(ctx, "./cmd/fc-double", doublePath)
+		// Static, as Firecracker is: the jailer double runs it in a chroot.
+		doubleErr = system.GoBuild(ctx, "./cmd/fc-double", doublePath, "netgo", "osusergo")
 	})
 	if doubleErr != nil {
 		t.Skipf("cannot build fc-double: %v", doubleErr)
@@ -189,6 +190,8 @@ type envOpts struct {
 	// the harness sets confine = off explicitly: the double's test hooks
 	// (environment, fake sysfs) do not reach into a jail.
 	confine bool
+	// jailer (with confine) runs Firecracker through the jailer double.
+	jailer bool
 }
 
 type testEnv struct {
@@ -251,6 +254,12 @@ func newEnvWith(t *testing.T, o envOpts, tweak func(*Deps)) *testEnv {
 		cfg.Confine = "on"
 		cfg.JailBin = jailHelper(t)
 		cfg.CgroupParent = "banger-test-" + filepath.Base(base)
+		if o.jailer {
+			cfg.FirecrackerJailer = filepath.Join(base, "jailer")
+			if err := os.Symlink(double, cfg.FirecrackerJailer); err != nil {
+				t.Fatal(err)
+			}
+		}
 		t.Cleanup(func() {
 			for _, c := range []string{"", "memory", "pids", "cpu", "cpuacct", "blkio"} {
 				os.Remove(filepath.Join(cfg.CgroupRoot, c, cfg.CgroupParent))

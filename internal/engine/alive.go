@@ -60,7 +60,12 @@ func (e *Engine) proveVMM(vm model.VMRecord, h model.VMHandles) error {
 	if !drv.MatchesArgv(m, argv) {
 		return fmt.Errorf("pid %d does not carry vm %s's identity in its argv (%s)", p.PID, vm.ID, shortArgv(argv))
 	}
-	if want := e.vmmExecutable(vm); want != "" {
+	want := e.vmmExecutable(vm)
+	if j := m.Jailer; j != nil {
+		// The jailer runs its own copy of the binary, in the VM's chroot.
+		want = j.HostPath(vm.ID, j.ExecName())
+	}
+	if want != "" {
 		// Compared as files (device and inode), not as paths: a jailed
 		// VMM's executable has another path in its mount namespace.
 		got, err := os.Stat(fmt.Sprintf("/proc/%d/exe", p.PID))

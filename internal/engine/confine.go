@@ -87,6 +87,17 @@ func (e *Engine) ConfinementReady() error {
 	if _, err := e.jailHelper(); err != nil {
 		return err
 	}
+	if err := jail.CheckMount(filepath.Join(e.cfg.RunDir, "jail"), jail.NoSuid|jail.NoExec); err != nil {
+		return err
+	}
+	if e.cfg.FirecrackerJailer != "" {
+		if _, err := e.jailerBinary(); err != nil {
+			return err
+		}
+		if err := jail.CheckMount(e.jailerBase(), jail.NoSuid|jail.NoExec|jail.NoDev); err != nil {
+			return err
+		}
+	}
 	lo, hi, err := parseUIDRange(e.cfg.UIDRange)
 	if err != nil {
 		return err
@@ -118,6 +129,42 @@ func (e *Engine) jailHelper() (string, error) {
 		return "", fmt.Errorf("jail helper %q not found next to bangerd or on PATH (make build puts it in bin/)", bin)
 	}
 	return p, nil
+}
+
+// jailerBinary resolves firecracker_jailer to an absolute path.
+func (e *Engine) jailerBinary() (string, error) {
+	p, err := system.LookPath(e.cfg.FirecrackerJailer)
+	if err == nil {
+		p, err = filepath.Abs(p)
+	}
+	if err != nil {
+		return "", fmt.Errorf("firecracker_jailer %q: %w", e.cfg.FirecrackerJailer, err)
+	}
+	return p, nil
+}
+
+// jailerBase is the jailer's --chroot-base-dir: in the state dir, on the
+// filesystem of the VMs' disks, which are hard-linked into the chroots.
+func (e *Engine) jailerBase() string { return filepath.Join(e.cfg.StateDir, "jailer") }
+
+// jailerFor is how vm's Firecracker runs through Firecracker's jailer, or
+// nil when it does not (no firecracker_jailer, another VMM, unconfined, or
+// the binaries cannot be found: then confine refuses to start it).
+func (e *Engine) jailerFor(vm model.VMRecord) *vmm.Jailer {
+	if e.cfg.FirecrackerJailer == "" || vm.Runtime.VMM != "firecracker" || !e.confined(vm) || e.deps.Cgroups == nil {
+		return nil
+	}
+	bin, err := e.jailerBinary()
+	exec := e.vmmExecutable(vm)
+	if err != nil || exec == "" {
+		return nil
+	}
+	version, settings := e.deps.Cgroups.JailerSettings(e.cgroupLimits(vm))
+	return &vmm.Jailer{
+		Binary: bin, ExecFile: exec, ChrootBase: e.jailerBase(),
+		UID: vm.Runtime.UID, GID: vm.Runtime.UID,
+		CgroupVersion: version, ParentCgroup: e.deps.Cgroups.Parent, Cgroups: settings,
+	}
 }
 
 // allocateUIDLocked picks the lowest free uid of the range (under createMu).
@@ -224,6 +271,14 @@ func (e *Engine) confine(ctx context.Context, r *run) error {
 			}
 		}
 	}
+	if e.cfg.FirecrackerJailer != "" && vm.Runtime.VMM == "firecracker" {
+		// Firecracker's jailer makes the jail itself (its driver places
+		// the files); the cgroup made above is the one it joins.
+		if r.jailer = e.jailerFor(vm); r.jailer == nil {
+			return fmt.Errorf("vm %q must run confined: firecracker_jailer %q or firecracker %q not found", vm.Name, e.cfg.FirecrackerJailer, e.cfg.FirecrackerBin)
+		}
+		return nil
+	}
 	root := jailRoot(e, vm)
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return err
@@ -259,6 +314,12 @@ func (e *Engine) confine(ctx context.Context, r *run) error {
 // are killed first.
 func (e *Engine) unconfine(ctx context.Context, r *run) error {
 	vm := *r.vm
+	if j := e.jailerFor(vm); j != nil {
+		// Left by a VMM that died on its own (its driver removes it on stop).
+		if err := j.Remove(vm.ID); err != nil {
+			e.log.Warn("removing jailer chroot", "vm", vm.Name, "err", err)
+		}
+	}
 	os.Remove(jailSpecPath(e, vm))
 	if err := os.Remove(jailRoot(e, vm)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		e.log.Warn("removing jail root", "vm", vm.Name, "err", err)
@@ -333,6 +394,9 @@ func (e *Engine) Confinement(vm model.VMRecord) ConfinementInfo {
 		ci.Cgroup = string(e.deps.Cgroups.Mode()) + " " + e.deps.Cgroups.Rel(vm.ID)
 	}
 	ci.Jail = jailRoot(e, vm) + " (mount and pid namespaces, pivot_root, no capabilities, no_new_privs)"
+	if j := e.jailerFor(vm); j != nil {
+		ci.Jail = j.ChrootDir(vm.ID) + " (firecracker jailer: chroot, mount and pid namespaces, no capabilities)"
+	}
 	switch vm.Runtime.VMM {
 	case "qemu":
 		ci.Seccomp = "qemu -sandbox on (obsolete, elevateprivileges, spawn, resourcecontrol denied)"

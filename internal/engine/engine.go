@@ -222,6 +222,7 @@ func (e *Engine) machine(vm model.VMRecord, im model.Image, rootDev string, h mo
 	}
 	if vm.Runtime.VMM == "firecracker" {
 		m.Binary = e.cfg.FirecrackerBin
+		m.Jailer = e.jailerFor(vm)
 		if im.VMLinux != "" {
 			m.Kernel = im.VMLinux
 		}

@@ -65,6 +65,8 @@ type run struct {
 	killed bool
 	// confinement is how the VMM is launched (nil: unconfined).
 	confinement *vmm.Confinement
+	// jailer is how a confined Firecracker runs through its jailer (nil: not).
+	jailer *vmm.Jailer
 	// incoming is the saved state a resume restores (nil: a cold boot).
 	// Steps that would write into the guest's disks are skipped then.
 	incoming *vmm.Incoming
@@ -413,7 +415,10 @@ func (e *Engine) launchVMM(ctx context.Context, r *run) error {
 		}
 	}
 	m := e.machine(*r.vm, r.im, r.rootDev, r.h)
-	m.Confine = r.confinement
+	m.Confine, m.Jailer = r.confinement, r.jailer
+	if e.confined(*r.vm) && m.Confine == nil && m.Jailer == nil {
+		return fmt.Errorf("vm %q: refusing to start its vmm unconfined", r.vm.Name)
+	}
 	m.Incoming = r.incoming
 	p, err := r.drv.Launch(ctx, m)
 	if err != nil {

@@ -25,6 +25,12 @@ type DetachedSpec struct {
 	// Cloneflags start the process in new namespaces (CLONE_NEWNS,
 	// CLONE_NEWPID...); root only.
 	Cloneflags uintptr
+	// Output, when set, takes stdout and stderr instead of LogPath.
+	Output *os.File
+	// Chroot and Credential (root only) make the process chroot there
+	// (Argv[0] and Dir are then inside it) and run as that user.
+	Chroot     string
+	Credential *syscall.Credential
 }
 
 // Process identifies one process for life: a PID alone is not enough because
@@ -59,10 +65,13 @@ func StartDetached(spec DetachedSpec) (Process, error) {
 	cmd.Env = spec.Env
 	cmd.Dir = spec.Dir
 	cmd.Stdin = devnull
+	if spec.Output != nil {
+		out = spec.Output
+	}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.ExtraFiles = spec.ExtraFiles
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: spec.Cloneflags}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: spec.Cloneflags, Chroot: spec.Chroot, Credential: spec.Credential}
 	if err := cmd.Start(); err != nil {
 		return Process{}, fmt.Errorf("start %s: %w", spec.Argv[0], err)
 	}

@@ -3,9 +3,12 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/banger-dev/banger/internal/jail"
@@ -46,6 +49,9 @@ type Machine struct {
 
 	// Confine, when set, runs the VMM in a jail (see Start).
 	Confine *Confinement
+	// Jailer, when set (Firecracker only, never with Confine), runs the
+	// VMM through Firecracker's own jailer: see docs/firecracker.md.
+	Jailer *Jailer
 
 	// AgentSock is the host end of the guest agent's channel (QEMU: a
 	// virtio-serial port, see docs/snapshots.md). "" = agent.sock in the
@@ -87,6 +93,84 @@ type Confinement struct {
 	Helper   string    // the banger-jail executable
 	SpecPath string    // where the jail spec is written (a root-only directory)
 	Spec     jail.Spec // everything but Argv, which Start fills
+}
+
+// Jailer is how a Firecracker VMM is run through Firecracker's jailer
+// (firecracker_jailer): the jailer makes a chroot of its own under
+// ChrootBase, joins the cgroups, drops to UID/GID and runs ExecFile in a
+// new PID namespace.
+type Jailer struct {
+	Binary     string // the jailer executable
+	ExecFile   string // absolute path of the firecracker binary the jailer copies into the chroot
+	ChrootBase string // --chroot-base-dir
+	UID, GID   int
+	// CgroupVersion is 1 or 2; ParentCgroup is the jailer's
+	// --parent-cgroup (the VM's cgroup is <hierarchy>/<ParentCgroup>/<id>);
+	// Cgroups are "<file>=<value>" settings, one --cgroup each.
+	CgroupVersion int
+	ParentCgroup  string
+	Cgroups       []string
+	NetNS         string // --netns: a network namespace file to join; "" = stay in the daemon's
+}
+
+// ExecName is the file name of the firecracker binary, which names the
+// chroot's parent directory, its copy in the chroot and the pid file.
+func (j *Jailer) ExecName() string { return filepath.Base(j.ExecFile) }
+
+// JailDir is <ChrootBase>/<ExecName>/<id>: all the jailer makes for one
+// VM lies below it, and removing it removes the jail.
+func (j *Jailer) JailDir(id string) string {
+	return filepath.Join(j.ChrootBase, j.ExecName(), id)
+}
+
+// ChrootDir is the jail's root directory on the host, JailDir/root.
+func (j *Jailer) ChrootDir(id string) string { return filepath.Join(j.JailDir(id), "root") }
+
+// HostPath is the host path of a path inside the chroot.
+func (j *Jailer) HostPath(id, inJail string) string {
+	return filepath.Join(j.ChrootDir(id), filepath.Clean("/"+inJail))
+}
+
+// Remove removes the jail dir of VM id. It holds only what the driver and
+// the jailer put there (links, nodes, the binary's copy, sockets, the pid
+// file), so it goes whole, but never across a mount point: something
+// mounted inside is not ours to delete. A jail that is not there is fine.
+func (j *Jailer) Remove(id string) error {
+	if id == "" || strings.ContainsAny(id, "/.") {
+		return fmt.Errorf("refusing to remove the jail of id %q", id)
+	}
+	dir := j.JailDir(id)
+	top, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !top.IsDir() {
+		return fmt.Errorf("jail %s is not a directory", dir)
+	}
+	dev := top.Sys().(*syscall.Stat_t).Dev
+	err = filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || !e.IsDir() {
+			return err
+		}
+		st, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		if st.Sys().(*syscall.Stat_t).Dev != dev {
+			return fmt.Errorf("%s is a mount point inside the jail: not removing it", path)
+		}
+		return nil
+	})
+	if err == nil {
+		err = os.RemoveAll(dir)
+	}
+	if err != nil {
+		return fmt.Errorf("remove jail %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Start starts a VMM process with argv, its stdout and stderr appended to

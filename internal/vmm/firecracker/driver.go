@@ -64,6 +64,9 @@ func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, err
 	if m.ID == "" || m.APISock == "" {
 		return system.Process{}, fmt.Errorf("launch firecracker: machine needs an id and an api socket path")
 	}
+	if m.Jailer != nil {
+		return d.launchJailed(ctx, m)
+	}
 	// Firecracker never unlinks its sockets and refuses an existing path.
 	if err := removeSockets(m); err != nil {
 		return system.Process{}, fmt.Errorf("launch firecracker for vm %s: %w", m.ID, err)
@@ -222,6 +225,17 @@ func (d *Driver) Shutdown(ctx context.Context, m vmm.Machine, p system.Process, 
 			return fmt.Errorf("stop firecracker for vm %s (pid %d): %w", m.ID, p.PID, err)
 		}
 	}
+	if m.Jailer != nil {
+		// The jail goes with its VMM; another process still running
+		// there (a second launch) keeps it.
+		if other, ok := d.FindProcess(m); ok {
+			return fmt.Errorf("stop firecracker for vm %s: pid %d still runs in its jail", m.ID, other.PID)
+		}
+		if err := removeJail(m); err != nil {
+			return fmt.Errorf("stop firecracker for vm %s: %w", m.ID, err)
+		}
+		return nil
+	}
 	if err := removeSockets(m); err != nil {
 		return fmt.Errorf("stop firecracker for vm %s: %w", m.ID, err)
 	}
@@ -229,7 +243,14 @@ func (d *Driver) Shutdown(ctx context.Context, m vmm.Machine, p system.Process, 
 }
 
 func (d *Driver) requestReboot(ctx context.Context, m vmm.Machine) error {
-	c := newAPIClient(m.APISock)
+	sock := m.APISock
+	if m.Jailer != nil {
+		var err error
+		if sock, err = jailedAPISock(m); err != nil {
+			return err
+		}
+	}
+	c := newAPIClient(sock)
 	defer c.close()
 	cctx, cancel := context.WithTimeout(ctx, identifyCall)
 	defer cancel()
@@ -261,7 +282,14 @@ func (d *Driver) waitGone(ctx context.Context, p system.Process, timeout time.Du
 // holds the exact pair "--api-sock <m.APISock>", and the API on that socket
 // answers GET / with id m.ID. A PID reused by another program, or another
 // VMM, fails with an error saying which check failed.
+//
+// For a jailed Firecracker the proof is proveJailed (argv, and the
+// executable being the copy in m's own chroot) and the answer of the
+// socket in that chroot.
 func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) error {
+	if m.Jailer != nil {
+		return d.identifyJailed(ctx, m, p)
+	}
 	if !p.Alive() {
 		return fmt.Errorf("identify firecracker for vm %s: process %d is not running", m.ID, p.PID)
 	}
@@ -272,7 +300,12 @@ func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) 
 	if !system.ArgvHasPair(argv, "--api-sock", m.APISock) {
 		return fmt.Errorf("identify firecracker for vm %s: process %d has no \"--api-sock %s\" in its argv", m.ID, p.PID, m.APISock)
 	}
-	c := newAPIClient(m.APISock)
+	return d.identifyAPI(ctx, m, p, m.APISock)
+}
+
+// identifyAPI checks that the API on sock answers GET / with id m.ID.
+func (d *Driver) identifyAPI(ctx context.Context, m vmm.Machine, p system.Process, sock string) error {
+	c := newAPIClient(sock)
 	defer c.close()
 	cctx, cancel := context.WithTimeout(ctx, identifyCall)
 	defer cancel()
@@ -281,25 +314,48 @@ func (d *Driver) Identify(ctx context.Context, m vmm.Machine, p system.Process) 
 		return fmt.Errorf("identify firecracker for vm %s (pid %d): %w", m.ID, p.PID, err)
 	}
 	if info.ID != m.ID {
-		return fmt.Errorf("identify firecracker for vm %s (pid %d): api socket %s answers for instance %q", m.ID, p.PID, m.APISock, info.ID)
+		return fmt.Errorf("identify firecracker for vm %s (pid %d): api socket %s answers for instance %q", m.ID, p.PID, sock, info.ID)
 	}
 	return nil
+}
+
+func (d *Driver) identifyJailed(ctx context.Context, m vmm.Machine, p system.Process) error {
+	if err := proveJailed(m, p); err != nil {
+		return fmt.Errorf("identify firecracker for vm %s: %w", m.ID, err)
+	}
+	sock, err := jailedAPISock(m)
+	if err != nil {
+		return fmt.Errorf("identify firecracker for vm %s (pid %d): %w", m.ID, p.PID, err)
+	}
+	return d.identifyAPI(ctx, m, p, sock)
 }
 
 // FindProcess finds the running Firecracker of m by its exact argv pairs
 // "--api-sock <m.APISock>" and "--id <m.ID>", for rediscovery after a
 // daemon restart.
+//
+// A jailed Firecracker is found by its in-chroot argv and then proven to
+// run the binary's copy in m's own chroot (proveJailed).
 func (d *Driver) FindProcess(m vmm.Machine) (system.Process, bool) {
 	if m.APISock == "" || m.ID == "" {
 		return system.Process{}, false
 	}
-	return system.FindProcess(func(argv []string) bool { return d.MatchesArgv(m, argv) })
+	p, ok := system.FindProcess(func(argv []string) bool { return d.MatchesArgv(m, argv) })
+	if ok && m.Jailer != nil && proveJailed(m, p) != nil {
+		return system.Process{}, false
+	}
+	return p, ok
 }
 
 // MatchesArgv reports whether argv is that of the Firecracker of m: it holds
 // the exact pairs "--api-sock <m.APISock>" and "--id <m.ID>" (never a
 // substring match).
+//
+// A jailed Firecracker's argv is matchesJailedArgv's.
 func (d *Driver) MatchesArgv(m vmm.Machine, argv []string) bool {
+	if m.Jailer != nil {
+		return matchesJailedArgv(m, argv)
+	}
 	return m.APISock != "" && m.ID != "" && system.ArgvHasPair(argv, "--api-sock", m.APISock) && system.ArgvHasPair(argv, "--id", m.ID)
 }
 

@@ -27,7 +27,9 @@ func TestMain(m *testing.M) {
 	}
 	doubleBin = filepath.Join(dir, "fc-double")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	buildErr = system.GoBuild(ctx, "./cmd/fc-double", doubleBin)
+	// Static (pure-Go net and user lookups), as Firecracker is: the jailer
+	// double runs it in a chroot without a dynamic loader.
+	buildErr = system.GoBuild(ctx, "./cmd/fc-double", doubleBin, "netgo", "osusergo")
 	cancel()
 	code := m.Run()
 	os.RemoveAll(dir)

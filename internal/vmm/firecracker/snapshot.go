@@ -244,6 +244,10 @@ func leadingDigits(s string) string {
 // proveArgv checks that p is alive and is the Firecracker of m (exact
 // "--api-sock" and "--id" pairs), so no request reaches another VM.
 func proveArgv(m vmm.Machine, p system.Process) error {
+	if m.Jailer != nil {
+		// Its snapshot files would have to be placed in the chroot too.
+		return errors.New("pause, resume and snapshots of a firecracker run through the jailer are not supported")
+	}
 	if !p.Alive() {
 		return fmt.Errorf("process %d is not running", p.PID)
 	}
