@@ -39,6 +39,14 @@ func nameFromRef(ref string) string { return model.ImageNameFromRef(ref) }
 
 func (e *Engine) ociCache() string { return filepath.Join(e.cfg.StateDir, "oci-cache") }
 
+// rootfsCacheBytes bounds the disk space of the built root filesystems kept
+// for converting the same image again (least recently used go first).
+const rootfsCacheBytes = 8 << 30
+
+func (e *Engine) rootfsCache() *oci.RootfsCache {
+	return &oci.RootfsCache{Dir: filepath.Join(e.ociCache(), "rootfs"), MaxBytes: rootfsCacheBytes}
+}
+
 // ociErr gives the oci package's errors their kinds.
 func ociErr(err error) error {
 	switch {
@@ -133,13 +141,11 @@ func (e *Engine) PullImage(ctx context.Context, req OCISpec, progress func(strin
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fail(err)
 	}
-	say("unpacking %d layers (%d bytes)", len(img.Layers), img.Size())
-	if err := oci.Unpack(ctx, img, tree, oci.UnpackOptions{MaxSize: req.MaxSize}); err != nil {
-		return fail(err)
-	}
-	meta, err := oci.BuildRootfs(ctx, img, tree, filepath.Join(dir, "rootfs.ext4"), oci.BuildOptions{
-		Runner: e.deps.Runner, DebCache: e.cfg.ImageCacheDir, Scratch: filepath.Join(e.cfg.StateDir, "images"),
-		Progress: func(step string) { say("%s", step) },
+	meta, err := oci.Convert(ctx, img, tree, filepath.Join(dir, "rootfs.ext4"), oci.ConvertOptions{
+		BuildOptions: oci.BuildOptions{Runner: e.deps.Runner, DebCache: e.cfg.ImageCacheDir, Scratch: filepath.Join(e.cfg.StateDir, "images"),
+			Progress: func(step string) { say("%s", step) }},
+		MaxSize: req.MaxSize,
+		Cache:   e.rootfsCache(),
 	})
 	if err != nil {
 		return fail(err)
