@@ -36,98 +36,177 @@ type ConvertOptions struct {
 
 // Convert makes out (an ext4 root filesystem) and its Metadata from img:
 // copied from opts.Cache when an entry for the same key is there and
-// verifies, else unpacked into tree (created, then removed) and built with
-// BuildRootfs, then stored in the cache. On failure out and the metadata
-// are removed.
+// verifies, else unpacked into tree (created, then removed) and built as
+// BuildRootfs does, then stored in the cache. The guest side, which does
+// not depend on the image, is prepared while the layers are unpacked. On
+// failure out and the metadata are removed.
 func Convert(ctx context.Context, img *Image, tree, out string, opts ConvertOptions) (*Metadata, error) {
+	m, err := convertImage(ctx, img, tree, out, opts)
+	if err != nil {
+		os.Remove(out)
+		os.Remove(filepath.Join(filepath.Dir(out), MetadataFile))
+		return nil, err
+	}
+	return m, nil
+}
+
+func convertImage(ctx context.Context, img *Image, tree, out string, opts ConvertOptions) (*Metadata, error) {
 	say := func(s string) {
 		if opts.Progress != nil {
 			opts.Progress(s)
 		}
 	}
-	var guest *guestSide
-	if opts.Cache != nil {
-		m, g, err := convertCached(ctx, img, out, opts)
-		switch {
-		case err == nil:
-			return m, nil
-		case errors.Is(err, errCacheMiss):
-			guest = g
+	fail := func(err error) (*Metadata, error) {
+		return nil, fmt.Errorf("building rootfs of %s: %w", img.Source, err)
+	}
+	// tryCache looks up the entry for guest hash h; done says whether the
+	// conversion is over (made from the cache, or failed).
+	tryCache := func(h string) (m *Metadata, err error, done bool) {
+		m, err = useCached(ctx, img, out, rootfsKey(img, h), opts)
+		if errors.Is(err, errCacheMiss) {
 			if err != errCacheMiss {
 				say(err.Error())
 			}
-		default:
-			os.Remove(out)
-			os.Remove(filepath.Join(filepath.Dir(out), MetadataFile))
-			return nil, fmt.Errorf("building rootfs of %s: %w", img.Source, err)
+			return nil, nil, false
+		}
+		return m, err, true
+	}
+	// With apt's answer remembered, the cache is looked up first.
+	recalled := ""
+	if opts.Cache != nil {
+		if h, ok := recalledGuest(opts.Cache.Dir, opts.DebCache); ok {
+			recalled = h
+			if m, err, done := tryCache(h); done {
+				return m, err
+			}
 		}
 	}
+	if opts.Runner == nil || opts.DebCache == "" {
+		return fail(errors.New("no runner or package cache"))
+	}
+	if euid() != 0 {
+		return fail(errors.New("needs root (layer files keep their owners and device nodes)"))
+	}
+
+	// Otherwise apt resolves the guest packages and the guest side is
+	// prepared while the layers are unpacked; when apt's answer gives the
+	// key of a cached rootfs, the unpack is abandoned.
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	defer os.RemoveAll(tree)
-	say(fmt.Sprintf("unpacking %d layers (%d bytes)", len(img.Layers), img.Size()))
-	if err := Unpack(ctx, img, tree, UnpackOptions{MaxSize: opts.MaxSize}); err != nil {
-		return nil, err
+	type result struct {
+		g   *guestSide
+		p   *preparedGuest
+		err error
 	}
-	m, err := buildRootfsWith(ctx, img, tree, out, opts.BuildOptions, &guest)
+	resolved, prepared := make(chan result, 1), make(chan result, 1)
+	go func() {
+		scratch, err := scratchDir(opts.BuildOptions, out)
+		if err != nil {
+			resolved <- result{err: err}
+			return
+		}
+		g, err := resolveGuest(bctx, opts.Runner, scratch, opts.DebCache)
+		os.RemoveAll(scratch)
+		resolved <- result{g: g, err: err}
+		if err != nil {
+			return
+		}
+		p, err := prepareGuest(bctx, opts.BuildOptions, out, g)
+		prepared <- result{p: p, err: err}
+	}()
+	unpacked := make(chan error, 1)
+	go func() { unpacked <- Unpack(bctx, img, tree, UnpackOptions{MaxSize: opts.MaxSize}) }()
+	say(fmt.Sprintf("unpacking %d layers (%d bytes), preparing the guest side", len(img.Layers), img.Size()))
+	// stop abandons the unpack and the guest side, and waits for both.
+	var unpackErr error
+	unpackDone := false
+	stop := func() {
+		cancel()
+		if !unpackDone {
+			unpackErr, unpackDone = <-unpacked, true
+		}
+		if r := <-prepared; r.p != nil {
+			r.p.cleanup()
+		}
+	}
+	var guest *guestSide
+	select {
+	case r := <-resolved:
+		if r.err != nil {
+			cancel()
+			<-unpacked
+			return fail(r.err)
+		}
+		guest = r.g
+	case unpackErr = <-unpacked:
+		unpackDone = true
+		if unpackErr != nil {
+			cancel()
+			if r := <-resolved; r.err == nil {
+				stop()
+			}
+			return nil, unpackErr
+		}
+		r := <-resolved
+		if r.err != nil {
+			return fail(r.err)
+		}
+		guest = r.g
+	}
+	if opts.Cache != nil {
+		rememberGuest(opts.Cache.Dir, guest)
+		if guest.hash != recalled {
+			if m, err, done := tryCache(guest.hash); done {
+				stop()
+				return m, err
+			}
+		}
+	}
+	if !unpackDone {
+		unpackErr = <-unpacked
+	}
+	pr := <-prepared
+	defer pr.p.cleanup()
+	if unpackErr != nil {
+		return nil, unpackErr
+	}
+	if pr.err != nil {
+		return fail(pr.err)
+	}
+	m, err := buildRootfs(ctx, img, tree, out, opts.BuildOptions, pr.p)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
-	if opts.Cache != nil && guest != nil {
+	if opts.Cache != nil {
 		say("storing rootfs in the cache")
 		key := rootfsKey(img, guest.hash)
 		if err := opts.Cache.store(ctx, key, out, cacheEntry{UnpackedSize: m.UnpackedSize, Notes: m.Notes, Source: img.Source}); err != nil {
 			// The image is made; only the next conversion is slower.
 			say("note: rootfs not cached: " + err.Error())
 		}
-		rememberGuest(opts.Cache.Dir, guest)
 	}
 	return m, nil
 }
 
-// convertCached copies out from the cache, or says errCacheMiss. The
-// guest side's hash comes from what was remembered for apt's current
-// state; when nothing was, apt resolves the guest packages (returned, for
-// the build to use).
-func convertCached(ctx context.Context, img *Image, out string, opts ConvertOptions) (*Metadata, *guestSide, error) {
-	var guest *guestSide
-	hash, ok := recalledGuest(opts.Cache.Dir, opts.DebCache)
-	if !ok {
-		if opts.Runner == nil || opts.DebCache == "" {
-			return nil, nil, errors.New("no runner or package cache")
-		}
-		scratch := opts.Scratch
-		if scratch == "" {
-			scratch = filepath.Dir(out)
-		}
-		tmp, err := os.MkdirTemp(scratch, ".oci-guest-")
-		if err != nil {
-			return nil, nil, err
-		}
-		guest, err = resolveGuest(ctx, opts.Runner, tmp, opts.DebCache)
-		os.RemoveAll(tmp)
-		if err != nil {
-			return nil, nil, err
-		}
-		rememberGuest(opts.Cache.Dir, guest)
-		hash = guest.hash
-	}
-	key := rootfsKey(img, hash)
+// useCached copies out from the cache entry key and writes its metadata,
+// or says errCacheMiss.
+func useCached(ctx context.Context, img *Image, out, key string, opts ConvertOptions) (*Metadata, error) {
 	ent, err := opts.Cache.use(ctx, key, out)
 	if err != nil {
-		return nil, guest, err
+		return nil, err
 	}
 	if opts.MaxSize > 0 && ent.UnpackedSize > opts.MaxSize {
-		os.Remove(out)
-		return nil, nil, fmt.Errorf("%w: %d bytes unpacked, the limit is %d", ErrTooLarge, ent.UnpackedSize, opts.MaxSize)
+		return nil, fmt.Errorf("%w: %d bytes unpacked, the limit is %d", ErrTooLarge, ent.UnpackedSize, opts.MaxSize)
 	}
 	if opts.Progress != nil {
 		opts.Progress("rootfs from the cache (" + key[:12] + ")")
 	}
 	m := newMetadata(img, out, ent.UnpackedSize, ent.Size, ent.Notes)
 	if err := writeMetadata(m); err != nil {
-		os.Remove(out)
-		return nil, nil, err
+		return nil, err
 	}
-	return m, nil, nil
+	return m, nil
 }
 
 // rootfsKey names the cache entry of img's rootfs: a hash of everything
@@ -153,6 +232,9 @@ func rootfsKey(img *Image, guest string) string {
 	sum := sha256.Sum256(k)
 	return hex.EncodeToString(sum[:])
 }
+
+// ociGuestFiles are banger's scripts for /.banger (a variable for tests).
+var ociGuestFiles = image.OCIGuestFiles
 
 // guestSide is the resolved guest side: its Debian packages, and a hash of
 // everything it is made of.
@@ -199,11 +281,12 @@ func guestHash(shas map[string]string) (string, error) {
 	for _, f := range files {
 		fmt.Fprintf(h, "deb %s %s\n", f, shas[f])
 	}
-	err := fs.WalkDir(image.OCIGuestFiles(), ".", func(p string, d fs.DirEntry, err error) error {
+	guestFS := ociGuestFiles()
+	err := fs.WalkDir(guestFS, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		data, err := fs.ReadFile(image.OCIGuestFiles(), p)
+		data, err := fs.ReadFile(guestFS, p)
 		if err != nil {
 			return err
 		}

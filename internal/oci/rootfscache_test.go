@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -186,32 +188,41 @@ func TestConvertCacheInvalidation(t *testing.T) {
 	e.mustConvert(cachedImage(t, "X=1"))
 	e.wantCounts("changed config", 1, 1)
 
-	// A changed guest side (apt now resolves one package to another
-	// file) makes a new key: built again.
-	memoPath := guestMemoPath(e.cache.Dir)
-	data, _ := os.ReadFile(memoPath)
-	var m guestMemo
-	if err := json.Unmarshal(data, &m); err != nil {
-		t.Fatal(err)
-	}
-	for f := range m.Debs {
-		if strings.HasPrefix(f, "dropbear-bin_") {
-			m.Debs["dropbear-bin_9999_amd64.deb"] = m.Debs[f]
-			delete(m.Debs, f)
+	// A changed guest side (a banger with other guest scripts): the
+	// remembered hash no longer matches, apt resolves, the new hash makes
+	// a new key: built, and the new tree has the new file.
+	saved := ociGuestFiles
+	t.Cleanup(func() { ociGuestFiles = saved })
+	changed := fstest.MapFS{"VERSION": {Data: []byte("2\n"), Mode: 0o644}}
+	fs.WalkDir(saved(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			data, _ := fs.ReadFile(saved(), p)
+			changed[p] = &fstest.MapFile{Data: data, Mode: 0o755}
 		}
-	}
-	m.Hash, _ = guestHash(m.Debs)
-	data, _ = json.Marshal(m)
-	os.WriteFile(memoPath, data, 0o644)
-	e.mustConvert(img)
+		return err
+	})
+	ociGuestFiles = func() fs.FS { return changed }
+	m := e.mustConvert(img)
 	e.wantCounts("changed guest side", 1, 1)
+	if out := run(t, "debugfs", "-R", "cat /.banger/VERSION", m.Rootfs); out != "2\n" {
+		t.Errorf("/.banger/VERSION in the rebuilt rootfs: %q", out)
+	}
+	e.mustConvert(img)
+	e.wantCounts("changed guest side, again", 0, 0)
+	ociGuestFiles = saved
+	e.mustConvert(img)
+	e.wantCounts("guest side back to the first", 0, 1)
 
 	// A memo whose hash does not match its packages and banger's embedded
 	// files (a newer banger) is not used: apt resolves, same key, cached.
-	data, _ = os.ReadFile(memoPath)
-	json.Unmarshal(data, &m)
-	m.Hash = strings.Repeat("0", 64)
-	data, _ = json.Marshal(m)
+	memoPath := guestMemoPath(e.cache.Dir)
+	data, _ := os.ReadFile(memoPath)
+	var memo guestMemo
+	if err := json.Unmarshal(data, &memo); err != nil {
+		t.Fatal(err)
+	}
+	memo.Hash = strings.Repeat("0", 64)
+	data, _ = json.Marshal(memo)
 	os.WriteFile(memoPath, data, 0o644)
 	e.mustConvert(img)
 	e.wantCounts("stale memo", 0, 1)
