@@ -10,10 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/oci"
 	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/units"
 )
 
 // OCI images: any container image becomes a banger image. The layers come
@@ -32,12 +34,24 @@ type OCISpec struct {
 	Ref      string
 	Path     string
 	Insecure bool
-	MaxSize  int64
+	MaxSize  int64 // 0: the oci_max_size setting
 }
 
 func nameFromRef(ref string) string { return model.ImageNameFromRef(ref) }
 
 func (e *Engine) ociCache() string { return filepath.Join(e.cfg.StateDir, "oci-cache") }
+
+// OCIMaxSize is the oci_max_size setting in bytes (0: no cap).
+func OCIMaxSize(cfg config.Config) (int64, error) {
+	if cfg.OCIMaxSize == "" || cfg.OCIMaxSize == "none" {
+		return 0, nil
+	}
+	n, err := units.ParseSize(cfg.OCIMaxSize)
+	if err != nil {
+		return 0, fmt.Errorf("oci_max_size %q: %w (or none)", cfg.OCIMaxSize, err)
+	}
+	return n, nil
+}
 
 // rootfsCacheBytes bounds the disk space of the built root filesystems kept
 // for converting the same image again (least recently used go first).
@@ -101,6 +115,9 @@ func (e *Engine) PullImage(ctx context.Context, req OCISpec, progress func(strin
 	base, err := e.store.GetImage(ctx, "")
 	if err != nil {
 		return ImageInfo{}, err
+	}
+	if req.MaxSize == 0 {
+		req.MaxSize = e.ociMaxSize
 	}
 	opts := oci.PullOptions{CacheDir: e.ociCache(), Insecure: req.Insecure, MaxSize: req.MaxSize,
 		Progress: func(p oci.Progress) {
