@@ -3,7 +3,7 @@
 # target and PASS/MISS as information; it fails only when a benchmark cannot
 # run. See bench/README.md.
 #
-#   bench/run.sh [SECTION...]     sections: list create lifecycle confine reconcile exec boot forward snap (default: all)
+#   bench/run.sh [SECTION...]     sections: list create lifecycle confine reconcile exec boot forward snap pull (default: all)
 #
 # Every section runs its own isolated daemon (BANGER_STATE_DIR/RUN_DIR under
 # one temp dir, config /dev/null, networking off except for real guests) and
@@ -12,14 +12,14 @@
 # guest at a time inside a network namespace made for them.
 #
 # Knobs: BENCH_VMS (10000), BENCH_RUNS (30), BENCH_RECONCILE_VMS (200),
-# BENCH_BOOTS (5), BANGER_IMAGE_CACHE_DIR (Debian package cache for the
+# BENCH_BOOTS (5), BENCH_PULLS (5), BANGER_IMAGE_CACHE_DIR (Debian package cache for the
 # real-guest image build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(list create lifecycle confine reconcile exec boot forward snap)
+[ ${#sections[@]} -gt 0 ] || sections=(list create lifecycle confine reconcile exec boot forward snap pull)
 VMS=${BENCH_VMS:-10000}
 RUNS=${BENCH_RUNS:-30}
 REC_VMS=${BENCH_RECONCILE_VMS:-200}
@@ -169,8 +169,15 @@ for s in "${sections[@]}"; do
     fi
     "$repo/bench/guest.sh" "$s" "$work" "$bin" "$BOOTS" "$RUNS"
     ;;
+  pull)
+    if [ "$(id -u)" -ne 0 ]; then
+      say "pull: skipped (needs root: a network namespace for the registry, owners in the unpacked tree)"
+      continue
+    fi
+    "$repo/bench/pull.sh" "$work" "$bin" "${BENCH_PULLS:-5}"
+    ;;
   *)
-    echo "unknown section $s (want list create lifecycle confine reconcile exec boot forward snap)" >&2
+    echo "unknown section $s (want list create lifecycle confine reconcile exec boot forward snap pull)" >&2
     exit 2
     ;;
   esac

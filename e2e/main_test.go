@@ -156,6 +156,10 @@ func prepare() (cleanup func(passed bool)) {
 	if rc != 0 {
 		return skip("the default image could not be built (is the Debian mirror reachable?): exit %d: %s", rc, tail(out+errOut, 8))
 	}
+	// The Python image's packages, for TestOCIImage in the namespace.
+	if err := fetchPythonDebs(ctx, tmp); err != nil {
+		os.Setenv(pythonDebsEnv, err.Error())
+	}
 	fmt.Fprintf(os.Stderr, "e2e: built binaries in %s, default image in %s\n", built.Sub(start).Round(time.Millisecond), time.Since(built).Round(time.Millisecond))
 	return cleanup
 }

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/internal/image"
+	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/oci/debimage"
 	"github.com/banger-dev/banger/internal/system"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -25,8 +28,11 @@ import (
 // TestOCIImage: a container image with no shell, no init and no SSH server
 // of its own, pushed with skopeo to a real registry server (Debian's
 // docker-registry on loopback in the suite's namespace), is pulled by
-// banger, boots, and serves vm run with its ENV, WORKDIR, USER, ENTRYPOINT
-// and CMD applied; a second pull of the same image downloads no layer.
+// banger, boots, and serves vm run, exec and sessions with its ENV,
+// WORKDIR, USER, ENTRYPOINT and CMD applied, and vm cp; a second pull of
+// the same image downloads no layer and builds no filesystem. Then a
+// Python image built from Debian packages runs python3 -c 'print(6*7)'
+// through vm run --image REF, pulled on first use.
 func TestOCIImage(t *testing.T) {
 	requireSuite(t)
 	for _, tool := range []string{"docker-registry", "skopeo"} {
@@ -103,14 +109,7 @@ func TestOCIImage(t *testing.T) {
 		return err == nil, fmt.Sprint(err)
 	})
 	ref := addr + "/hello:1"
-	var out, errOut bytes.Buffer
-	sk, err := system.StartCommand(ctx, system.CommandSpec{Argv: []string{"skopeo", "copy", "--dest-tls-verify=false", "oci:" + lay + ":1", "docker://" + ref}, Stdout: &out, Stderr: &errOut})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st, err := sk.Wait(); err != nil || st.Code != 0 {
-		t.Fatalf("skopeo copy: %v %+v: %s", err, st, errOut.String())
-	}
+	skopeoPush(ctx, t, lay, "1", ref)
 
 	name := "hello-1"
 	t.Cleanup(func() { runCLI(nil, cliTimeout, "image", "delete", name) })
@@ -144,11 +143,92 @@ func TestOCIImage(t *testing.T) {
 	} else if got := mustBanger(t, "vm", "exec", vm, "--", "/bin/hello", "cat", "/tmp/note.txt"); got != "from the host\n" {
 		t.Errorf("copied file reads %q", got)
 	}
-	// A second pull of the same image downloads no layer: everything is cached.
+	// ENV, WORKDIR and USER apply to exec and sessions too.
+	if got, want := mustBanger(t, "vm", "exec", vm, "--", "/bin/hello", "x"), "args=[x] cwd=/app greeting=hello from the image uid=1000\n"; got != want {
+		t.Errorf("exec in the image = %q, want %q", got, want)
+	}
+	mustBanger(t, "vm", "session", "start", vm, "--name", "hello", "--", "/bin/hello", "from-session")
+	eventually(t, 30*time.Second, "session output", func() (bool, string) {
+		out, _, _ := banger(t, "vm", "session", "logs", vm, "hello")
+		return out == "args=[from-session] cwd=/app greeting=hello from the image uid=1000\n", out
+	})
+	// A second pull of the same image downloads no layer and builds no
+	// filesystem: the layers and the built rootfs are cached.
 	mustBanger(t, "vm", "delete", "--force", vm)
 	mustBanger(t, "image", "delete", name)
+	start = time.Now()
 	again := mustBanger(t, "image", "pull", ref)
-	if !strings.Contains(again, "cached") {
-		t.Errorf("second pull downloaded again: %s", again)
+	t.Logf("TIMING second pull %s", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(again, "cached") || !strings.Contains(again, "rootfs from the cache") || strings.Contains(again, "unpacking") {
+		t.Errorf("second pull downloaded or built again: %s", again)
 	}
+	if got := mustBanger(t, "vm", "run", "--name", vm, "--image", name, "--", "/bin/hello", "again"); !strings.HasPrefix(got, "args=[again] cwd=/app") {
+		t.Errorf("image from the cache runs %q", got)
+	}
+	mustBanger(t, "vm", "delete", "--force", vm)
+
+	// Python from Debian's python3.11-minimal and its dependencies, pulled
+	// on first use by vm run --image.
+	if why := os.Getenv(pythonDebsEnv); why != "" {
+		t.Skipf("python packages were not fetched before the suite: %s", why)
+	}
+	names, err := debimage.Closure(ctx, system.ExecRunner{}, "python3.11-minimal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := debimage.SymlinkLayer("usr/bin/python3", "python3.11")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pyImg, err := debimage.Build(ctx, system.ExecRunner{}, os.Getenv("BANGER_IMAGE_CACHE_DIR"), t.TempDir(), debimage.Spec{
+		Packages: names, Layers: 3, Extra: []v1.Layer{link},
+		Config: v1.Config{Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"}, Cmd: []string{"python3"}}})
+	if err != nil {
+		t.Fatalf("building the python image from %v: %v", names, err)
+	}
+	pyLayout := filepath.Join(work, "pylayout")
+	if err := debimage.WriteLayout(pyLayout, "3.11", pyImg); err != nil {
+		t.Fatal(err)
+	}
+	pyRef := addr + "/python:3.11"
+	skopeoPush(ctx, t, pyLayout, "3.11", pyRef)
+	pyVM := "e2e-oci-py"
+	// Cleanups run last first: the VM goes before its image.
+	t.Cleanup(func() { runCLI(nil, cliTimeout, "image", "delete", model.ImageNameFromRef(pyRef)) })
+	deleteAtEnd(t, pyVM)
+	start = time.Now()
+	got = mustBanger(t, append(append([]string{"vm", "run", "--name", pyVM, "--image", pyRef}, createFlags...), "--", "python3", "-c", "print(6*7)")...)
+	t.Logf("TIMING python: pull, boot and run %s (%d packages)", time.Since(start).Round(time.Millisecond), len(names))
+	if got != "42\n" {
+		t.Errorf("python3 -c 'print(6*7)' printed %q, want 42", got)
+	}
+}
+
+// skopeoPush copies the image tagged tag in an OCI layout to ref on the
+// suite's registry.
+func skopeoPush(ctx context.Context, t *testing.T, layoutDir, tag, ref string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	sk, err := system.StartCommand(ctx, system.CommandSpec{Argv: []string{"skopeo", "copy", "--dest-tls-verify=false", "oci:" + layoutDir + ":" + tag, "docker://" + ref}, Stdout: &out, Stderr: &errOut})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := sk.Wait(); err != nil || st.Code != 0 {
+		t.Fatalf("skopeo copy: %v %+v: %s", err, st, errOut.String())
+	}
+}
+
+// pythonDebsEnv says why the python image's packages could not be fetched
+// before the suite entered its namespace (empty: they were).
+const pythonDebsEnv = "BANGER_E2E_PYTHON_DEBS"
+
+// fetchPythonDebs brings python3.11-minimal and its dependencies into the
+// suite's package cache while the Debian mirror is reachable.
+func fetchPythonDebs(ctx context.Context, scratch string) error {
+	names, err := debimage.Closure(ctx, system.ExecRunner{}, "python3.11-minimal")
+	if err != nil {
+		return err
+	}
+	_, err = image.FetchDebs(ctx, system.ExecRunner{}, scratch, os.Getenv("BANGER_IMAGE_CACHE_DIR"), names)
+	return err
 }

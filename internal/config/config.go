@@ -40,8 +40,9 @@ type Config struct {
 	DNSListen      string `toml:"dns_listen"` // extra listen address, e.g. 127.0.0.1:5353
 	SSHKeyPath     string `toml:"ssh_key_path"`
 	ImageCacheDir  string `toml:"image_cache_dir"`
-	Group          string `toml:"group"`   // socket group; default "banger"
-	Network        string `toml:"network"` // "auto" (needs root) or "off": VMs without a network device
+	Group          string `toml:"group"`        // socket group; default "banger"
+	Network        string `toml:"network"`      // "auto" (needs root) or "off": VMs without a network device
+	OCIMaxSize     string `toml:"oci_max_size"` // largest container image pulled or imported (its layers as declared, and unpacked): "20GiB"; "none" for no cap
 
 	// Confinement of each VMM (docs/architecture.md): its own uid from
 	// UIDRange, a cgroup with limits, a jail made by JailBin.
@@ -97,6 +98,7 @@ func Defaults() Config {
 		CgroupParent:   "banger",
 		MaxTTL:         "30d",
 		EventsKeep:     "10000",
+		OCIMaxSize:     "20GiB",
 	}
 }
 

@@ -48,6 +48,7 @@ type Engine struct {
 	lives       lifeIndex     // TTLs, idle timeouts and activity (lifetimes.go)
 	pools       poolSet       // warm pools (pool.go)
 	maxTTL      time.Duration // max_ttl
+	ociMaxSize  int64         // oci_max_size; 0: no cap
 	// reconcileTook is how long startup reconcile took (nanoseconds).
 	reconcileTook atomic.Int64
 
@@ -92,6 +93,9 @@ func New(cfg config.Config, st *store.Store, deps Deps, logger *slog.Logger) (*E
 		return nil, fmt.Errorf("engine: missing dependencies (the daemon fills them)")
 	}
 	if e.maxTTL, err = MaxTTL(cfg); err != nil {
+		return nil, err
+	}
+	if e.ociMaxSize, err = OCIMaxSize(cfg); err != nil {
 		return nil, err
 	}
 	e.cgroupErr = deps.CgroupErr

@@ -10,10 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/oci"
 	"github.com/banger-dev/banger/internal/store"
+	"github.com/banger-dev/banger/internal/units"
 )
 
 // OCI images: any container image becomes a banger image. The layers come
@@ -32,12 +34,32 @@ type OCISpec struct {
 	Ref      string
 	Path     string
 	Insecure bool
-	MaxSize  int64
+	MaxSize  int64 // 0: the oci_max_size setting
 }
 
 func nameFromRef(ref string) string { return model.ImageNameFromRef(ref) }
 
 func (e *Engine) ociCache() string { return filepath.Join(e.cfg.StateDir, "oci-cache") }
+
+// OCIMaxSize is the oci_max_size setting in bytes (0: no cap).
+func OCIMaxSize(cfg config.Config) (int64, error) {
+	if cfg.OCIMaxSize == "" || cfg.OCIMaxSize == "none" {
+		return 0, nil
+	}
+	n, err := units.ParseSize(cfg.OCIMaxSize)
+	if err != nil {
+		return 0, fmt.Errorf("oci_max_size %q: %w (or none)", cfg.OCIMaxSize, err)
+	}
+	return n, nil
+}
+
+// rootfsCacheBytes bounds the disk space of the built root filesystems kept
+// for converting the same image again (least recently used go first).
+const rootfsCacheBytes = 8 << 30
+
+func (e *Engine) rootfsCache() *oci.RootfsCache {
+	return &oci.RootfsCache{Dir: filepath.Join(e.ociCache(), "rootfs"), MaxBytes: rootfsCacheBytes}
+}
 
 // ociErr gives the oci package's errors their kinds.
 func ociErr(err error) error {
@@ -94,6 +116,9 @@ func (e *Engine) PullImage(ctx context.Context, req OCISpec, progress func(strin
 	if err != nil {
 		return ImageInfo{}, err
 	}
+	if req.MaxSize == 0 {
+		req.MaxSize = e.ociMaxSize
+	}
 	opts := oci.PullOptions{CacheDir: e.ociCache(), Insecure: req.Insecure, MaxSize: req.MaxSize,
 		Progress: func(p oci.Progress) {
 			if p.Cached {
@@ -133,13 +158,11 @@ func (e *Engine) PullImage(ctx context.Context, req OCISpec, progress func(strin
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fail(err)
 	}
-	say("unpacking %d layers (%d bytes)", len(img.Layers), img.Size())
-	if err := oci.Unpack(ctx, img, tree, oci.UnpackOptions{MaxSize: req.MaxSize}); err != nil {
-		return fail(err)
-	}
-	meta, err := oci.BuildRootfs(ctx, img, tree, filepath.Join(dir, "rootfs.ext4"), oci.BuildOptions{
-		Runner: e.deps.Runner, DebCache: e.cfg.ImageCacheDir, Scratch: filepath.Join(e.cfg.StateDir, "images"),
-		Progress: func(step string) { say("%s", step) },
+	meta, err := oci.Convert(ctx, img, tree, filepath.Join(dir, "rootfs.ext4"), oci.ConvertOptions{
+		BuildOptions: oci.BuildOptions{Runner: e.deps.Runner, DebCache: e.cfg.ImageCacheDir, Scratch: filepath.Join(e.cfg.StateDir, "images"),
+			Progress: func(step string) { say("%s", step) }},
+		MaxSize: req.MaxSize,
+		Cache:   e.rootfsCache(),
 	})
 	if err != nil {
 		return fail(err)

@@ -10,10 +10,15 @@
 //
 //	img, _ := oci.Pull(ctx, "docker.io/library/python:3.12-slim", oci.PullOptions{CacheDir: c})
 //	// or oci.ImportLayout / oci.ImportArchive
-//	_ = oci.Unpack(ctx, img, tree, oci.UnpackOptions{})
-//	meta, _ := oci.BuildRootfs(ctx, img, tree, "/images/py/rootfs.ext4", oci.BuildOptions{Runner: r, DebCache: debs})
+//	meta, _ := oci.Convert(ctx, img, tree, "/images/py/rootfs.ext4", oci.ConvertOptions{
+//		BuildOptions: oci.BuildOptions{Runner: r, DebCache: debs},
+//		Cache:        &oci.RootfsCache{Dir: c + "/rootfs", MaxBytes: 8 << 30}})
 //	// meta.BootArgs with the default kernel and initramfs; meta is also in
 //	// /images/py/oci-image.json
+//
+// Convert is Unpack then BuildRootfs, or a verified copy of the same
+// image's root filesystem from the RootfsCache (see its comment and
+// docs/oci.md).
 //
 // Only linux/amd64 is accepted: an index is resolved to its linux/amd64
 // manifest, and an image whose config names another platform is refused.

@@ -256,8 +256,13 @@ func TestPullAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	writeAuth("alice", "wrong")
+	// No credentials at all: the registry's 401 is the error, named.
 	_, err := Pull(context.Background(), reg.ref("private:1"), PullOptions{CacheDir: t.TempDir()})
+	if !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("no credentials: err = %v, want ErrUnauthorized", err)
+	}
+	writeAuth("alice", "wrong")
+	_, err = Pull(context.Background(), reg.ref("private:1"), PullOptions{CacheDir: t.TempDir()})
 	if !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("wrong password: err = %v, want ErrUnauthorized", err)
 	}
@@ -272,5 +277,33 @@ func TestPullNotFound(t *testing.T) {
 	_, err := Pull(context.Background(), reg.ref("nothing:here"), PullOptions{CacheDir: t.TempDir()})
 	if !errors.Is(err, ErrNotFound) {
 		t.Fatalf("err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestPullRegistryStallsBeforeAnswering(t *testing.T) {
+	reg := newTestRegistry(t)
+	img := smallImage(t, "amd64", t.Name())
+	reg.push(t, reg.ref("slow:1"), img)
+	d, _ := img.Digest()
+	// The manifest request gets no response headers at all.
+	stall := func(w http.ResponseWriter, r *http.Request, h http.Handler) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	}
+	reg.setFault("1", stall)
+	reg.setFault(d.String(), stall)
+	cache := t.TempDir()
+	start := time.Now()
+	_, err := Pull(context.Background(), reg.ref("slow:1"), PullOptions{CacheDir: cache, ResponseTimeout: 300 * time.Millisecond})
+	if !errors.Is(err, ErrStalled) {
+		t.Fatalf("err = %v, want ErrStalled", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("took %s to give up", took)
+	}
+	if blobs, tmp := cacheFiles(t, cache); len(blobs)+len(tmp) != 0 {
+		t.Errorf("cache holds %v %v", blobs, tmp)
 	}
 }

@@ -93,7 +93,13 @@ func ReadMetadata(dir string) (*Metadata, error) {
 // Debian archive, or the guest packages in opts.DebCache. On failure out
 // and the metadata are removed; unpackDir is the caller's.
 func BuildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts BuildOptions) (*Metadata, error) {
-	m, err := buildRootfs(ctx, img, unpackDir, out, opts)
+	return buildRootfsWith(ctx, img, unpackDir, out, opts, nil)
+}
+
+// buildRootfsWith is BuildRootfs with the guest side prepared already
+// (nil: prepared here, after the checks).
+func buildRootfsWith(ctx context.Context, img *Image, unpackDir, out string, opts BuildOptions, prepared *preparedGuest) (*Metadata, error) {
+	m, err := buildRootfs(ctx, img, unpackDir, out, opts, prepared)
 	if err != nil {
 		os.Remove(out)
 		os.Remove(filepath.Join(filepath.Dir(out), MetadataFile))
@@ -102,7 +108,64 @@ func BuildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts Bu
 	return m, nil
 }
 
-func buildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts BuildOptions) (*Metadata, error) {
+// preparedGuest is a /.banger tree built in a scratch directory, to be
+// moved into an image's tree.
+type preparedGuest struct {
+	guest   *guestSide
+	scratch string // removed by cleanup
+	pkgs    string // the unpacked guest packages
+	dir     string // what becomes /.banger
+}
+
+func (p *preparedGuest) cleanup() {
+	if p != nil {
+		os.RemoveAll(p.scratch)
+	}
+}
+
+// scratchDir makes the private scratch directory of a build.
+func scratchDir(opts BuildOptions, out string) (string, error) {
+	parent := opts.Scratch
+	if parent == "" {
+		parent = filepath.Dir(out)
+	}
+	return os.MkdirTemp(parent, ".oci-build-")
+}
+
+// prepareGuest resolves the guest packages (unless guest is given),
+// unpacks them and builds the image-independent part of /.banger in a new
+// scratch directory. It does not depend on the image, so Convert runs it
+// while the layers are unpacked.
+func prepareGuest(ctx context.Context, opts BuildOptions, out string, guest *guestSide) (*preparedGuest, error) {
+	if opts.Runner == nil || opts.DebCache == "" {
+		return nil, errors.New("no runner or package cache")
+	}
+	scratch, err := scratchDir(opts, out)
+	if err != nil {
+		return nil, err
+	}
+	p := &preparedGuest{scratch: scratch, pkgs: filepath.Join(scratch, "pkgs"), dir: filepath.Join(scratch, "guest")}
+	if guest == nil {
+		if guest, err = resolveGuest(ctx, opts.Runner, scratch, opts.DebCache); err != nil {
+			p.cleanup()
+			return nil, err
+		}
+	}
+	p.guest = guest
+	for _, d := range guest.debs {
+		if err := image.UnpackDeb(ctx, opts.Runner, d.Path, p.pkgs); err != nil {
+			p.cleanup()
+			return nil, err
+		}
+	}
+	if err := installGuestSide(ctx, opts.Runner, p.pkgs, p.dir); err != nil {
+		p.cleanup()
+		return nil, fmt.Errorf("adding guest side: %w", err)
+	}
+	return p, nil
+}
+
+func buildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts BuildOptions, prepared *preparedGuest) (*Metadata, error) {
 	if opts.Runner == nil || opts.DebCache == "" {
 		return nil, errors.New("no runner or package cache")
 	}
@@ -125,28 +188,14 @@ func buildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts Bu
 	if err != nil {
 		return nil, fmt.Errorf("sizing image tree: %w", err)
 	}
-	scratchParent := opts.Scratch
-	if scratchParent == "" {
-		scratchParent = filepath.Dir(out)
-	}
-	scratch, err := os.MkdirTemp(scratchParent, ".oci-build-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(scratch)
-
-	if err := step("fetching guest packages"); err != nil {
-		return nil, err
-	}
-	debs, err := image.FetchDebs(ctx, opts.Runner, scratch, opts.DebCache, image.GuestPackages())
-	if err != nil {
-		return nil, err
-	}
-	pkgs := filepath.Join(scratch, "pkgs")
-	for _, d := range debs {
-		if err := image.UnpackDeb(ctx, opts.Runner, d.Path, pkgs); err != nil {
+	if prepared == nil {
+		if err := step("fetching guest packages"); err != nil {
 			return nil, err
 		}
+		if prepared, err = prepareGuest(ctx, opts, out, nil); err != nil {
+			return nil, err
+		}
+		defer prepared.cleanup()
 	}
 
 	if err := step("adding guest side"); err != nil {
@@ -154,8 +203,11 @@ func buildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts Bu
 	}
 	var notes []string
 	gd := filepath.Join(unpackDir, GuestDir)
-	if err := installGuestSide(ctx, opts.Runner, pkgs, gd); err != nil {
-		return nil, fmt.Errorf("adding guest side: %w", err)
+	if err := os.Rename(prepared.dir, gd); err != nil {
+		// Another filesystem: build it again in place.
+		if err := installGuestSide(ctx, opts.Runner, prepared.pkgs, gd); err != nil {
+			return nil, fmt.Errorf("adding guest side: %w", err)
+		}
 	}
 	script, skipped := imageScript(img)
 	for _, k := range skipped {
@@ -182,26 +234,8 @@ func buildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts Bu
 	if err != nil {
 		return nil, err
 	}
-	m := &Metadata{
-		Source:       img.Source,
-		Digest:       img.Digest,
-		ConfigDigest: img.ConfigDigest,
-		Platform:     img.Platform,
-		Layers:       img.Layers,
-		Size:         img.Size(),
-		UnpackedSize: imageBytes,
-		RootfsSize:   st.Size(),
-		Config:       img.Config,
-		BootArgs:     BootArgs,
-		Rootfs:       out,
-		Created:      time.Now().UTC(),
-		Notes:        notes,
-	}
-	data, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := writeAtomic(filepath.Join(filepath.Dir(out), MetadataFile), append(data, '\n')); err != nil {
+	m := newMetadata(img, out, imageBytes, st.Size(), notes)
+	if err := writeMetadata(m); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -305,7 +339,8 @@ func installGuestSide(ctx context.Context, r Runner, pkgs, gd string) error {
 		}
 	}
 	// banger's scripts.
-	err = fs.WalkDir(image.OCIGuestFiles(), ".", func(p string, d fs.DirEntry, err error) error {
+	files := ociGuestFiles()
+	err = fs.WalkDir(files, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || p == "." {
 			return err
 		}
@@ -316,7 +351,7 @@ func installGuestSide(ctx context.Context, r Runner, pkgs, gd string) error {
 			}
 			return os.Chmod(dst, 0o755)
 		}
-		data, err := fs.ReadFile(image.OCIGuestFiles(), p)
+		data, err := fs.ReadFile(files, p)
 		if err != nil {
 			return err
 		}
@@ -548,7 +583,9 @@ const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 func imageScript(img *Image) ([]byte, []string) {
 	var b bytes.Buffer
 	var skipped []string
-	fmt.Fprintf(&b, "# Generated by banger from the config of %s (%s); sourced by %s.\n", img.Source, short(img.Digest), RunHelper)
+	// Not the source reference: the same image pulled under another name
+	// makes the same bytes (the rootfs cache relies on it).
+	fmt.Fprintf(&b, "# Generated by banger from the config of image %s; sourced by %s.\n", img.Digest, RunHelper)
 	hasPath := false
 	for _, kv := range img.Config.Env {
 		k, _, _ := strings.Cut(kv, "=")

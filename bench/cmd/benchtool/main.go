@@ -12,6 +12,7 @@
 //	benchtool rss -pid PID [-label L] [-target-mib M]
 //	benchtool reconcile -bangerd PATH [-n N] [-rounds R]
 //	benchtool waitport -addr HOST:PORT [-timeout D]
+//	benchtool ociimage -o LAYOUT [-tag T] [-packages a,b] [-layers N] [-debs DIR]
 //	benchtool tcp -direct IP:PORT -forward 127.0.0.1:PORT [-echo-direct ... -echo-forward ...] [-bytes N] [-rounds R]
 //
 // "{i}" in ARGV and in -after is replaced by the iteration number. The daemon
@@ -46,6 +47,7 @@ func run(ctx context.Context, args []string) int {
 		"reconcile": cmdReconcile,
 		"waitport":  cmdWaitPort,
 		"tcp":       cmdTCP,
+		"ociimage":  cmdOCIImage,
 	}
 	fn, ok := cmds[args[0]]
 	if !ok {
