@@ -418,3 +418,13 @@ func (d *Daemon) Close() error {
 	}
 	return err
 }
+
+// What the engine finds by type assertion on the drivers, checked at
+// compile time: losing a method would otherwise only show as a refusal
+// ("qemu cannot keep paused VMs") at run time.
+var (
+	_ engine.Suspender     = (*qemu.Driver)(nil)
+	_ engine.SnapshotSaver = (*qemu.Driver)(nil)
+	_ engine.Pauser        = (*qemu.Driver)(nil)
+	_ engine.Suspender     = (*firecracker.Driver)(nil)
+)

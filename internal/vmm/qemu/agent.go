@@ -3,7 +3,9 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // The guest agent answers line commands on a virtio-serial port, so the
@@ -205,4 +209,37 @@ func (a AgentClient) Reseed(ctx context.Context) error {
 // SSH server) and returns the new public key ("ssh-ed25519 AAAA...").
 func (a AgentClient) RegenHostKey(ctx context.Context) (string, error) {
 	return a.Do(ctx, "regen-hostkey")
+}
+
+// HostKey is an SSH host key made on the host for a guest: the private key
+// in dropbear's file format, and the public key as an authorized_keys line.
+type HostKey struct {
+	Dropbear []byte
+	Public   string
+}
+
+// NewHostKey makes an ed25519 host key. Dropbear's file holds the key type
+// and the 64 bytes of seed and public key, each as an SSH string.
+func NewHostKey() (HostKey, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return HostKey{}, err
+	}
+	spub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return HostKey{}, err
+	}
+	var b []byte
+	for _, s := range [][]byte{[]byte(ssh.KeyAlgoED25519), priv} {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	return HostKey{Dropbear: b, Public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(spub)))}, nil
+}
+
+// SetHostKey installs a host key made on the host (NewHostKey) and
+// restarts the guest's SSH server with it: no key generation in the guest.
+func (a AgentClient) SetHostKey(ctx context.Context, k HostKey) error {
+	_, err := a.Do(ctx, "set-hostkey "+hex.EncodeToString(k.Dropbear))
+	return err
 }

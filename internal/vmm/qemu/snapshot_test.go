@@ -2,7 +2,10 @@ package qemu
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net"
@@ -14,6 +17,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/vmm"
+	"golang.org/x/crypto/ssh"
 )
 
 func TestMachineFingerprintIgnoresPathsAndIdentity(t *testing.T) {
@@ -422,5 +426,71 @@ func TestAgentClientTimesOut(t *testing.T) {
 	}
 	if time.Since(start) > 2*time.Second {
 		t.Errorf("Do took %s after a 200ms deadline", time.Since(start))
+	}
+}
+
+// A host-made key is in dropbear's file format (checked against a key file
+// dropbearkey 2022.83 wrote: type and 64-byte seed+public, each an SSH
+// string) and its public half matches.
+func TestNewHostKey(t *testing.T) {
+	k, err := NewHostKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := k.Dropbear
+	if len(b) != 4+11+4+64 || string(b[:15]) != "\x00\x00\x00\x0bssh-ed25519" || string(b[15:19]) != "\x00\x00\x00\x40" {
+		t.Fatalf("dropbear key file % x", b)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k.Public))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pub.(ssh.CryptoPublicKey).CryptoPublicKey().(ed25519.PublicKey); !bytes.Equal(got, b[19+32:]) {
+		t.Errorf("public key %x is not the file's %x", got, b[19+32:])
+	}
+	if k2, _ := NewHostKey(); bytes.Equal(k2.Dropbear, k.Dropbear) {
+		t.Error("two keys alike")
+	}
+}
+
+// PrepareClone installs a host-made key and returns its public half; an
+// agent that does not know set-hostkey makes one itself (regen-hostkey).
+func TestPrepareCloneHostKey(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		var seen []string
+		path := agentDouble(t, "", func(id, cmd string) string {
+			seen = append(seen, cmd)
+			switch name, _, _ := strings.Cut(cmd, " "); {
+			case name == "set-hostkey" && old:
+				return id + " err unknown command set-hostkey\n"
+			case name == "regen-hostkey":
+				return id + " ok ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPz4ItKw9cW2PZGPvZP2wdBy0lXYFm1LIoQqf+xPbGVZ\n"
+			}
+			return id + " ok\n"
+		})
+		key, err := giveIdentity(context.Background(), Agent(path), vmm.CloneIdentity{MAC: "02:00:00:00:00:01", IP: "172.30.0.9", PrefixLen: 24, Gateway: "172.30.0.1", Hostname: "c1"})
+		if err != nil {
+			t.Fatalf("old agent %v: %v", old, err)
+		}
+		var hk string
+		for _, c := range seen {
+			if strings.HasPrefix(c, "set-hostkey ") {
+				hk = strings.TrimPrefix(c, "set-hostkey ")
+			}
+		}
+		raw, _ := hex.DecodeString(hk)
+		if len(raw) != 83 {
+			t.Fatalf("set-hostkey sent %q", hk)
+		}
+		if old {
+			if !strings.HasSuffix(key, "IPz4ItKw9cW2PZGPvZP2wdBy0lXYFm1LIoQqf+xPbGVZ") {
+				t.Errorf("old agent: key %q, want the one regen-hostkey reported", key)
+			}
+			continue
+		}
+		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(key))
+		if err != nil || !bytes.Equal(pub.(ssh.CryptoPublicKey).CryptoPublicKey().(ed25519.PublicKey), raw[51:]) {
+			t.Errorf("returned key %q is not the one installed (%v)", key, err)
+		}
 	}
 }
