@@ -525,6 +525,21 @@ func TestContract(t *testing.T) {
 	}
 	_, err = c.Exec(ctx, "web", client.ExecRequest{})
 	want("Exec without a command", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	// A user: root runs as before; a value that is no user name is refused;
+	// a user the guest lacks is its exit 126.
+	stdout.Reset()
+	stderr.Reset()
+	code, err = run(ctx, c, "web", client.ExecRequest{Argv: []string{"echo", "as root"}, User: "root"}, "", &stdout, &stderr)
+	if err != nil || code != 0 || stdout.String() != "as root\n" {
+		t.Errorf("Exec as root = exit %d, %v, stdout %q", code, err, stdout.String())
+	}
+	_, err = c.Exec(ctx, "web", client.ExecRequest{Argv: []string{"true"}, User: "a b"})
+	want("Exec as user \"a b\"", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	stderr.Reset()
+	code, err = run(ctx, c, "web", client.ExecRequest{Argv: []string{"true"}, User: "no-such-user"}, "", io.Discard, &stderr)
+	if err != nil || code != 126 || !strings.Contains(stderr.String(), `no user "no-such-user"`) {
+		t.Errorf("Exec as an unknown user = exit %d, %v, stderr %q; want exit 126 and the reason", code, err, stderr.String())
+	}
 	_, err = c.Exec(ctx, "nosuch", client.ExecRequest{Argv: []string{"true"}})
 	want("Exec nosuch", err, client.IsNotFound, client.CodeNotFound)
 
@@ -538,6 +553,10 @@ func TestContract(t *testing.T) {
 	want("StartSession of a taken name", err, client.IsAlreadyExists, client.CodeAlreadyExists)
 	_, err = c.StartSession(ctx, "web", client.StartSessionRequest{Name: "empty"})
 	want("StartSession without a command", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	_, err = c.StartSession(ctx, "web", client.StartSessionRequest{Name: "baduser", Argv: []string{"true"}, User: "-x"})
+	want("StartSession as user -x", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	_, err = c.StartSession(ctx, "web", client.StartSessionRequest{Name: "asroot", Argv: []string{"true"}, User: "root"})
+	must("StartSession as root", err)
 	_, err = c.StartSession(ctx, "web", client.StartSessionRequest{Name: "in", Argv: []string{"sh", "-c", "read l; echo got $l"}, Stdin: true})
 	must("StartSession with stdin", err)
 	must("SendSession", c.SendSession(ctx, "web", "in", strings.NewReader("hello\n")))

@@ -130,3 +130,8 @@ func ClientVersion() string { return api.Version }
 // reference when none is chosen ("docker.io/library/python:3.12-slim" gives
 // "python-3-12-slim").
 func ImageNameFromRef(ref string) string { return model.ImageNameFromRef(ref) }
+
+// ValidateUser checks a guest user for ExecRequest.User and
+// StartSessionRequest.User as the daemon does (a user name or a numeric
+// uid), so that a caller can refuse one before making anything.
+func ValidateUser(u string) error { return model.ValidateUser(u) }

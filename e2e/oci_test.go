@@ -152,6 +152,19 @@ func TestOCIImage(t *testing.T) {
 		out, _, _ := banger(t, "vm", "session", "logs", vm, "hello")
 		return out == "args=[from-session] cwd=/app greeting=hello from the image uid=1000\n", out
 	})
+	// --user overrides USER (the image has no /etc/passwd: root and its
+	// USER get entries at boot); a user the guest lacks is exit 126.
+	if got, want := mustBanger(t, "vm", "exec", vm, "--user", "root", "--", "/bin/hello", "y"), "args=[y] cwd=/app greeting=hello from the image uid=0\n"; got != want {
+		t.Errorf("exec --user root in the image = %q, want %q", got, want)
+	}
+	if _, errOut, code := banger(t, "vm", "exec", vm, "--user", "nosuch", "--", "/bin/hello"); code != 126 || !strings.Contains(errOut, `no user "nosuch"`) {
+		t.Errorf("exec --user nosuch = exit %d, stderr %q; want 126 and the reason", code, errOut)
+	}
+	mustBanger(t, "vm", "session", "start", vm, "--name", "asroot", "--user", "0", "--", "/bin/hello", "as-root")
+	eventually(t, 30*time.Second, "session output as root", func() (bool, string) {
+		out, _, _ := banger(t, "vm", "session", "logs", vm, "asroot")
+		return out == "args=[as-root] cwd=/app greeting=hello from the image uid=0\n", out
+	})
 	// A second pull of the same image downloads no layer and builds no
 	// filesystem: the layers and the built rootfs are cached.
 	mustBanger(t, "vm", "delete", "--force", vm)

@@ -259,6 +259,10 @@ type ExecRequest struct {
 	// Stdin says whether the client will send stdin frames; without it the
 	// command's stdin is empty.
 	Stdin bool `json:"stdin,omitempty"`
+	// User runs the command (or the login shell) as this guest user, a name
+	// or uid; empty: the image's USER, root for images not made from a
+	// container image.
+	User string `json:"user,omitempty"`
 }
 
 // ImportImageRequest registers an image from existing files.
@@ -326,6 +330,7 @@ type StartSessionRequest struct {
 	Cwd   string   `json:"cwd,omitempty"`
 	Env   []string `json:"env,omitempty"`
 	Stdin bool     `json:"stdin,omitempty"`
+	User  string   `json:"user,omitempty"` // as ExecRequest.User
 }
 
 // StopSessionRequest signals a guest session.

@@ -209,17 +209,3 @@ func imageOCI(im model.Image) *oci.Metadata {
 	ociMeta.Store(im.RootfsPath, m)
 	return m
 }
-
-// GuestArgv is the command to run in vm's guest for argv: for an OCI
-// image, through /.banger/run (the image's ENV, WORKDIR and USER; with no
-// command, its ENTRYPOINT and CMD).
-func (e *Engine) GuestArgv(ctx context.Context, vm model.VMRecord, argv []string) []string {
-	im, err := e.store.GetImage(ctx, vm.Image)
-	if err != nil || imageOCI(im) == nil {
-		return argv
-	}
-	if len(argv) == 0 {
-		return []string{oci.RunHelper}
-	}
-	return append([]string{oci.RunHelper, "--"}, argv...)
-}

@@ -54,7 +54,7 @@ func (s *Server) sessionStart(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	gs, err := s.eng.StartSession(r.Context(), r.PathValue("name"), engine.SessionSpec{
-		Name: req.Name, Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin,
+		Name: req.Name, Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin, User: req.User,
 	})
 	if err != nil {
 		return err
