@@ -372,6 +372,30 @@ func TestContract(t *testing.T) {
 		t.Errorf("PullImage of a missing archive = %v after lines %q; want the error of the last line", err, lines)
 	}
 
+	// Prune: a cached layer and a cached rootfs no image was made from are
+	// removed; then there is nothing left to remove, with --all too.
+	cache := filepath.Join(d.state, "oci-cache")
+	blob := filepath.Join(cache, "blobs", "sha256", strings.Repeat("ab", 32))
+	entry := filepath.Join(cache, "rootfs", strings.Repeat("cd", 32))
+	must("seeding the layer cache", os.MkdirAll(filepath.Dir(blob), 0o700))
+	must("seeding the layer cache", os.WriteFile(blob, bytes.Repeat([]byte{1}, 8192), 0o644))
+	must("seeding the rootfs cache", os.MkdirAll(entry, 0o700))
+	must("seeding the rootfs cache", os.WriteFile(filepath.Join(entry, "entry.json"), []byte(`{"digest":"sha256:`+strings.Repeat("ef", 32)+`"}`), 0o644))
+	must("seeding the rootfs cache", os.WriteFile(filepath.Join(entry, "rootfs.ext4"), bytes.Repeat([]byte{1}, 8192), 0o644))
+	pruned, err := c.PruneImages(ctx, client.PruneImagesRequest{})
+	must("PruneImages", err)
+	if pruned.RemovedLayers.Count != 1 || pruned.RemovedLayers.Bytes < 8192 || pruned.RemovedRootfs.Count != 1 || pruned.KeptLayers.Count != 0 || pruned.KeptRootfs.Count != 0 {
+		t.Errorf("PruneImages = %+v, want one layer and one rootfs removed, nothing kept", pruned)
+	}
+	if _, err := os.Stat(blob); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pruned blob: %v, want it gone", err)
+	}
+	pruned, err = c.PruneImages(ctx, client.PruneImagesRequest{All: true})
+	must("PruneImages --all", err)
+	if pruned != (client.PruneImagesResult{}) {
+		t.Errorf("PruneImages --all of empty caches = %+v, want nothing", pruned)
+	}
+
 	// VMs.
 	req := client.CreateVMRequest{Name: "web", Image: "contract", VCPUs: 1, MemoryMiB: 128, DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20}
 	vm, err := c.CreateVM(ctx, req)

@@ -64,7 +64,13 @@ type (
 	ClaimRequest = api.ClaimRequest
 	OCIImage     = api.OCIImage
 	OCILayer     = api.OCILayer
-	Confinement  = api.Confinement
+	// PruneImagesRequest empties the container image caches (PruneImages).
+	PruneImagesRequest = api.PruneImagesRequest
+	// PruneImagesResult says what PruneImages removed and kept.
+	PruneImagesResult = api.PruneImagesResult
+	// CacheUsage counts cached files and their disk space.
+	CacheUsage  = api.CacheUsage
+	Confinement = api.Confinement
 
 	// Event is one entry of the daemon's event log (Events, FollowEvents).
 	Event = api.Event

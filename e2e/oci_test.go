@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/oci/debimage"
@@ -179,6 +181,26 @@ func TestOCIImage(t *testing.T) {
 		t.Errorf("image from the cache runs %q", got)
 	}
 	mustBanger(t, "vm", "delete", "--force", vm)
+	// image prune keeps the cached layer and rootfs of a registered image;
+	// --all removes them, and the next pull downloads and builds again.
+	var pruned client.PruneImagesResult
+	if err := json.Unmarshal([]byte(mustBanger(t, "image", "prune", "-o", "json")), &pruned); err != nil {
+		t.Fatal(err)
+	}
+	if pruned.KeptLayers.Count < 1 || pruned.KeptRootfs.Count < 1 {
+		t.Errorf("image prune with %s registered = %+v, want its layer and rootfs kept", name, pruned)
+	}
+	if err := json.Unmarshal([]byte(mustBanger(t, "image", "prune", "--all", "-o", "json")), &pruned); err != nil {
+		t.Fatal(err)
+	}
+	if pruned.RemovedLayers.Count < 1 || pruned.RemovedRootfs.Count < 1 || pruned.KeptLayers.Count != 0 || pruned.KeptRootfs.Count != 0 {
+		t.Errorf("image prune --all = %+v, want everything removed", pruned)
+	}
+	t.Cleanup(func() { runCLI(nil, cliTimeout, "image", "delete", "hello-again") })
+	if again := mustBanger(t, "image", "pull", ref, "--name", "hello-again"); strings.Contains(again, "cached") || !strings.Contains(again, "unpacking") {
+		t.Errorf("pull after image prune --all used a cache: %s", again)
+	}
+	mustBanger(t, "image", "delete", "hello-again")
 
 	// Python from Debian's python3.11-minimal and its dependencies, pulled
 	// on first use by vm run --image.

@@ -67,6 +67,7 @@ const (
 	RouteImageImport = "POST /v1/images"
 	RouteImageBuild  = "POST /v1/images/build"
 	RouteImagePull   = "POST /v1/images/pull" // streams progress lines, as build
+	RouteImagePrune  = "POST /v1/images/prune"
 	RouteImageShow   = "GET /v1/images/{name}"
 	RouteImageDelete = "DELETE /v1/images/{name}"
 
@@ -300,6 +301,27 @@ type PullImageRequest struct {
 	Ref      string `json:"ref,omitempty"`
 	Path     string `json:"path,omitempty"`
 	Insecure bool   `json:"insecure,omitempty"`
+}
+
+// PruneImagesRequest empties the container image caches: of cached
+// layers and root filesystems no registered image was made from, or of
+// all of them with All. What a pull in progress uses is always kept.
+type PruneImagesRequest struct {
+	All bool `json:"all,omitempty"`
+}
+
+// CacheUsage counts cached files and the disk space they take.
+type CacheUsage struct {
+	Count int   `json:"count"`
+	Bytes int64 `json:"bytes"`
+}
+
+// PruneImagesResult says what image prune removed and what is left.
+type PruneImagesResult struct {
+	RemovedLayers CacheUsage `json:"removed_layers"`
+	RemovedRootfs CacheUsage `json:"removed_rootfs"`
+	KeptLayers    CacheUsage `json:"kept_layers"`
+	KeptRootfs    CacheUsage `json:"kept_rootfs"`
 }
 
 // OCIImage is where an image made from a container image came from.

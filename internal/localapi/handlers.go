@@ -195,6 +195,22 @@ func (s *Server) imageDelete(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, struct{}{})
 }
 
+// imagePrune empties the container image caches.
+func (s *Server) imagePrune(w http.ResponseWriter, r *http.Request) error {
+	var req api.PruneImagesRequest
+	if err := decode(r, &req, true); err != nil {
+		return err
+	}
+	res, err := s.eng.PruneImages(r.Context(), req.All)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, api.PruneImagesResult{
+		RemovedLayers: api.CacheUsage(res.RemovedLayers), RemovedRootfs: api.CacheUsage(res.RemovedRootfs),
+		KeptLayers: api.CacheUsage(res.KeptLayers), KeptRootfs: api.CacheUsage(res.KeptRootfs),
+	})
+}
+
 // imageBuild builds an image from Debian packages, streaming progress
 // lines; the last line is "ok NAME" or "error: ...". A failed build leaves
 // nothing registered and no files.
