@@ -719,8 +719,17 @@ func TestContract(t *testing.T) {
 	}
 	// Only a dry run: a real gc on a shared host could reach other daemons' objects.
 	gc, err := c.GC(ctx, true)
-	if err != nil || !gc.DryRun {
-		t.Errorf("GC dry run = %+v, %v", gc, err)
+	if err != nil || !gc.DryRun || gc.ImageCaches != nil {
+		t.Errorf("GC dry run = %+v, %v; want no image caches reported (they are empty)", gc, err)
+	}
+	// A cached layer is reported by gc, which leaves it alone.
+	must("seeding the layer cache", os.WriteFile(blob, bytes.Repeat([]byte{1}, 8192), 0o644))
+	gc, err = c.GC(ctx, true)
+	if err != nil || gc.ImageCaches == nil || gc.ImageCaches.Layers.Count != 1 || gc.ImageCaches.Layers.Bytes < 8192 || gc.ImageCaches.Rootfs.Count != 0 {
+		t.Errorf("GC with a cached layer = %+v, %v; want the layer counted", gc, err)
+	}
+	if _, err := os.Stat(blob); err != nil {
+		t.Errorf("gc removed a cached layer: %v", err)
 	}
 
 	// Deletes.

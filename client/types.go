@@ -91,6 +91,8 @@ type (
 	HostObject = api.HostObject
 	// GCResponse lists what GC removed, or would remove.
 	GCResponse = api.GCResponse
+	// ImageCaches is what the container image caches hold (in GCResponse).
+	ImageCaches = api.ImageCaches
 )
 
 // VM states.

@@ -398,4 +398,13 @@ type GCResponse struct {
 	Removed []HostObject `json:"removed"`
 	Kept    []HostObject `json:"kept,omitempty"`
 	Errors  []string     `json:"errors,omitempty"`
+	// ImageCaches is what the container image caches hold (gc leaves them
+	// to their bounds and to image prune).
+	ImageCaches *ImageCaches `json:"image_caches,omitempty"`
+}
+
+// ImageCaches is the disk use of the cached layers and root filesystems.
+type ImageCaches struct {
+	Layers CacheUsage `json:"layers"`
+	Rootfs CacheUsage `json:"rootfs"`
 }

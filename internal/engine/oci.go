@@ -302,3 +302,12 @@ func (e *Engine) PruneImages(ctx context.Context, all bool) (PruneResult, error)
 		"removed_rootfs", res.RemovedRootfs.Count, "removed_rootfs_bytes", res.RemovedRootfs.Bytes)
 	return res, nil
 }
+
+// ImageCacheUsage is what the layer and rootfs caches hold now.
+func (e *Engine) ImageCacheUsage() (layers, rootfs oci.CacheUsage, err error) {
+	if layers, err = e.layers.Usage(); err != nil {
+		return layers, rootfs, err
+	}
+	rootfs, err = e.rootfsCache().Usage()
+	return layers, rootfs, err
+}

@@ -272,5 +272,8 @@ func (s *Server) gc(w http.ResponseWriter, r *http.Request) error {
 	if len(res.Kept) > 0 {
 		out.Kept = hostObjects(res.Kept)
 	}
+	if layers, rootfs, err := s.eng.ImageCacheUsage(); err == nil && layers.Count+rootfs.Count > 0 {
+		out.ImageCaches = &api.ImageCaches{Layers: api.CacheUsage(layers), Rootfs: api.CacheUsage(rootfs)}
+	}
 	return writeJSON(w, out)
 }

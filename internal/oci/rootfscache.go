@@ -237,6 +237,21 @@ func (c *RootfsCache) Prune(keep func(digest, configDigest string) bool) (remove
 	return removed, kept, nil
 }
 
+// Usage counts the entries (temporary ones too) and their disk blocks.
+func (c *RootfsCache) Usage() (CacheUsage, error) {
+	var u CacheUsage
+	des, err := os.ReadDir(c.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return u, nil
+	}
+	for _, de := range des {
+		if de.IsDir() {
+			u.add(treeDiskBytes(filepath.Join(c.Dir, de.Name())))
+		}
+	}
+	return u, err
+}
+
 // treeDiskBytes sums the disk blocks of the files under dir.
 func treeDiskBytes(dir string) int64 {
 	var n int64
