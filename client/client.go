@@ -493,6 +493,15 @@ func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, progress
 	return c.progressStream(ctx, request{route: api.RouteImageBuild, body: req}, "image build", progress)
 }
 
+// PruneImages removes cached container image layers and root filesystems
+// that no registered image was made from (all of them with req.All), never
+// what a pull in progress uses, and says what it removed and kept.
+func (c *Client) PruneImages(ctx context.Context, req PruneImagesRequest) (PruneImagesResult, error) {
+	var out PruneImagesResult
+	err := c.call(ctx, request{route: api.RouteImagePrune, body: req}, &out)
+	return out, err
+}
+
 // PullImage makes an image from a container image: req.Ref from a
 // registry, or req.Path to an OCI layout directory, OCI archive or docker
 // save tarball. progress receives each line the daemon sends; the error is

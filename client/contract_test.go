@@ -372,6 +372,30 @@ func TestContract(t *testing.T) {
 		t.Errorf("PullImage of a missing archive = %v after lines %q; want the error of the last line", err, lines)
 	}
 
+	// Prune: a cached layer and a cached rootfs no image was made from are
+	// removed; then there is nothing left to remove, with --all too.
+	cache := filepath.Join(d.state, "oci-cache")
+	blob := filepath.Join(cache, "blobs", "sha256", strings.Repeat("ab", 32))
+	entry := filepath.Join(cache, "rootfs", strings.Repeat("cd", 32))
+	must("seeding the layer cache", os.MkdirAll(filepath.Dir(blob), 0o700))
+	must("seeding the layer cache", os.WriteFile(blob, bytes.Repeat([]byte{1}, 8192), 0o644))
+	must("seeding the rootfs cache", os.MkdirAll(entry, 0o700))
+	must("seeding the rootfs cache", os.WriteFile(filepath.Join(entry, "entry.json"), []byte(`{"digest":"sha256:`+strings.Repeat("ef", 32)+`"}`), 0o644))
+	must("seeding the rootfs cache", os.WriteFile(filepath.Join(entry, "rootfs.ext4"), bytes.Repeat([]byte{1}, 8192), 0o644))
+	pruned, err := c.PruneImages(ctx, client.PruneImagesRequest{})
+	must("PruneImages", err)
+	if pruned.RemovedLayers.Count != 1 || pruned.RemovedLayers.Bytes < 8192 || pruned.RemovedRootfs.Count != 1 || pruned.KeptLayers.Count != 0 || pruned.KeptRootfs.Count != 0 {
+		t.Errorf("PruneImages = %+v, want one layer and one rootfs removed, nothing kept", pruned)
+	}
+	if _, err := os.Stat(blob); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pruned blob: %v, want it gone", err)
+	}
+	pruned, err = c.PruneImages(ctx, client.PruneImagesRequest{All: true})
+	must("PruneImages --all", err)
+	if pruned != (client.PruneImagesResult{}) {
+		t.Errorf("PruneImages --all of empty caches = %+v, want nothing", pruned)
+	}
+
 	// VMs.
 	req := client.CreateVMRequest{Name: "web", Image: "contract", VCPUs: 1, MemoryMiB: 128, DiskSizeBytes: 64 << 20, WorkDiskBytes: 32 << 20}
 	vm, err := c.CreateVM(ctx, req)
@@ -525,6 +549,21 @@ func TestContract(t *testing.T) {
 	}
 	_, err = c.Exec(ctx, "web", client.ExecRequest{})
 	want("Exec without a command", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	// A user: root runs as before; a value that is no user name is refused;
+	// a user the guest lacks is its exit 126.
+	stdout.Reset()
+	stderr.Reset()
+	code, err = run(ctx, c, "web", client.ExecRequest{Argv: []string{"echo", "as root"}, User: "root"}, "", &stdout, &stderr)
+	if err != nil || code != 0 || stdout.String() != "as root\n" {
+		t.Errorf("Exec as root = exit %d, %v, stdout %q", code, err, stdout.String())
+	}
+	_, err = c.Exec(ctx, "web", client.ExecRequest{Argv: []string{"true"}, User: "a b"})
+	want("Exec as user \"a b\"", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	stderr.Reset()
+	code, err = run(ctx, c, "web", client.ExecRequest{Argv: []string{"true"}, User: "no-such-user"}, "", io.Discard, &stderr)
+	if err != nil || code != 126 || !strings.Contains(stderr.String(), `no user "no-such-user"`) {
+		t.Errorf("Exec as an unknown user = exit %d, %v, stderr %q; want exit 126 and the reason", code, err, stderr.String())
+	}
 	_, err = c.Exec(ctx, "nosuch", client.ExecRequest{Argv: []string{"true"}})
 	want("Exec nosuch", err, client.IsNotFound, client.CodeNotFound)
 
@@ -538,6 +577,10 @@ func TestContract(t *testing.T) {
 	want("StartSession of a taken name", err, client.IsAlreadyExists, client.CodeAlreadyExists)
 	_, err = c.StartSession(ctx, "web", client.StartSessionRequest{Name: "empty"})
 	want("StartSession without a command", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	_, err = c.StartSession(ctx, "web", client.StartSessionRequest{Name: "baduser", Argv: []string{"true"}, User: "-x"})
+	want("StartSession as user -x", err, client.IsInvalidArgument, client.CodeInvalidArgument)
+	_, err = c.StartSession(ctx, "web", client.StartSessionRequest{Name: "asroot", Argv: []string{"true"}, User: "root"})
+	must("StartSession as root", err)
 	_, err = c.StartSession(ctx, "web", client.StartSessionRequest{Name: "in", Argv: []string{"sh", "-c", "read l; echo got $l"}, Stdin: true})
 	must("StartSession with stdin", err)
 	must("SendSession", c.SendSession(ctx, "web", "in", strings.NewReader("hello\n")))
@@ -676,8 +719,17 @@ func TestContract(t *testing.T) {
 	}
 	// Only a dry run: a real gc on a shared host could reach other daemons' objects.
 	gc, err := c.GC(ctx, true)
-	if err != nil || !gc.DryRun {
-		t.Errorf("GC dry run = %+v, %v", gc, err)
+	if err != nil || !gc.DryRun || gc.ImageCaches != nil {
+		t.Errorf("GC dry run = %+v, %v; want no image caches reported (they are empty)", gc, err)
+	}
+	// A cached layer is reported by gc, which leaves it alone.
+	must("seeding the layer cache", os.WriteFile(blob, bytes.Repeat([]byte{1}, 8192), 0o644))
+	gc, err = c.GC(ctx, true)
+	if err != nil || gc.ImageCaches == nil || gc.ImageCaches.Layers.Count != 1 || gc.ImageCaches.Layers.Bytes < 8192 || gc.ImageCaches.Rootfs.Count != 0 {
+		t.Errorf("GC with a cached layer = %+v, %v; want the layer counted", gc, err)
+	}
+	if _, err := os.Stat(blob); err != nil {
+		t.Errorf("gc removed a cached layer: %v", err)
 	}
 
 	// Deletes.

@@ -64,7 +64,13 @@ type (
 	ClaimRequest = api.ClaimRequest
 	OCIImage     = api.OCIImage
 	OCILayer     = api.OCILayer
-	Confinement  = api.Confinement
+	// PruneImagesRequest empties the container image caches (PruneImages).
+	PruneImagesRequest = api.PruneImagesRequest
+	// PruneImagesResult says what PruneImages removed and kept.
+	PruneImagesResult = api.PruneImagesResult
+	// CacheUsage counts cached files and their disk space.
+	CacheUsage  = api.CacheUsage
+	Confinement = api.Confinement
 
 	// Event is one entry of the daemon's event log (Events, FollowEvents).
 	Event = api.Event
@@ -85,6 +91,8 @@ type (
 	HostObject = api.HostObject
 	// GCResponse lists what GC removed, or would remove.
 	GCResponse = api.GCResponse
+	// ImageCaches is what the container image caches hold (in GCResponse).
+	ImageCaches = api.ImageCaches
 )
 
 // VM states.
@@ -130,3 +138,8 @@ func ClientVersion() string { return api.Version }
 // reference when none is chosen ("docker.io/library/python:3.12-slim" gives
 // "python-3-12-slim").
 func ImageNameFromRef(ref string) string { return model.ImageNameFromRef(ref) }
+
+// ValidateUser checks a guest user for ExecRequest.User and
+// StartSessionRequest.User as the daemon does (a user name or a numeric
+// uid), so that a caller can refuse one before making anything.
+func ValidateUser(u string) error { return model.ValidateUser(u) }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/client"
 	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/oci/debimage"
@@ -152,6 +154,19 @@ func TestOCIImage(t *testing.T) {
 		out, _, _ := banger(t, "vm", "session", "logs", vm, "hello")
 		return out == "args=[from-session] cwd=/app greeting=hello from the image uid=1000\n", out
 	})
+	// --user overrides USER (the image has no /etc/passwd: root and its
+	// USER get entries at boot); a user the guest lacks is exit 126.
+	if got, want := mustBanger(t, "vm", "exec", vm, "--user", "root", "--", "/bin/hello", "y"), "args=[y] cwd=/app greeting=hello from the image uid=0\n"; got != want {
+		t.Errorf("exec --user root in the image = %q, want %q", got, want)
+	}
+	if _, errOut, code := banger(t, "vm", "exec", vm, "--user", "nosuch", "--", "/bin/hello"); code != 126 || !strings.Contains(errOut, `no user "nosuch"`) {
+		t.Errorf("exec --user nosuch = exit %d, stderr %q; want 126 and the reason", code, errOut)
+	}
+	mustBanger(t, "vm", "session", "start", vm, "--name", "asroot", "--user", "0", "--", "/bin/hello", "as-root")
+	eventually(t, 30*time.Second, "session output as root", func() (bool, string) {
+		out, _, _ := banger(t, "vm", "session", "logs", vm, "asroot")
+		return out == "args=[as-root] cwd=/app greeting=hello from the image uid=0\n", out
+	})
 	// A second pull of the same image downloads no layer and builds no
 	// filesystem: the layers and the built rootfs are cached.
 	mustBanger(t, "vm", "delete", "--force", vm)
@@ -166,6 +181,26 @@ func TestOCIImage(t *testing.T) {
 		t.Errorf("image from the cache runs %q", got)
 	}
 	mustBanger(t, "vm", "delete", "--force", vm)
+	// image prune keeps the cached layer and rootfs of a registered image;
+	// --all removes them, and the next pull downloads and builds again.
+	var pruned client.PruneImagesResult
+	if err := json.Unmarshal([]byte(mustBanger(t, "image", "prune", "-o", "json")), &pruned); err != nil {
+		t.Fatal(err)
+	}
+	if pruned.KeptLayers.Count < 1 || pruned.KeptRootfs.Count < 1 {
+		t.Errorf("image prune with %s registered = %+v, want its layer and rootfs kept", name, pruned)
+	}
+	if err := json.Unmarshal([]byte(mustBanger(t, "image", "prune", "--all", "-o", "json")), &pruned); err != nil {
+		t.Fatal(err)
+	}
+	if pruned.RemovedLayers.Count < 1 || pruned.RemovedRootfs.Count < 1 || pruned.KeptLayers.Count != 0 || pruned.KeptRootfs.Count != 0 {
+		t.Errorf("image prune --all = %+v, want everything removed", pruned)
+	}
+	t.Cleanup(func() { runCLI(nil, cliTimeout, "image", "delete", "hello-again") })
+	if again := mustBanger(t, "image", "pull", ref, "--name", "hello-again"); strings.Contains(again, "cached") || !strings.Contains(again, "unpacking") {
+		t.Errorf("pull after image prune --all used a cache: %s", again)
+	}
+	mustBanger(t, "image", "delete", "hello-again")
 
 	// Python from Debian's python3.11-minimal and its dependencies, pulled
 	// on first use by vm run --image.

@@ -67,6 +67,7 @@ const (
 	RouteImageImport = "POST /v1/images"
 	RouteImageBuild  = "POST /v1/images/build"
 	RouteImagePull   = "POST /v1/images/pull" // streams progress lines, as build
+	RouteImagePrune  = "POST /v1/images/prune"
 	RouteImageShow   = "GET /v1/images/{name}"
 	RouteImageDelete = "DELETE /v1/images/{name}"
 
@@ -259,6 +260,10 @@ type ExecRequest struct {
 	// Stdin says whether the client will send stdin frames; without it the
 	// command's stdin is empty.
 	Stdin bool `json:"stdin,omitempty"`
+	// User runs the command (or the login shell) as this guest user, a name
+	// or uid; empty: the image's USER, root for images not made from a
+	// container image.
+	User string `json:"user,omitempty"`
 }
 
 // ImportImageRequest registers an image from existing files.
@@ -298,6 +303,27 @@ type PullImageRequest struct {
 	Insecure bool   `json:"insecure,omitempty"`
 }
 
+// PruneImagesRequest empties the container image caches: of cached
+// layers and root filesystems no registered image was made from, or of
+// all of them with All. What a pull in progress uses is always kept.
+type PruneImagesRequest struct {
+	All bool `json:"all,omitempty"`
+}
+
+// CacheUsage counts cached files and the disk space they take.
+type CacheUsage struct {
+	Count int   `json:"count"`
+	Bytes int64 `json:"bytes"`
+}
+
+// PruneImagesResult says what image prune removed and what is left.
+type PruneImagesResult struct {
+	RemovedLayers CacheUsage `json:"removed_layers"`
+	RemovedRootfs CacheUsage `json:"removed_rootfs"`
+	KeptLayers    CacheUsage `json:"kept_layers"`
+	KeptRootfs    CacheUsage `json:"kept_rootfs"`
+}
+
 // OCIImage is where an image made from a container image came from.
 type OCIImage struct {
 	Source     string     `json:"source"`
@@ -326,6 +352,7 @@ type StartSessionRequest struct {
 	Cwd   string   `json:"cwd,omitempty"`
 	Env   []string `json:"env,omitempty"`
 	Stdin bool     `json:"stdin,omitempty"`
+	User  string   `json:"user,omitempty"` // as ExecRequest.User
 }
 
 // StopSessionRequest signals a guest session.
@@ -371,4 +398,13 @@ type GCResponse struct {
 	Removed []HostObject `json:"removed"`
 	Kept    []HostObject `json:"kept,omitempty"`
 	Errors  []string     `json:"errors,omitempty"`
+	// ImageCaches is what the container image caches hold (gc leaves them
+	// to their bounds and to image prune).
+	ImageCaches *ImageCaches `json:"image_caches,omitempty"`
+}
+
+// ImageCaches is the disk use of the cached layers and root filesystems.
+type ImageCaches struct {
+	Layers CacheUsage `json:"layers"`
+	Rootfs CacheUsage `json:"rootfs"`
 }

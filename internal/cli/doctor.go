@@ -80,6 +80,10 @@ func (a *app) gcCmd() *cobra.Command {
 			for _, o := range resp.Removed {
 				fmt.Fprintf(a.stdout, "%s %s %s\n", verb, o.Kind, o.Name)
 			}
+			if ic := resp.ImageCaches; ic != nil {
+				fmt.Fprintf(a.stdout, "image caches hold %d layers (%s) and %d root filesystems (%s); banger image prune removes those no image needs\n",
+					ic.Layers.Count, human(ic.Layers.Bytes), ic.Rootfs.Count, human(ic.Rootfs.Bytes))
+			}
 			if len(resp.Errors) > 0 {
 				return errors.New(strings.Join(resp.Errors, "; "))
 			}

@@ -20,12 +20,13 @@ type execOptions struct {
 	stdout io.Writer
 	stderr io.Writer
 	tty    bool
+	user   string // "": the image's default
 }
 
 // execIn runs a command in a guest and returns its exit code. Ctrl-C is
 // passed to the guest command; banger's own failures are errors.
 func (a *app) execIn(c *client.Client, name string, o execOptions) (int, error) {
-	req := client.ExecRequest{Argv: o.argv, Stdin: o.stdin != nil, TTY: o.tty}
+	req := client.ExecRequest{Argv: o.argv, Stdin: o.stdin != nil, TTY: o.tty, User: o.user}
 	var inFile *os.File
 	if o.tty {
 		req.Term = os.Getenv("TERM")
@@ -97,8 +98,22 @@ func (a *app) stdinForCommand(interactive bool) io.Reader {
 	return a.stdin
 }
 
-func (a *app) runExec(name string, argv []string, interactive bool) error {
-	return a.runGuest(name, execOptions{argv: argv, stdin: a.stdinForCommand(interactive), stdout: a.stdout, stderr: a.stderr})
+func (a *app) runExec(name string, argv []string, interactive bool, user string) error {
+	return a.runGuest(name, execOptions{argv: argv, stdin: a.stdinForCommand(interactive), stdout: a.stdout, stderr: a.stderr, user: user})
+}
+
+// userFlag adds --user to a command that runs guest commands.
+func userFlag(cmd *cobra.Command, user *string) {
+	cmd.Flags().StringVarP(user, "user", "u", "", "run as this guest user, a name or uid (default: the image's USER, else root)")
+}
+
+// checkUser refuses a --user value the daemon would refuse, before
+// anything is made.
+func checkUser(user string) error {
+	if err := client.ValidateUser(user); err != nil {
+		return usageError{fmt.Errorf("--user: %w", err)}
+	}
+	return nil
 }
 
 // runGuest runs a guest command and turns its outcome into banger's exit:
@@ -121,28 +136,43 @@ func (a *app) runGuest(name string, o execOptions) error {
 
 func (a *app) vmExecCmd() *cobra.Command {
 	var interactive bool
+	var user string
 	cmd := &cobra.Command{
-		Use:   "exec NAME -- CMD [ARGS...]",
+		Use:   "exec NAME [--user U] -- CMD [ARGS...]",
 		Short: "Run a command in a running VM; exits with its exit code",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.runExec(args[0], args[1:], interactive)
+			if err := checkUser(user); err != nil {
+				return err
+			}
+			return a.runExec(args[0], args[1:], interactive, user)
 		},
 	}
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
+	userFlag(cmd, &user)
 	return cmd
 }
 
 func (a *app) vmSSHCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "ssh NAME [-- CMD [ARGS...]]",
+	var user string
+	cmd := &cobra.Command{
+		Use:   "ssh NAME [--user U] [-- CMD [ARGS...]]",
 		Short: "Open a shell in a VM, or run one command like vm exec",
-		Args:  cobra.MinimumNArgs(1),
+		Long: "Open a shell in a VM, or run one command like vm exec.\n\n" +
+			"The shell is root's login shell; with --user, that user's login shell (from the\n" +
+			"guest's /etc/passwd), with an image's ENV and WORKDIR for an image made from a\n" +
+			"container image.",
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) > 1 {
-				return a.runExec(args[0], args[1:], false)
+			if err := checkUser(user); err != nil {
+				return err
 			}
-			return a.runGuest(args[0], execOptions{stdin: a.stdin, stdout: a.stdout, stderr: a.stderr, tty: true})
+			if len(args) > 1 {
+				return a.runExec(args[0], args[1:], false, user)
+			}
+			return a.runGuest(args[0], execOptions{stdin: a.stdin, stdout: a.stdout, stderr: a.stderr, tty: true, user: user})
 		},
 	}
+	userFlag(cmd, &user)
+	return cmd
 }

@@ -134,7 +134,37 @@ func (a *app) imageCmd() *cobra.Command {
 	buildCmd.Flags().StringVar(&build.Name, "name", "default", "image name")
 	buildCmd.Flags().StringVar(&build.Base, "base", "minimal", "minimal (busybox + dropbear) or debian (debootstrap)")
 	buildCmd.Flags().StringSliceVar(&build.Packages, "packages", nil, "extra Debian packages")
-	return group(&cobra.Command{Use: "image", Short: "Manage guest images"}, importCmd, pullCmd, listCmd, showCmd, deleteCmd, buildCmd)
+	var prune client.PruneImagesRequest
+	var pruneOutput string
+	pruneCmd := &cobra.Command{
+		Use:   "prune [--all]",
+		Short: "Remove cached container image layers and root filesystems no image was made from (all with --all)",
+		Long: "Remove cached container image layers and root filesystems no image was made from (all\n" +
+			"with --all), and downloads left by a crash. What a pull in progress uses is kept. A pull\n" +
+			"of an image whose layers were removed downloads them again.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(pruneOutput); err != nil {
+				return err
+			}
+			c, err := a.api()
+			if err != nil {
+				return err
+			}
+			res, err := c.PruneImages(a.ctx, prune)
+			if err != nil {
+				return err
+			}
+			usage := func(u client.CacheUsage) string { return fmt.Sprintf("%d (%s)", u.Count, human(u.Bytes)) }
+			return a.render(pruneOutput, res, []string{"CACHE", "REMOVED", "KEPT"}, [][]string{
+				{"layers", usage(res.RemovedLayers), usage(res.KeptLayers)},
+				{"rootfs", usage(res.RemovedRootfs), usage(res.KeptRootfs)},
+			})
+		},
+	}
+	pruneCmd.Flags().BoolVar(&prune.All, "all", false, "remove every cached layer and root filesystem, also those of registered images")
+	outputFlag(pruneCmd, &pruneOutput)
+	return group(&cobra.Command{Use: "image", Short: "Manage guest images"}, importCmd, pullCmd, listCmd, showCmd, deleteCmd, buildCmd, pruneCmd)
 }
 
 // pullImage makes an image from a container image, printing the daemon's

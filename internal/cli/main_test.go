@@ -150,6 +150,14 @@ func TestScripts(t *testing.T) {
 			})
 			return nil
 		},
+		// [root]: the stand-in guest runs commands on this host, and only
+		// root can switch users there.
+		Condition: func(cond string) (bool, error) {
+			if cond == "root" {
+				return os.Geteuid() == 0, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
+		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"mkimage":    cmdMkimage,
 			"exitcode":   cmdExitcode,

@@ -13,10 +13,10 @@ import (
 func (a *app) vmRunCmd() *cobra.Command {
 	var f createFlags
 	var rm, keep, interactive bool
-	var pool string
+	var pool, user string
 	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "run [--name N] [--rm|--keep] [--ttl D] [--pool P | create flags] -- CMD [ARGS...]",
+		Use:   "run [--name N] [--rm|--keep] [--ttl D] [--user U] [--pool P | create flags] -- CMD [ARGS...]",
 		Short: "Create (or reuse) a VM, start it, wait for SSH, run CMD, exit with its code",
 		Long: "Create (or reuse) a VM, start it, wait for SSH, run CMD, exit with its code.\n\n" +
 			"--image may name a container image (e.g. docker.io/library/python:3.12-slim, or\n" +
@@ -34,6 +34,9 @@ func (a *app) vmRunCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := checkUser(user); err != nil {
+				return err
+			}
 			if rm && keep {
 				return usageError{fmt.Errorf("--rm and --keep contradict each other")}
 			}
@@ -41,7 +44,7 @@ func (a *app) vmRunCmd() *cobra.Command {
 				return err
 			}
 			if pool != "" {
-				return a.runFromPool(cmd, pool, f.name, req, runPlan{created: true, named: f.name != "", keep: keep, rm: rm}, args, interactive, wait)
+				return a.runFromPool(cmd, pool, f.name, req, runPlan{created: true, named: f.name != "", keep: keep, rm: rm}, args, interactive, wait, user)
 			}
 			if len(args) == 0 && req.Image == "" {
 				return usageError{fmt.Errorf("no command: give -- CMD [ARGS...] (an image made from a container image runs its ENTRYPOINT and CMD when given none)")}
@@ -96,7 +99,7 @@ func (a *app) vmRunCmd() *cobra.Command {
 				return err
 			}
 			commandRan = true
-			return a.runExec(name, args, interactive)
+			return a.runExec(name, args, interactive, user)
 		},
 	}
 	f.add(cmd)
@@ -105,6 +108,7 @@ func (a *app) vmRunCmd() *cobra.Command {
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward stdin even when it is a terminal")
 	cmd.Flags().DurationVar(&wait, "wait", 120*time.Second, "how long to wait for the guest's SSH")
 	cmd.Flags().StringVar(&pool, "pool", "", "claim the VM from this warm pool (banger pool create)")
+	userFlag(cmd, &user)
 	return cmd
 }
 
@@ -141,7 +145,7 @@ func insecureRegistry(ref string) bool {
 }
 
 // runFromPool is vm run --pool: claim a member, run the command in it.
-func (a *app) runFromPool(cmd *cobra.Command, pool, name string, req client.CreateVMRequest, plan runPlan, args []string, interactive bool, wait time.Duration) error {
+func (a *app) runFromPool(cmd *cobra.Command, pool, name string, req client.CreateVMRequest, plan runPlan, args []string, interactive bool, wait time.Duration, user string) error {
 	for _, fl := range []string{"image", "vmm", "vcpus", "memory", "disk-size", "work-disk-size", "from", "unconfined", "cpu-quota", "isolated", "allow-host", "egress-allow", "egress-deny", "publish", "idle-timeout"} {
 		if f := cmd.Flags().Lookup(fl); f != nil && f.Changed {
 			return usageError{fmt.Errorf("--%s does not go with --pool: a pool's VMs are made from its snapshot", fl)}
@@ -170,5 +174,5 @@ func (a *app) runFromPool(cmd *cobra.Command, pool, name string, req client.Crea
 		return err
 	}
 	commandRan = true
-	return a.runExec(name, args, interactive)
+	return a.runExec(name, args, interactive, user)
 }

@@ -21,10 +21,13 @@ func (a *app) sessionCmd() *cobra.Command {
 func (a *app) sessionStartCmd() *cobra.Command {
 	var req client.StartSessionRequest
 	cmd := &cobra.Command{
-		Use:   "start NAME [--name S] [--stdin] [--cwd DIR] [--env K=V] -- CMD...",
+		Use:   "start NAME [--name S] [--stdin] [--cwd DIR] [--env K=V] [--user U] -- CMD...",
 		Short: "Start CMD detached in the guest; returns at once",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkUser(req.User); err != nil {
+				return err
+			}
 			req.Argv = args[1:]
 			c, err := a.api()
 			if err != nil {
@@ -42,6 +45,7 @@ func (a *app) sessionStartCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&req.Stdin, "stdin", false, "give the session a stdin pipe (see session send)")
 	cmd.Flags().StringVar(&req.Cwd, "cwd", "", "working directory in the guest")
 	cmd.Flags().StringArrayVar(&req.Env, "env", nil, "environment variable K=V (repeatable)")
+	userFlag(cmd, &req.User)
 	return cmd
 }
 

@@ -40,9 +40,10 @@ type Config struct {
 	DNSListen      string `toml:"dns_listen"` // extra listen address, e.g. 127.0.0.1:5353
 	SSHKeyPath     string `toml:"ssh_key_path"`
 	ImageCacheDir  string `toml:"image_cache_dir"`
-	Group          string `toml:"group"`        // socket group; default "banger"
-	Network        string `toml:"network"`      // "auto" (needs root) or "off": VMs without a network device
-	OCIMaxSize     string `toml:"oci_max_size"` // largest container image pulled or imported (its layers as declared, and unpacked): "20GiB"; "none" for no cap
+	Group          string `toml:"group"`         // socket group; default "banger"
+	Network        string `toml:"network"`       // "auto" (needs root) or "off": VMs without a network device
+	OCIMaxSize     string `toml:"oci_max_size"`  // largest container image pulled or imported (its layers as declared, and unpacked): "20GiB"; "none" for no cap
+	OCICacheMax    string `toml:"oci_cache_max"` // disk space of cached container image layers, least recently used removed beyond it: "10GiB"; "none" for no bound
 
 	// Confinement of each VMM (docs/architecture.md): its own uid from
 	// UIDRange, a cgroup with limits, a jail made by JailBin.
@@ -99,6 +100,7 @@ func Defaults() Config {
 		MaxTTL:         "30d",
 		EventsKeep:     "10000",
 		OCIMaxSize:     "20GiB",
+		OCICacheMax:    "10GiB",
 	}
 }
 

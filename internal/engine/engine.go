@@ -23,6 +23,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/config"
 	"github.com/banger-dev/banger/internal/model"
+	"github.com/banger-dev/banger/internal/oci"
 	"github.com/banger-dev/banger/internal/store"
 	"github.com/banger-dev/banger/internal/units"
 	"github.com/banger-dev/banger/internal/vmm"
@@ -45,10 +46,12 @@ type Engine struct {
 	events      eventBus
 	cgroupErr   string
 	ports       PortBinder
-	lives       lifeIndex     // TTLs, idle timeouts and activity (lifetimes.go)
-	pools       poolSet       // warm pools (pool.go)
-	maxTTL      time.Duration // max_ttl
-	ociMaxSize  int64         // oci_max_size; 0: no cap
+	lives       lifeIndex       // TTLs, idle timeouts and activity (lifetimes.go)
+	pools       poolSet         // warm pools (pool.go)
+	maxTTL      time.Duration   // max_ttl
+	ociMaxSize  int64           // oci_max_size; 0: no cap
+	layers      *oci.LayerCache // shared by all pulls: its pins keep their blobs
+	pulling     pullSet         // images being pulled (their cached rootfs is kept)
 	// reconcileTook is how long startup reconcile took (nanoseconds).
 	reconcileTook atomic.Int64
 
@@ -98,6 +101,11 @@ func New(cfg config.Config, st *store.Store, deps Deps, logger *slog.Logger) (*E
 	if e.ociMaxSize, err = OCIMaxSize(cfg); err != nil {
 		return nil, err
 	}
+	cacheMax, err := OCICacheMax(cfg)
+	if err != nil {
+		return nil, err
+	}
+	e.layers = &oci.LayerCache{Dir: e.ociCache(), MaxBytes: cacheMax}
 	e.cgroupErr = deps.CgroupErr
 	e.guests = newGuestPool(e)
 	return e, nil

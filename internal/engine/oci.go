@@ -53,6 +53,21 @@ func OCIMaxSize(cfg config.Config) (int64, error) {
 	return n, nil
 }
 
+// OCICacheMax is the oci_cache_max setting in bytes (0: no bound).
+func OCICacheMax(cfg config.Config) (int64, error) {
+	if cfg.OCICacheMax == "none" {
+		return 0, nil
+	}
+	if cfg.OCICacheMax == "" {
+		return 10 << 30, nil
+	}
+	n, err := units.ParseSize(cfg.OCICacheMax)
+	if err != nil {
+		return 0, fmt.Errorf("oci_cache_max %q: %w (or none)", cfg.OCICacheMax, err)
+	}
+	return n, nil
+}
+
 // rootfsCacheBytes bounds the disk space of the built root filesystems kept
 // for converting the same image again (least recently used go first).
 const rootfsCacheBytes = 8 << 30
@@ -119,7 +134,7 @@ func (e *Engine) PullImage(ctx context.Context, req OCISpec, progress func(strin
 	if req.MaxSize == 0 {
 		req.MaxSize = e.ociMaxSize
 	}
-	opts := oci.PullOptions{CacheDir: e.ociCache(), Insecure: req.Insecure, MaxSize: req.MaxSize,
+	opts := oci.PullOptions{Cache: e.layers, Insecure: req.Insecure, MaxSize: req.MaxSize,
 		Progress: func(p oci.Progress) {
 			if p.Cached {
 				say("layer %d/%d %s: cached", p.Layer, p.Layers, short(p.Digest))
@@ -144,6 +159,10 @@ func (e *Engine) PullImage(ctx context.Context, req OCISpec, progress func(strin
 	if err != nil {
 		return ImageInfo{}, ociErr(err)
 	}
+	// Its blobs stay pinned, and its cached rootfs kept by prune, until it
+	// is registered (or failed).
+	defer img.Release()
+	defer e.pulling.add(img.Digest)()
 	dir := e.ownedImageDir(req.Name)
 	tree := filepath.Join(e.cfg.StateDir, "images", "."+req.Name+".unpack")
 	fail := func(err error) (ImageInfo, error) {
@@ -210,16 +229,85 @@ func imageOCI(im model.Image) *oci.Metadata {
 	return m
 }
 
-// GuestArgv is the command to run in vm's guest for argv: for an OCI
-// image, through /.banger/run (the image's ENV, WORKDIR and USER; with no
-// command, its ENTRYPOINT and CMD).
-func (e *Engine) GuestArgv(ctx context.Context, vm model.VMRecord, argv []string) []string {
-	im, err := e.store.GetImage(ctx, vm.Image)
-	if err != nil || imageOCI(im) == nil {
-		return argv
+// pullSet counts the images (by manifest digest) being pulled.
+type pullSet struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+// add marks digest as being pulled until the returned func is called.
+func (p *pullSet) add(digest string) func() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string]int{}
 	}
-	if len(argv) == 0 {
-		return []string{oci.RunHelper}
+	p.m[digest]++
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.m[digest]--; p.m[digest] <= 0 {
+			delete(p.m, digest)
+		}
 	}
-	return append([]string{oci.RunHelper, "--"}, argv...)
+}
+
+func (p *pullSet) has(digest string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.m[digest] > 0
+}
+
+// PruneResult says what PruneImages removed and what is left.
+type PruneResult struct {
+	RemovedLayers, RemovedRootfs oci.CacheUsage
+	KeptLayers, KeptRootfs       oci.CacheUsage
+}
+
+// PruneImages removes the cached layers and built root filesystems that no
+// registered image was made from (with all, every one), and downloads left
+// by a crash. What a pull in progress uses is kept: its layers are pinned
+// in the layer cache and its rootfs entry is kept while it is being pulled.
+func (e *Engine) PruneImages(ctx context.Context, all bool) (PruneResult, error) {
+	layers, images := map[string]bool{}, map[string]bool{}
+	if !all {
+		ims, err := e.store.ListImages(ctx)
+		if err != nil {
+			return PruneResult{}, err
+		}
+		for _, im := range ims {
+			m := imageOCI(im)
+			if m == nil {
+				continue
+			}
+			images[m.Digest+" "+m.ConfigDigest] = true
+			for _, l := range m.Layers {
+				layers[l.Digest] = true
+			}
+		}
+	}
+	var res PruneResult
+	var err error
+	res.RemovedLayers, res.KeptLayers, err = e.layers.Prune(func(d string) bool { return layers[d] })
+	if err != nil {
+		return res, fmt.Errorf("pruning the layer cache: %w", err)
+	}
+	res.RemovedRootfs, res.KeptRootfs, err = e.rootfsCache().Prune(func(digest, config string) bool {
+		return images[digest+" "+config] || e.pulling.has(digest)
+	})
+	if err != nil {
+		return res, fmt.Errorf("pruning the rootfs cache: %w", err)
+	}
+	e.log.Info("image caches pruned", "all", all, "removed_layers", res.RemovedLayers.Count, "removed_layer_bytes", res.RemovedLayers.Bytes,
+		"removed_rootfs", res.RemovedRootfs.Count, "removed_rootfs_bytes", res.RemovedRootfs.Bytes)
+	return res, nil
+}
+
+// ImageCacheUsage is what the layer and rootfs caches hold now.
+func (e *Engine) ImageCacheUsage() (layers, rootfs oci.CacheUsage, err error) {
+	if layers, err = e.layers.Usage(); err != nil {
+		return layers, rootfs, err
+	}
+	rootfs, err = e.rootfsCache().Usage()
+	return layers, rootfs, err
 }

@@ -23,6 +23,7 @@ type SessionSpec struct {
 	Cwd   string
 	Env   []string
 	Stdin bool
+	User  string // "": the image's USER (root for images not made from a container image)
 }
 
 // StartSession starts a command in a VM's guest as a session whose output
@@ -31,7 +32,14 @@ func (e *Engine) StartSession(ctx context.Context, vmName string, req SessionSpe
 	if len(req.Argv) == 0 {
 		return model.GuestSession{}, errdefs.Invalid("no command given")
 	}
+	if err := ValidUser(req.User); err != nil {
+		return model.GuestSession{}, err
+	}
 	vm, err := e.GetVM(ctx, vmName)
+	if err != nil {
+		return model.GuestSession{}, err
+	}
+	argv, err := e.GuestArgv(ctx, vm, GuestCommand{Argv: req.Argv, User: req.User})
 	if err != nil {
 		return model.GuestSession{}, err
 	}
@@ -60,7 +68,7 @@ func (e *Engine) StartSession(ctx context.Context, vmName string, req SessionSpe
 		}
 		return model.GuestSession{}, err
 	}
-	if _, err := gc.StartSession(ctx, guest.SessionSpec{ID: id, Argv: e.GuestArgv(ctx, vm, req.Argv), Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin}); err != nil {
+	if _, err := gc.StartSession(ctx, guest.SessionSpec{ID: id, Argv: argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin}); err != nil {
 		e.store.DeleteSession(context.WithoutCancel(ctx), id)
 		return model.GuestSession{}, errdefs.Invalid("starting session %q on vm %q: %w", req.Name, vm.Name, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/banger-dev/banger/internal/api"
+	"github.com/banger-dev/banger/internal/engine"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/guest"
 )
@@ -43,12 +44,12 @@ func (s *Server) vmExec(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	argv := req.Argv
-	if len(argv) > 0 || !req.TTY {
-		// An OCI image's commands run with its ENV, WORKDIR and USER, and
-		// with no command its ENTRYPOINT and CMD (a bare login shell on a
-		// terminal stays a login shell).
-		argv = s.eng.GuestArgv(r.Context(), vm, argv)
+	// An OCI image's commands run with its ENV, WORKDIR and USER, and with
+	// no command its ENTRYPOINT and CMD (a bare login shell on a terminal
+	// stays a login shell, as root unless a user is asked for).
+	argv, err := s.eng.GuestArgv(r.Context(), vm, engine.GuestCommand{Argv: req.Argv, User: req.User, Login: req.TTY})
+	if err != nil {
+		return err
 	}
 	if len(argv) == 0 && !req.TTY {
 		return errdefs.Invalid("no command given")

@@ -54,7 +54,7 @@ func (s *Server) sessionStart(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	gs, err := s.eng.StartSession(r.Context(), r.PathValue("name"), engine.SessionSpec{
-		Name: req.Name, Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin,
+		Name: req.Name, Argv: req.Argv, Cwd: req.Cwd, Env: req.Env, Stdin: req.Stdin, User: req.User,
 	})
 	if err != nil {
 		return err
@@ -195,6 +195,22 @@ func (s *Server) imageDelete(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, struct{}{})
 }
 
+// imagePrune empties the container image caches.
+func (s *Server) imagePrune(w http.ResponseWriter, r *http.Request) error {
+	var req api.PruneImagesRequest
+	if err := decode(r, &req, true); err != nil {
+		return err
+	}
+	res, err := s.eng.PruneImages(r.Context(), req.All)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, api.PruneImagesResult{
+		RemovedLayers: api.CacheUsage(res.RemovedLayers), RemovedRootfs: api.CacheUsage(res.RemovedRootfs),
+		KeptLayers: api.CacheUsage(res.KeptLayers), KeptRootfs: api.CacheUsage(res.KeptRootfs),
+	})
+}
+
 // imageBuild builds an image from Debian packages, streaming progress
 // lines; the last line is "ok NAME" or "error: ...". A failed build leaves
 // nothing registered and no files.
@@ -255,6 +271,9 @@ func (s *Server) gc(w http.ResponseWriter, r *http.Request) error {
 	out := api.GCResponse{DryRun: res.DryRun, Removed: hostObjects(res.Removed), Errors: res.Errors}
 	if len(res.Kept) > 0 {
 		out.Kept = hostObjects(res.Kept)
+	}
+	if layers, rootfs, err := s.eng.ImageCacheUsage(); err == nil && layers.Count+rootfs.Count > 0 {
+		out.ImageCaches = &api.ImageCaches{Layers: api.CacheUsage(layers), Rootfs: api.CacheUsage(rootfs)}
 	}
 	return writeJSON(w, out)
 }

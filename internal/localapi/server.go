@@ -277,6 +277,7 @@ func (s *Server) Handler() http.Handler {
 		api.RouteImageImport:    s.imageImport,
 		api.RouteImageBuild:     s.imageBuild,
 		api.RouteImagePull:      s.imagePull,
+		api.RouteImagePrune:     s.imagePrune,
 		api.RouteImageShow:      s.imageShow,
 		api.RouteImageDelete:    s.imageDelete,
 		api.RouteEvents:         s.events,

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -50,3 +51,26 @@ func ImageNameFromRef(ref string) string {
 	}
 	return name
 }
+
+// ValidateUser checks a guest user as vm run, exec, ssh and sessions take
+// it (--user): empty (the image's default), a user name as useradd and
+// POSIX's portable set allow (with a trailing $ for machine accounts), or
+// a numeric uid. Anything else, e.g. "app:staff" or "-x", is refused before
+// it reaches a guest.
+func ValidateUser(u string) error {
+	if u == "" {
+		return nil
+	}
+	if n, err := strconv.ParseUint(u, 10, 32); err == nil {
+		if n == 1<<32-1 {
+			return fmt.Errorf("invalid user %q: uid 4294967295 is reserved", u)
+		}
+		return nil
+	}
+	if len(u) > 32 || !userName.MatchString(u) {
+		return fmt.Errorf("invalid user %q: give a user name (letters, digits, _ . -, starting with a letter or _, at most 32) or a numeric uid", u)
+	}
+	return nil
+}
+
+var userName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*\$?$`)

@@ -33,6 +33,31 @@ func sha256Digest(b []byte) string {
 
 // fetch checks the size cap, then brings every layer into the cache.
 func (r *resolved) fetch(ctx context.Context, opts PullOptions) (*Image, error) {
+	release := func() {}
+	if opts.Cache != nil {
+		opts.useCache()
+		digests := make([]string, len(r.layers))
+		for i, l := range r.layers {
+			digests[i] = l.Digest
+		}
+		// Pinned before they are looked for: a trim or prune meanwhile
+		// keeps them.
+		release = opts.Cache.pin(digests)
+	}
+	img, err := r.fetchAll(ctx, opts)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	img.release = release
+	if opts.Cache != nil {
+		// Best effort: a cache over its bound costs disk, not this pull.
+		opts.Cache.Trim() //nolint:errcheck
+	}
+	return img, nil
+}
+
+func (r *resolved) fetchAll(ctx context.Context, opts PullOptions) (*Image, error) {
 	if opts.CacheDir == "" {
 		return nil, errors.New("no cache directory")
 	}
@@ -89,6 +114,7 @@ func (r *resolved) fetchLayer(ctx context.Context, cache string, i int, progress
 		return err
 	}
 	if st, err := os.Stat(dst); err == nil && st.Mode().IsRegular() && st.Size() == l.Size {
+		touch(dst)
 		report(l.Size, true)
 		return nil
 	}

@@ -181,7 +181,8 @@ func convertImage(ctx context.Context, img *Image, tree, out string, opts Conver
 	if opts.Cache != nil {
 		say("storing rootfs in the cache")
 		key := rootfsKey(img, guest.hash)
-		if err := opts.Cache.store(ctx, key, out, cacheEntry{UnpackedSize: m.UnpackedSize, Notes: m.Notes, Source: img.Source}); err != nil {
+		if err := opts.Cache.store(ctx, key, out, cacheEntry{UnpackedSize: m.UnpackedSize, Notes: m.Notes, Source: img.Source,
+			Digest: img.Digest, ConfigDigest: img.ConfigDigest}); err != nil {
 			// The image is made; only the next conversion is slower.
 			say("note: rootfs not cached: " + err.Error())
 		}

@@ -107,6 +107,7 @@ func ImportArchive(ctx context.Context, file string, opts PullOptions) (*Image, 
 }
 
 func importArchive(ctx context.Context, file string, opts PullOptions) (*Image, error) {
+	opts.useCache()
 	if opts.CacheDir == "" {
 		return nil, errors.New("no cache directory")
 	}

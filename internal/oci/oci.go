@@ -107,6 +107,18 @@ type Image struct {
 	Config       Config  // what the image says about how to run it
 	Layers       []Layer // bottom first
 	CacheDir     string
+
+	release func() // unpins the layers in PullOptions.Cache
+}
+
+// Release tells the layer cache the image's blobs are no longer needed
+// (after Convert or Unpack); they may be trimmed or pruned from then on.
+// Safe to call more than once, and on an image pulled without a
+// LayerCache.
+func (img *Image) Release() {
+	if img != nil && img.release != nil {
+		img.release()
+	}
 }
 
 // Layer is one layer blob as the manifest describes it.

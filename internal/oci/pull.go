@@ -21,8 +21,13 @@ import (
 
 // PullOptions configure Pull and the imports.
 type PullOptions struct {
-	// CacheDir holds the layer cache (required); see the package comment.
+	// CacheDir holds the layer cache (required unless Cache is set); see
+	// the package comment.
 	CacheDir string
+	// Cache, when set, is the layer cache (its Dir replaces CacheDir): the
+	// image's layers are pinned in it until Image.Release, and it is
+	// trimmed to its bound once they are all there.
+	Cache *LayerCache
 	// MaxSize refuses an image whose layers add up to more than this many
 	// bytes as the manifest declares them, before anything is downloaded
 	// (0: no limit).
@@ -43,6 +48,13 @@ type PullOptions struct {
 	Progress func(Progress)
 	// Transport replaces the HTTP transport the timeouts are set on (tests).
 	Transport http.RoundTripper
+}
+
+// useCache makes Cache's directory the cache directory.
+func (o *PullOptions) useCache() {
+	if o.Cache != nil {
+		o.CacheDir = o.Cache.Dir
+	}
 }
 
 // Progress reports one layer's download. Done == Total when it is complete;
@@ -70,6 +82,7 @@ func Pull(ctx context.Context, ref string, opts PullOptions) (*Image, error) {
 }
 
 func pull(ctx context.Context, ref string, opts PullOptions) (*Image, error) {
+	opts.useCache()
 	if opts.CacheDir == "" {
 		return nil, errors.New("no cache directory")
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -151,6 +152,25 @@ func TestBuildRootfsBusybox(t *testing.T) {
 	}
 	if got := run(t, "chroot", c.tree, RunHelper, "--", "sh", "-c", `echo "$GREETING|$PWD|$(id -u):$(id -g)"`); got != "hello 'quoted' world|/srv|1000:1000\n" {
 		t.Errorf("explicit command printed %q", got)
+	}
+	// --user overrides USER (a name or a uid; builtins too); a user the
+	// image lacks is refused with 126; --login runs the user's shell.
+	if got := run(t, "chroot", c.tree, RunHelper, "--user", "root", "--", "sh", "-c", `echo "$(id -u) $HOME $PWD"`); got != "0 /root /srv\n" {
+		t.Errorf("--user root printed %q", got)
+	}
+	if got := run(t, "chroot", c.tree, RunHelper, "--user", "1000", "--", "id", "-un"); got != "app\n" {
+		t.Errorf("--user 1000 printed %q", got)
+	}
+	if got := run(t, "chroot", c.tree, RunHelper, "--user", "app", "--", "echo", "builtin"); got != "builtin\n" {
+		t.Errorf("echo as app printed %q", got)
+	}
+	_, err = system.ExecRunner{}.Run(context.Background(), "chroot", c.tree, RunHelper, "--user", "nosuch", "--", "true")
+	var ce *system.CommandError
+	if !errors.As(err, &ce) || ce.ExitCode != 126 || !strings.Contains(ce.Stderr, `no user "nosuch" in the guest's /etc/passwd`) {
+		t.Errorf("--user nosuch: %v, want exit 126 and the reason", err)
+	}
+	if got := run(t, "chroot", c.tree, "/.banger/bin/sh", "-c", `echo 'echo "$0 $(id -u) $HOME $GREETING"' | `+RunHelper+" --user app --login"); got != "/bin/sh 1000 /home/app hello 'quoted' world\n" {
+		t.Errorf("login shell of app printed %q", got)
 	}
 
 	// dropbear and sftp-server run through their own loader in an image

@@ -45,6 +45,9 @@ type cacheEntry struct {
 	UnpackedSize int64    `json:"unpacked_size"`
 	Notes        []string `json:"notes,omitempty"`
 	Source       string   `json:"source"` // the first image it was built for (information only)
+	// The image it was built from (Prune keeps entries of registered images).
+	Digest       string `json:"digest,omitempty"`
+	ConfigDigest string `json:"config_digest,omitempty"`
 }
 
 const (
@@ -191,6 +194,76 @@ func (c *RootfsCache) trim(keep string) error {
 		total -= u.bytes
 	}
 	return nil
+}
+
+// Prune removes every entry keep does not want, given the digest and
+// config digest of the image it was built from (empty for an entry made
+// before they were recorded), and temporary entries left by a crash. It
+// returns what it removed and what is left.
+func (c *RootfsCache) Prune(keep func(digest, configDigest string) bool) (removed, kept CacheUsage, err error) {
+	des, err := os.ReadDir(c.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return removed, kept, nil
+	}
+	if err != nil {
+		return removed, kept, err
+	}
+	for _, de := range des {
+		p := filepath.Join(c.Dir, de.Name())
+		if !de.IsDir() {
+			continue // the guest hash memo
+		}
+		bytes := treeDiskBytes(p)
+		if strings.HasPrefix(de.Name(), ".tmp-") {
+			// A store in progress is younger than this.
+			if st, err := os.Stat(p); err == nil && time.Since(st.ModTime()) > staleTmpAge && os.RemoveAll(p) == nil {
+				removed.add(bytes)
+			}
+			continue
+		}
+		var ent cacheEntry
+		if data, err := os.ReadFile(filepath.Join(p, cacheEntryF)); err == nil {
+			json.Unmarshal(data, &ent) //nolint:errcheck // a damaged entry matches nothing
+		}
+		if ent.Digest != "" && keep(ent.Digest, ent.ConfigDigest) {
+			kept.add(bytes)
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			return removed, kept, err
+		}
+		removed.add(bytes)
+	}
+	return removed, kept, nil
+}
+
+// Usage counts the entries (temporary ones too) and their disk blocks.
+func (c *RootfsCache) Usage() (CacheUsage, error) {
+	var u CacheUsage
+	des, err := os.ReadDir(c.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return u, nil
+	}
+	for _, de := range des {
+		if de.IsDir() {
+			u.add(treeDiskBytes(filepath.Join(c.Dir, de.Name())))
+		}
+	}
+	return u, err
+}
+
+// treeDiskBytes sums the disk blocks of the files under dir.
+func treeDiskBytes(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				n += diskBytes(info)
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 // Clear removes every entry (and leftovers); the cache is empty after it.

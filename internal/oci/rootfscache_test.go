@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -352,5 +353,41 @@ func TestCopyHashedKeepsHolesAndHashesContent(t *testing.T) {
 	// An existing destination is never overwritten.
 	if _, _, err := copyHashed(context.Background(), src, filepath.Join(dir, "dst")); !os.IsExist(err) {
 		t.Errorf("copy over an existing file: %v", err)
+	}
+}
+
+func TestRootfsCachePrune(t *testing.T) {
+	dir := t.TempDir()
+	seed := func(key, digest string) string {
+		p := filepath.Join(dir, key)
+		os.MkdirAll(p, 0o700)
+		ent := cacheEntry{Key: key, Digest: digest, ConfigDigest: digest + "c"}
+		data, _ := json.Marshal(ent)
+		os.WriteFile(filepath.Join(p, cacheEntryF), data, 0o644)
+		os.WriteFile(filepath.Join(p, cacheRootfs), bytes.Repeat([]byte{1}, 64<<10), 0o644)
+		return p
+	}
+	kept := seed("k1", "sha256:registered")
+	gone := seed("k2", "sha256:deleted")
+	legacy := seed("k3", "") // made before entries named their image
+	fresh, _ := os.MkdirTemp(dir, ".tmp-")
+	stale, _ := os.MkdirTemp(dir, ".tmp-")
+	old := time.Now().Add(-2 * staleTmpAge)
+	os.Chtimes(stale, old, old)
+	os.WriteFile(filepath.Join(dir, ".guest.json"), []byte("{}"), 0o644)
+	c := &RootfsCache{Dir: dir}
+	removed, left, err := c.Prune(func(digest, config string) bool {
+		return digest == "sha256:registered" && config == "sha256:registeredc"
+	})
+	if err != nil || removed.Count != 3 || left.Count != 1 || left.Bytes < 64<<10 || removed.Bytes < 2*64<<10 {
+		t.Fatalf("Prune = removed %+v, kept %+v, %v; want two entries and the stale temporary one removed, one kept", removed, left, err)
+	}
+	for p, want := range map[string]bool{kept: true, gone: false, legacy: false, fresh: true, stale: false, filepath.Join(dir, ".guest.json"): true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s exists = %v, want %v", filepath.Base(p), err == nil, want)
+		}
+	}
+	if removed, left, err := c.Prune(func(string, string) bool { return false }); err != nil || removed.Count != 1 || left.Count != 0 {
+		t.Errorf("Prune of all = removed %+v, kept %+v, %v", removed, left, err)
 	}
 }
