@@ -8,6 +8,7 @@ package cgroup
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -137,8 +138,10 @@ func v1Shares(l Limits) int {
 }
 
 // balanceParentLocked sets Parent's v1 cpu.shares to the sum of its VMs'
-// (at most the kernel's 262144; the default 1024 when it has none).
-func (m *Manager) balanceParentLocked() error {
+// (at most the kernel's 262144; the default 1024 when it has none): the
+// cgroups that hold processes, and newID's, whose VMM is about to join it.
+// Empty ones (a stopped VM's, another daemon's leftovers) weigh nothing.
+func (m *Manager) balanceParentLocked(newID string) error {
 	parent := filepath.Join(m.Root, "cpu", m.Parent)
 	ents, err := os.ReadDir(parent)
 	if err != nil {
@@ -147,6 +150,9 @@ func (m *Manager) balanceParentLocked() error {
 	sum := 0
 	for _, e := range ents {
 		if !e.IsDir() || !idPattern.MatchString(e.Name()) {
+			continue
+		}
+		if procs, err := os.ReadFile(filepath.Join(parent, e.Name(), "cgroup.procs")); e.Name() != newID && (err != nil || len(bytes.TrimSpace(procs)) == 0) {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(parent, e.Name(), "cpu.shares"))
@@ -257,7 +263,7 @@ func (m *Manager) Create(id string, l Limits) (notes []string, err error) {
 	if m.mode == V1 && m.weighParent {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		if err := m.balanceParentLocked(); err != nil {
+		if err := m.balanceParentLocked(id); err != nil {
 			return nil, err
 		}
 	}
@@ -408,7 +414,7 @@ func (m *Manager) Remove(id string) error {
 	}
 	if m.mode == V1 && m.weighParent && len(errs) == 0 {
 		m.mu.Lock()
-		err := m.balanceParentLocked()
+		err := m.balanceParentLocked("")
 		m.mu.Unlock()
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

@@ -93,20 +93,31 @@ func TestV1SharesWeighVCPUsAndParent(t *testing.T) {
 	if _, err := m.Create(b, Limits{CPUWeight: 50, VCPUs: 4}); err != nil {
 		t.Fatal(err)
 	}
-	if read(a) != "2048" || read(b) != "2048" || read("") != "4096" {
-		t.Fatalf("shares a=%s b=%s parent=%s, want 2048 2048 4096", read(a), read(b), read(""))
+	// b is the one just made; a has no process yet (its VMM not started,
+	// or gone): it weighs nothing.
+	if read(a) != "2048" || read(b) != "2048" || read("") != "2048" {
+		t.Fatalf("shares a=%s b=%s parent=%s, want 2048 2048 2048", read(a), read(b), read(""))
+	}
+	procs := func(id, pids string) {
+		os.WriteFile(filepath.Join(root, "cpu", "banger", id, "cgroup.procs"), []byte(pids), 0o644)
+	}
+	procs(a, "101\n")
+	procs(b, "202\n")
+	m.balanceParentLocked("")
+	if read("") != "4096" {
+		t.Fatalf("parent with both VMMs running: %s, want 4096", read(""))
 	}
 	// A VM gone (the fake cgroupfs cannot rmdir a dir with files, so it
-	// goes by hand): the parent weighs what is left, the default when none.
+	// goes by hand), another's VMM exited: the default when none is left.
 	os.RemoveAll(filepath.Join(root, "cpu", "banger", b))
-	m.balanceParentLocked()
+	m.balanceParentLocked("")
 	if read("") != "2048" {
 		t.Fatalf("parent after one VM went: %s, want 2048", read(""))
 	}
-	os.RemoveAll(filepath.Join(root, "cpu", "banger", a))
-	m.balanceParentLocked()
+	procs(a, "")
+	m.balanceParentLocked("")
 	if read("") != "1024" {
-		t.Fatalf("parent with no VMs: %s, want 1024", read(""))
+		t.Fatalf("parent with no VMM running: %s, want 1024", read(""))
 	}
 	if _, s := m.JailerSettings(Limits{VCPUs: 3}); !strings.Contains(strings.Join(s, " "), "cpu.shares=3072") {
 		t.Errorf("jailer settings %q: want cpu.shares=3072 for 3 vCPUs", s)
