@@ -8,8 +8,9 @@
 # Every section runs its own isolated daemon (BANGER_STATE_DIR/RUN_DIR under
 # one temp dir, config /dev/null, networking off except for real guests) and
 # everything is removed at the end: daemons stopped, VMMs killed, temp dirs
-# gone. The real-guest sections (exec, boot) need root and QEMU; they boot one
-# guest at a time inside a network namespace made for them.
+# gone. The real-guest sections (exec, boot, confineboot, forward, snap,
+# suspend) need root and QEMU; they boot one guest at a time inside a
+# network namespace made for them.
 #
 # Knobs: BENCH_VMS (10000), BENCH_RUNS (30), BENCH_RECONCILE_VMS (200),
 # BENCH_BOOTS (5), BENCH_PULLS (5), BANGER_IMAGE_CACHE_DIR (Debian package cache for the
