@@ -2,7 +2,7 @@
 # Real-guest benchmarks, called by run.sh as root: QEMU guests (TCG unless
 # /dev/kvm works) in a network namespace made here, one guest at a time.
 #
-#   guest.sh exec|boot|forward|snap WORK BIN BOOTS RUNS
+#   guest.sh exec|boot|confineboot|forward|snap|suspend WORK BIN BOOTS RUNS
 #
 #   exec: banger vm exec NAME -- true against a running guest, beside a plain
 #         OpenSSH client with the daemon's key (ratio, target <= 1.3x).
@@ -10,6 +10,13 @@
 #         QEMU boot of the same kernel, initrd and a copy of the same root disk
 #         to the same point (port 22 answering + one ssh command), target
 #         <= 1.2x; and vm run -- true on the running VM.
+#   confineboot: vm run -- true on a new VM confined (the default: own uid,
+#         cgroup, banger-jail) beside --unconfined, in alternating pairs,
+#         median of BOOTS each, target <= 1.05x; the start's steps and the
+#         wait for SSH from the daemon's log; vm start alone (host side).
+#   suspend: vm suspend of a 1 GiB guest with 0, 256 and 512 MiB of its RAM
+#         touched (random bytes in its tmpfs /tmp): suspend time and state
+#         file size, medians of BOOTS, and per GiB touched.
 #   forward: TCP through a port forward (-p) to the guest beside a direct
 #         connection to the guest: throughput to a guest that counts what
 #         it received and answers after EOF (target >= 0.8x), and round trips
@@ -122,6 +129,70 @@ snap)
   "$bt" ratio -label "run from a warm pool/cold" -num "$g/s_pool" -den "$g/s_cold" -target 0.05
   inns "$banger" pool delete bpool >/dev/null
   inns "$banger" snapshot delete bsnap >/dev/null
+  ;;
+confineboot)
+  say "7b. boot to first SSH command, confined (the default) vs --unconfined ($accel)"
+  inns "$banger" vm stop warm >/dev/null
+  log=$BANGER_STATE_DIR/bangerd.log
+  # Pairs alternate A B, B A, ... so drift in a loaded machine hits both.
+  inns "$bt" pair -n "$boots" -label-a "vm run -- true, new VM, confined" -label-b "vm run -- true, new VM, --unconfined" \
+    -label "boot confined/unconfined" -target 1.05 -save-a "$g/cb" -save-b "$g/ub" \
+    -after-a "$banger vm delete --force cb-{i}" -after-b "$banger vm delete --force ub-{i}" \
+    -b "$banger vm run --name ub-{i} --unconfined -- true" -- "$banger" vm run --name cb-{i} -- true
+  # Where the time goes, from the daemon's log: the start (its steps) and
+  # the wait for the guest's SSH after it.
+  for p in cb ub; do
+    "$bt" logstats -log "$log" -msg "vm started" -vm "$p-" -label "start steps ($p-*)"
+    "$bt" logstats -log "$log" -msg "guest ssh connected" -vm "$p-" -label "boot to ssh after start ($p-*)"
+  done
+  # The host side alone: vm start (steps + VMM launch, no wait for the
+  # guest) on a VM made just before, untimed.
+  inns "$bt" pair -n $((boots * 2)) -label-a "vm start, confined" -label-b "vm start, --unconfined" -label "start confined/unconfined" \
+    -before-a "$banger vm create --name cs-{i}" -after-a "$banger vm delete --force cs-{i}" \
+    -before-b "$banger vm create --name us-{i} --unconfined" -after-b "$banger vm delete --force us-{i}" \
+    -b "$banger vm start us-{i}" -- "$banger" vm start cs-{i}
+  for p in cs us; do
+    "$bt" logstats -log "$log" -msg "vm started" -vm "$p-" -label "start steps ($p-*)"
+  done
+  ;;
+suspend)
+  say "12b. suspend time and state file size by touched guest memory ($accel)"
+  inns "$banger" vm stop warm >/dev/null
+  mem=1024
+  inns "$banger" vm run --name sus --memory $mem -- true
+  inns "$banger" vm show sus -o json >"$g/sus.json"
+  sdir=$(sed -n 's/.*"vm_dir": "\([^"]*\)".*/\1/p' "$g/sus.json" | head -1)/suspend
+  log=$BANGER_STATE_DIR/bangerd.log
+  # The guest's /tmp is RAM (tmpfs). Touched memory is written with a random
+  # 1 MiB block repeated: QEMU saves a zero page as a flag, not its bytes.
+  # Its default size is half the guest's RAM: room for 512 MiB is made.
+  inns "$banger" vm exec sus -- sh -c 'mount -o remount,size=900m /tmp && grep " /tmp " /proc/mounts; dd if=/dev/urandom of=/tmp/block bs=1M count=1 2>/dev/null; : >/tmp/fill'
+  # After each timed suspend: the state's size (every file the save left),
+  # then a resume, untimed.
+  printf '%s\n' "du -sb --apparent-size $sdir | cut -f1 >>$g/size.\$1; $banger vm resume sus" >"$g/after.sh"
+  touched=0
+  for want in 0 256 512; do
+    if [ $want -gt $touched ]; then
+      inns "$banger" vm exec sus -- sh -c "i=$touched; while [ \$i -lt $want ]; do cat /tmp/block; i=\$((i+1)); done >>/tmp/fill"
+      touched=$want
+    fi
+    # What the guest really holds (a full tmpfs would stop short).
+    inns "$banger" vm exec sus -- ls -l /tmp/fill | awk '{print $5}' >"$g/touched.$touched"
+    echo "guest /tmp/fill: $(($(cat "$g/touched.$touched") >> 20)) MiB (+ the 1 MiB block)"
+    off=$(stat -c %s "$log")
+    inns "$bt" time -n "$boots" -warmup 0 -label "vm suspend, $touched MiB touched of $mem" -save "$g/sus$touched" \
+      -after "bash $g/after.sh $touched" -- "$banger" vm suspend sus
+    "$bt" logstats -log "$log" -offset "$off" -msg "vm suspended" -vm sus -label "  in the daemon ($touched MiB)"
+    "$bt" logstats -log "$log" -offset "$off" -msg "vm resumed" -vm sus -label "  resume after it ($touched MiB)"
+    sort -n "$g/size.$touched" | awk -v t=$touched '{a[NR]=$1} END {m=a[int((NR+1)/2)]; printf "%-44s median %.1f MB (%d bytes; min %.1f, max %.1f MB)\n", "  state file, " t " MiB touched", m/1e6, m, a[1]/1e6, a[NR]/1e6}' | tee "$g/sizeline.$touched"
+    sort -n "$g/size.$touched" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}' >"$g/size.med.$touched"
+  done
+  # Per GiB of touched memory: the slope from 0 to 512 MiB touched.
+  awk -v t0="$(cat "$g/sus0")" -v t5="$(cat "$g/sus512")" -v s0="$(cat "$g/size.med.0")" -v s5="$(cat "$g/size.med.512")" -v b="$(cat "$g/touched.512")" 'BEGIN {
+    gib = b / 1073741824
+    printf "%-44s %.0f ms per GiB touched (%.0f ms with none)\n", "suspend time", (t5 - t0) / 1e6 / gib, t0 / 1e6
+    printf "%-44s %.0f MB per GiB touched (%.1f MB with none; %.3f bytes per byte touched)\n", "state file size", (s5 - s0) / 1e6 / gib, s0 / 1e6, (s5 - s0) / b }'
+  inns "$banger" vm delete --force sus >/dev/null
   ;;
 forward)
   say "forward: TCP through banger's port forward vs direct to the guest ($accel)"

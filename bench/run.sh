@@ -3,13 +3,14 @@
 # target and PASS/MISS as information; it fails only when a benchmark cannot
 # run. See bench/README.md.
 #
-#   bench/run.sh [SECTION...]     sections: list create lifecycle confine reconcile exec boot forward snap pull (default: all)
+#   bench/run.sh [SECTION...]     sections: list create lifecycle confine reconcile exec boot confineboot forward snap suspend pull (default: all)
 #
 # Every section runs its own isolated daemon (BANGER_STATE_DIR/RUN_DIR under
 # one temp dir, config /dev/null, networking off except for real guests) and
 # everything is removed at the end: daemons stopped, VMMs killed, temp dirs
-# gone. The real-guest sections (exec, boot) need root and QEMU; they boot one
-# guest at a time inside a network namespace made for them.
+# gone. The real-guest sections (exec, boot, confineboot, forward, snap,
+# suspend) need root and QEMU; they boot one guest at a time inside a
+# network namespace made for them.
 #
 # Knobs: BENCH_VMS (10000), BENCH_RUNS (30), BENCH_RECONCILE_VMS (200),
 # BENCH_BOOTS (5), BENCH_PULLS (5), BANGER_IMAGE_CACHE_DIR (Debian package cache for the
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(list create lifecycle confine reconcile exec boot forward snap pull)
+[ ${#sections[@]} -gt 0 ] || sections=(list create lifecycle confine reconcile exec boot confineboot forward snap suspend pull)
 VMS=${BENCH_VMS:-10000}
 RUNS=${BENCH_RUNS:-30}
 REC_VMS=${BENCH_RECONCILE_VMS:-200}
@@ -162,7 +163,7 @@ for s in "${sections[@]}"; do
     "$bt" reconcile -bangerd "$bin/bangerd" -n "$REC_VMS" -rounds 3
     "$banger" daemon stop >/dev/null
     ;;
-  exec | boot | forward | snap)
+  exec | boot | confineboot | forward | snap | suspend)
     if [ "$(id -u)" -ne 0 ] || ! command -v qemu-system-x86_64 >/dev/null || ! command -v ssh >/dev/null; then
       say "$s: skipped (needs root, qemu-system-x86_64 and the OpenSSH client)"
       continue
@@ -177,7 +178,7 @@ for s in "${sections[@]}"; do
     "$repo/bench/pull.sh" "$work" "$bin" "${BENCH_PULLS:-5}"
     ;;
   *)
-    echo "unknown section $s (want list create lifecycle confine reconcile exec boot forward snap pull)" >&2
+    echo "unknown section $s (want list create lifecycle confine reconcile exec boot confineboot forward snap suspend pull)" >&2
     exit 2
     ;;
   esac

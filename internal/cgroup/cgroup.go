@@ -8,6 +8,7 @@ package cgroup
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -35,6 +37,7 @@ type Limits struct {
 	CPUWeight   int   // relative share, 1..10000 (v2 cpu.weight; 100 is the default)
 	CPUQuota    int   // percent of one CPU (100 = one full CPU); 0 = none
 	IOWeight    int   // 1..10000 (v2 io.weight); ignored where the kernel has no weight knob
+	VCPUs       int   // the guest's vCPUs: on v1 the VM's cpu.shares weigh as many tasks (see Manager.weighParent)
 }
 
 // Manager makes and removes VM cgroups below Root/<controller>/Parent (v1)
@@ -46,6 +49,16 @@ type Manager struct {
 	// controllers usable: for v2 the names enabled for Parent's children;
 	// for v1 the mounted hierarchies among those banger uses.
 	controllers map[string]bool
+	// weighParent: on v1, with the daemon (and so the other host
+	// processes beside it) in the root cpu cgroup and Parent directly
+	// below it, Parent's cpu.shares are kept at the sum of its VMs'. CFS
+	// weighs a group as one entity against each task of the root: a VM
+	// unconfined had one task's weight per busy vCPU thread, and with
+	// Parent at the default 1024 all VMs together had one task's, so a
+	// confined guest booted up to 1.25x slower on a busy host
+	// (bench/README.md, boot confined vs unconfined).
+	weighParent bool
+	mu          sync.Mutex // serialises the parent's weight updates
 }
 
 // v1Controllers are the v1 hierarchies banger uses, in the order it joins them.
@@ -92,7 +105,68 @@ func Detect(root, parent string) (*Manager, error) {
 			strings.Join(missing, ", "), root, strings.Join(missing, ", "))
 	}
 	m.mode = V1
+	m.weighParent = m.controllers["cpu"] && !strings.Contains(strings.Trim(parent, "/"), "/") && inRootCPUCgroup("/proc/self/cgroup")
 	return m, nil
+}
+
+// inRootCPUCgroup reports whether the process whose /proc/PID/cgroup is at
+// path sits in the root of the v1 cpu hierarchy ("N:cpu:/" or
+// "N:cpu,cpuacct:/").
+func inRootCPUCgroup(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			if c == "cpu" {
+				return f[2] == "/"
+			}
+		}
+	}
+	return false
+}
+
+// v1Shares is the v1 cpu.shares of a VM's cgroup: 1024 per vCPU at the
+// default weight of 100.
+func v1Shares(l Limits) int {
+	return max(2, orDefault(l.CPUWeight, 100)*1024/100*max(1, l.VCPUs))
+}
+
+// balanceParentLocked sets Parent's v1 cpu.shares to the sum of its VMs'
+// (at most the kernel's 262144; the default 1024 when it has none): the
+// cgroups that hold processes, and newID's, whose VMM is about to join it.
+// Empty ones (a stopped VM's, another daemon's leftovers) weigh nothing.
+func (m *Manager) balanceParentLocked(newID string) error {
+	parent := filepath.Join(m.Root, "cpu", m.Parent)
+	ents, err := os.ReadDir(parent)
+	if err != nil {
+		return fmt.Errorf("cgroup %s: %w", parent, err)
+	}
+	sum := 0
+	for _, e := range ents {
+		if !e.IsDir() || !idPattern.MatchString(e.Name()) {
+			continue
+		}
+		if procs, err := os.ReadFile(filepath.Join(parent, e.Name(), "cgroup.procs")); e.Name() != newID && (err != nil || len(bytes.TrimSpace(procs)) == 0) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(parent, e.Name(), "cpu.shares"))
+		if err != nil {
+			continue // removed meanwhile
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			sum += n
+		}
+	}
+	if sum == 0 {
+		sum = 1024
+	}
+	return write(parent, "cpu.shares", strconv.Itoa(min(sum, 262144)))
 }
 
 // Mode is the version in use.
@@ -186,6 +260,13 @@ func (m *Manager) Create(id string, l Limits) (notes []string, err error) {
 			notes = append(notes, n...)
 		}
 	}
+	if m.mode == V1 && m.weighParent {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if err := m.balanceParentLocked(id); err != nil {
+			return nil, err
+		}
+	}
 	return notes, nil
 }
 
@@ -249,9 +330,8 @@ func (m *Manager) writeLimits(controller, dir string, l Limits) (notes []string,
 			}
 		}
 	case "cpu":
-		if l.CPUWeight > 0 {
-			// v1 shares: 1024 is the default weight of 100.
-			if err := write(dir, "cpu.shares", strconv.Itoa(max(2, l.CPUWeight*1024/100))); err != nil {
+		if l.CPUWeight > 0 || l.VCPUs > 1 {
+			if err := write(dir, "cpu.shares", strconv.Itoa(v1Shares(l))); err != nil {
 				return nil, err
 			}
 		}
@@ -330,6 +410,14 @@ func (m *Manager) Remove(id string) error {
 				err = fmt.Errorf("%w: processes %v still in it", err, pids)
 			}
 			errs = append(errs, fmt.Errorf("removing cgroup %s: %w", d, err))
+		}
+	}
+	if m.mode == V1 && m.weighParent && len(errs) == 0 {
+		m.mu.Lock()
+		err := m.balanceParentLocked("")
+		m.mu.Unlock()
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -460,7 +548,7 @@ func (m *Manager) JailerSettings(l Limits) (version int, settings []string) {
 	add("memory.limit_in_bytes", mem)
 	add("pids.max", pids)
 	if m.controllers["cpu"] {
-		add("cpu.shares", strconv.Itoa(max(2, orDefault(l.CPUWeight, 100)*1024/100)))
+		add("cpu.shares", strconv.Itoa(v1Shares(l)))
 		if l.CPUQuota > 0 {
 			add("cpu.cfs_quota_us", strconv.Itoa(l.CPUQuota*period/100))
 		}

@@ -69,6 +69,89 @@ func TestCreateWritesLimitsV1(t *testing.T) {
 	}
 }
 
+// With the daemon in the root cpu cgroup (v1), a VM weighs one task per
+// vCPU and the parent the sum of its VMs, as the VMMs' threads did
+// unconfined; elsewhere the parent is left alone.
+func TestV1SharesWeighVCPUsAndParent(t *testing.T) {
+	root := fakeRoot(t, "", "memory", "pids", "cpu")
+	m, err := Detect(root, "banger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.weighParent = true
+	read := func(rel string) string {
+		b, err := os.ReadFile(filepath.Join(root, "cpu", "banger", rel, "cpu.shares"))
+		if err != nil {
+			return err.Error()
+		}
+		return string(b)
+	}
+	a, b := "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+	if _, err := m.Create(a, Limits{CPUWeight: 100, VCPUs: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(b, Limits{CPUWeight: 50, VCPUs: 4}); err != nil {
+		t.Fatal(err)
+	}
+	// b is the one just made; a has no process yet (its VMM not started,
+	// or gone): it weighs nothing.
+	if read(a) != "2048" || read(b) != "2048" || read("") != "2048" {
+		t.Fatalf("shares a=%s b=%s parent=%s, want 2048 2048 2048", read(a), read(b), read(""))
+	}
+	procs := func(id, pids string) {
+		os.WriteFile(filepath.Join(root, "cpu", "banger", id, "cgroup.procs"), []byte(pids), 0o644)
+	}
+	procs(a, "101\n")
+	procs(b, "202\n")
+	m.balanceParentLocked("")
+	if read("") != "4096" {
+		t.Fatalf("parent with both VMMs running: %s, want 4096", read(""))
+	}
+	// A VM gone (the fake cgroupfs cannot rmdir a dir with files, so it
+	// goes by hand), another's VMM exited: the default when none is left.
+	os.RemoveAll(filepath.Join(root, "cpu", "banger", b))
+	m.balanceParentLocked("")
+	if read("") != "2048" {
+		t.Fatalf("parent after one VM went: %s, want 2048", read(""))
+	}
+	procs(a, "")
+	m.balanceParentLocked("")
+	if read("") != "1024" {
+		t.Fatalf("parent with no VMM running: %s, want 1024", read(""))
+	}
+	if _, s := m.JailerSettings(Limits{VCPUs: 3}); !strings.Contains(strings.Join(s, " "), "cpu.shares=3072") {
+		t.Errorf("jailer settings %q: want cpu.shares=3072 for 3 vCPUs", s)
+	}
+
+	m.weighParent = false
+	os.Remove(filepath.Join(root, "cpu", "banger", "cpu.shares"))
+	if _, err := m.Create(a, Limits{CPUWeight: 100, VCPUs: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "cpu", "banger", "cpu.shares")); err == nil {
+		t.Error("parent's shares written with weighParent off")
+	}
+}
+
+func TestInRootCPUCgroup(t *testing.T) {
+	dir := t.TempDir()
+	for content, want := range map[string]bool{
+		"4:memory:/x\n2:cpuacct:/\n1:cpu:/\n0::/\n":     true,
+		"3:cpu,cpuacct:/\n":                             true,
+		"3:cpu,cpuacct:/system.slice/bangerd.service\n": false,
+		"0::/\n": false, // v2 only: no v1 cpu hierarchy
+	} {
+		p := filepath.Join(dir, "cgroup")
+		os.WriteFile(p, []byte(content), 0o644)
+		if got := inRootCPUCgroup(p); got != want {
+			t.Errorf("%q: %v, want %v", content, got, want)
+		}
+	}
+	if inRootCPUCgroup(filepath.Join(dir, "missing")) {
+		t.Error("missing file: true")
+	}
+}
+
 // On a real host (root): create, join is left to the jail helper, remove.
 func TestRealCgroup(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -86,11 +169,17 @@ func TestRealCgroup(t *testing.T) {
 			os.Remove(filepath.Join(m.Root, c, parent))
 		}
 	})
-	if _, err := m.Create(id, Limits{MemoryBytes: 256 << 20, Pids: 32}); err != nil {
+	if _, err := m.Create(id, Limits{MemoryBytes: 256 << 20, Pids: 32, CPUWeight: 100, VCPUs: 2}); err != nil {
 		t.Fatal(err)
 	}
 	if !m.Exists(id) {
 		t.Fatal("cgroup not made")
+	}
+	if m.Mode() == V1 && m.weighParent {
+		b, _ := os.ReadFile(filepath.Join(m.Root, "cpu", parent, "cpu.shares"))
+		if strings.TrimSpace(string(b)) != "2048" {
+			t.Errorf("parent cpu.shares %q with one 2-vCPU VM, want 2048", b)
+		}
 	}
 	if ids, _ := m.List(); len(ids) != 1 || ids[0] != id {
 		t.Fatalf("List = %v", ids)

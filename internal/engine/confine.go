@@ -206,6 +206,7 @@ func (e *Engine) cgroupLimits(vm model.VMRecord) cgroup.Limits {
 		CPUWeight:   cpuw,
 		CPUQuota:    vm.Spec.Options.CPUQuota,
 		IOWeight:    iow,
+		VCPUs:       vm.Spec.VCPUs,
 	}
 }
 

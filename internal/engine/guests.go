@@ -174,6 +174,9 @@ func (p *guestPool) dial(ctx context.Context, vm model.VMRecord, wait time.Durat
 	if p.e.deps.GuestSessionsRoot != "" {
 		c.SessionsRoot = p.e.deps.GuestSessionsRoot
 	}
+	// Right after a start, waited is the guest's boot to SSH: the bench
+	// reads it to tell guest time from the host's start steps.
+	p.e.log.Info("guest ssh connected", "vm", vm.Name, "waited", time.Since(start).Round(time.Millisecond))
 	return c, nil
 }
 

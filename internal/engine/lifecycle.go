@@ -164,7 +164,8 @@ func (e *Engine) startLocked(ctx context.Context, vm *model.VMRecord) error {
 	}
 	e.lives.touch(vm.ID, e.deps.Now())
 	e.emitEvent(Event{Kind: EventStarted, VM: *vm, Cause: causeOf(ctx), Took: time.Since(began)})
-	e.log.Info("vm started", "vm", vm.Name, "vmm", vm.Runtime.VMM, "pid", r.h.PID, "tap", r.h.TapDevice)
+	e.log.Info("vm started", "vm", vm.Name, "vmm", vm.Runtime.VMM, "pid", r.h.PID, "tap", r.h.TapDevice,
+		"confined", r.confinement != nil || r.jailer != nil, "took", time.Since(began).Round(100*time.Microsecond), "steps", r.stepTimes())
 	return nil
 }
 

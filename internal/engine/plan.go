@@ -72,6 +72,26 @@ type run struct {
 	incoming *vmm.Incoming
 	// clone is the snapshot a VM made from one restores at its first start.
 	clone *Snapshot
+	// took is how long each step of forward took, in plan order, for the
+	// start's log line.
+	took []stepTime
+}
+
+type stepTime struct {
+	key string
+	d   time.Duration
+}
+
+// stepTimes renders r.took as "dirs=1ms rootdisk=120ms ...".
+func (r *run) stepTimes() string {
+	var b strings.Builder
+	for i, t := range r.took {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%s", t.key, t.d.Round(100*time.Microsecond))
+	}
+	return b.String()
 }
 
 func (e *Engine) plan() []step {
@@ -118,7 +138,9 @@ func (e *Engine) forward(ctx context.Context, r *run) error {
 		fp := planPoints[s.key]
 		err := hit(ctx, fp.doBefore)
 		if err == nil {
+			began := time.Now()
 			err = s.do(ctx, r)
+			r.took = append(r.took, stepTime{s.key, time.Since(began)})
 		}
 		if err == nil {
 			err = hit(ctx, fp.doAfter)

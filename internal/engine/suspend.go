@@ -109,6 +109,7 @@ func (e *Engine) suspendLocked(ctx context.Context, vm *model.VMRecord) error {
 		}
 		return fmt.Errorf("suspending vm %q: %w", vm.Name, err)
 	}
+	saved := time.Since(start)
 	b, _ := json.Marshal(in)
 	if err := writeFileAtomic(incomingPath(*vm), b, 0o600); err != nil {
 		return err
@@ -133,7 +134,7 @@ func (e *Engine) suspendLocked(ctx context.Context, vm *model.VMRecord) error {
 		return err
 	}
 	e.emit(EventSuspended, *vm)
-	e.log.Info("vm suspended", "vm", vm.Name, "took", time.Since(start))
+	e.log.Info("vm suspended", "vm", vm.Name, "took", time.Since(start), "saved", saved)
 	return nil
 }
 
@@ -188,7 +189,7 @@ func (e *Engine) resumeLocked(ctx context.Context, vm *model.VMRecord) error {
 	}
 	e.emit(EventResumed, *vm)
 	e.emit(EventStarted, *vm)
-	e.log.Info("vm resumed", "vm", vm.Name, "took", time.Since(start))
+	e.log.Info("vm resumed", "vm", vm.Name, "took", time.Since(start), "steps", r.stepTimes())
 	return nil
 }
 

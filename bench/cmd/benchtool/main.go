@@ -8,6 +8,8 @@
 //
 //	benchtool time [-n N] [-parallel P] [-warmup W] [-label L] [-target D] [-save F] [-after CMD] -- ARGV...
 //	benchtool ratio -label L -num F -den F -target X
+//	benchtool pair [-n N] [-label-a L] [-label-b L] [-label L] [-target X] [-before-a|-before-b|-after-a|-after-b CMD] [-save-a F] [-save-b F] -b 'ARGV B' -- ARGV A
+//	benchtool logstats -log bangerd.log [-msg "vm started"] [-vm PREFIX] [-offset BYTES] [-label L]
 //	benchtool seed [-n N] [-workers W] [-prefix P]
 //	benchtool rss -pid PID [-label L] [-target-mib M]
 //	benchtool reconcile -bangerd PATH [-n N] [-rounds R]
@@ -15,7 +17,7 @@
 //	benchtool ociimage -o LAYOUT [-tag T] [-packages a,b] [-layers N] [-debs DIR]
 //	benchtool tcp -direct IP:PORT -forward 127.0.0.1:PORT [-echo-direct ... -echo-forward ...] [-bytes N] [-rounds R]
 //
-// "{i}" in ARGV and in -after is replaced by the iteration number. The daemon
+// "{i}" in ARGV, -b, -before-* and -after* is replaced by the iteration number. The daemon
 // is found from the environment, as banger finds it (BANGER_RUN_DIR ...).
 package main
 
@@ -36,12 +38,14 @@ func main() {
 
 func run(ctx context.Context, args []string) int {
 	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool time|ratio|seed|rss|reconcile|waitport ...")
+		fmt.Fprintln(os.Stderr, "usage: benchtool time|ratio|pair|logstats|seed|rss|reconcile|waitport|tcp|ociimage ...")
 		return 2
 	}
 	cmds := map[string]func(context.Context, []string) error{
 		"time":      cmdTime,
 		"ratio":     cmdRatio,
+		"pair":      cmdPair,
+		"logstats":  cmdLogStats,
 		"seed":      cmdSeed,
 		"rss":       cmdRSS,
 		"reconcile": cmdReconcile,
