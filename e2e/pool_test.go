@@ -58,6 +58,9 @@ func TestPool(t *testing.T) {
 	if p.Ready != 2 || len(p.Members) != 2 {
 		t.Fatalf("pool after --wait: %+v; want 2 ready members", p)
 	}
+	if out := mustBanger(t, "vm", "list"); strings.Count(out, "paused (pool "+pool+")") != 2 {
+		t.Errorf("vm list does not show the 2 members as paused pool members:\n%s", out)
+	}
 	for _, m := range p.Members {
 		vm := showVM(t, m)
 		if vm.Spec.Options.Pool != pool || vm.Live == nil || !vm.Live.Alive {

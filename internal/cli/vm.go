@@ -165,6 +165,8 @@ func (a *app) vmListCmd() *cobra.Command {
 				state := string(vm.Runtime.State)
 				if vm.Runtime.State == client.StateRunning && vm.Live != nil && !vm.Live.Alive {
 					state = "running (dead)"
+				} else if vm.Runtime.State == client.StateRunning && vm.Spec.Options.Pool != "" {
+					state = "paused (pool " + vm.Spec.Options.Pool + ")"
 				}
 				rows = append(rows, []string{vm.Name, state, dash(vm.Runtime.VMM), dash(vm.Runtime.GuestIP),
 					dash(vm.Image), fmt.Sprint(vm.Spec.VCPUs), fmt.Sprintf("%dMiB", vm.Spec.MemoryMiB), ago(vm.CreatedAt),
