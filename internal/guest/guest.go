@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -122,8 +123,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 }
 
 // DialRetry dials until the guest answers or wait passes, with a backoff from
-// 50ms to 500ms, for a guest that is still booting. A changed host key is
-// returned at once.
+// 50ms to 500ms, for a guest that is still booting, and every 20ms while
+// the connection is refused. A changed host key is returned at once.
 func DialRetry(ctx context.Context, cfg Config, wait time.Duration) (*Client, error) {
 	deadline := time.Now().Add(wait)
 	backoff := 50 * time.Millisecond
@@ -146,16 +147,29 @@ func DialRetry(ctx context.Context, cfg Config, wait time.Duration) (*Client, er
 		if time.Until(deadline) < backoff {
 			return nil, fmt.Errorf("guest %s did not answer ssh within %s: %w", cfg.Addr, wait, err)
 		}
-		t := time.NewTimer(backoff)
+		// A refused connection means the guest's network is up and its
+		// SSH server not listening yet (starting, or restarting with a new
+		// host key): it costs nothing to ask again soon, and growing the
+		// pause would add up to half a second after the server is up.
+		pause := backoff
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			pause = refusedRetry
+		}
+		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil, fmt.Errorf("dial guest %s: %w (last error: %v)", cfg.Addr, ctx.Err(), err)
 		case <-t.C:
 		}
-		backoff = min(2*backoff, 500*time.Millisecond)
+		if pause == backoff {
+			backoff = min(2*backoff, 500*time.Millisecond)
+		}
 	}
 }
+
+// refusedRetry is how soon DialRetry tries again after a refused connection.
+const refusedRetry = 20 * time.Millisecond
 
 // testHookDialFailed, when set by a test, sees every failed DialRetry attempt.
 var testHookDialFailed func(error)

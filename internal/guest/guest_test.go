@@ -667,3 +667,24 @@ func TestRunRetriesAnUnansweredExec(t *testing.T) {
 		})
 	}
 }
+
+// A refused connection is asked again every refusedRetry, without growing
+// the pause: the guest's SSH server is about to listen (a clone's, which
+// restarts with its new host key). Growing pauses (50, 100, 200 ms...)
+// made only 4 attempts in half a second.
+func TestDialRetryRefusedDoesNotBackOff(t *testing.T) {
+	key := guesttest.NewSigner(t)
+	addr := freeAddr(t)
+	var mu sync.Mutex
+	attempts := 0
+	testHookDialFailed = func(error) { mu.Lock(); attempts++; mu.Unlock() }
+	t.Cleanup(func() { testHookDialFailed = nil })
+	if _, err := DialRetry(testCtx(t), Config{Addr: addr, Signer: key, KnownHostsFile: filepath.Join(t.TempDir(), "kh")}, 500*time.Millisecond); err == nil {
+		t.Fatal("DialRetry to a closed port succeeded")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if attempts < 8 {
+		t.Errorf("%d attempts in 500ms to a refusing port, want one every %s", attempts, refusedRetry)
+	}
+}
