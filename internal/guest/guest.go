@@ -29,6 +29,10 @@ type Config struct {
 	// later fails with ErrHostKeyChanged.
 	KnownHostsFile string
 	DialTimeout    time.Duration // per attempt; default 10s
+	// ConnectTimeout bounds the TCP connect alone (0: DialTimeout). A SYN
+	// lost while a guest's link comes up is sent again by the kernel only
+	// after a second; DialRetry connects anew sooner.
+	ConnectTimeout time.Duration
 }
 
 // ErrHostKeyChanged is returned when a guest offers a host key other than the
@@ -90,7 +94,13 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	conn, err := d.DialContext(dctx, "tcp", cfg.Addr)
+	cctx := dctx
+	if cfg.ConnectTimeout > 0 && cfg.ConnectTimeout < timeout {
+		var ccancel context.CancelFunc
+		cctx, ccancel = context.WithTimeout(dctx, cfg.ConnectTimeout)
+		defer ccancel()
+	}
+	conn, err := d.DialContext(cctx, "tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial guest %s: %w", cfg.Addr, err)
 	}
@@ -128,9 +138,17 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 func DialRetry(ctx context.Context, cfg Config, wait time.Duration) (*Client, error) {
 	deadline := time.Now().Add(wait)
 	backoff := 50 * time.Millisecond
+	// The connect of each attempt is bounded, from 250 ms doubling up to
+	// the dial timeout: an unanswered SYN is followed by a new connection
+	// rather than by the kernel's retransmission a second later.
+	connect := firstConnectTimeout
 	for {
 		actx, cancel := context.WithDeadline(ctx, deadline)
-		c, err := Dial(actx, cfg)
+		acfg := cfg
+		if acfg.ConnectTimeout <= 0 {
+			acfg.ConnectTimeout = connect
+		}
+		c, err := Dial(actx, acfg)
 		cancel()
 		if err == nil {
 			return c, nil
@@ -165,11 +183,21 @@ func DialRetry(ctx context.Context, cfg Config, wait time.Duration) (*Client, er
 		if pause == backoff {
 			backoff = min(2*backoff, 500*time.Millisecond)
 		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+			limit := cfg.DialTimeout
+			if limit <= 0 {
+				limit = defaultDialTimeout
+			}
+			connect = min(2*connect, limit)
+		}
 	}
 }
 
 // refusedRetry is how soon DialRetry tries again after a refused connection.
 const refusedRetry = 20 * time.Millisecond
+
+// firstConnectTimeout bounds DialRetry's first TCP connect.
+const firstConnectTimeout = 250 * time.Millisecond
 
 // testHookDialFailed, when set by a test, sees every failed DialRetry attempt.
 var testHookDialFailed func(error)

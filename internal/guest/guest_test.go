@@ -21,6 +21,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/guest/guesttest"
 	"github.com/banger-dev/banger/internal/system"
+	"golang.org/x/sys/unix"
 )
 
 // testCtx bounds a test that waits for events, so a bug hangs no longer than this.
@@ -686,5 +687,46 @@ func TestDialRetryRefusedDoesNotBackOff(t *testing.T) {
 	defer mu.Unlock()
 	if attempts < 8 {
 		t.Errorf("%d attempts in 500ms to a refusing port, want one every %s", attempts, refusedRetry)
+	}
+}
+
+// A connect that gets no answer (SYNs dropped: here a listener whose
+// accept queue is full) is abandoned after firstConnectTimeout and tried
+// anew, instead of waiting for the kernel to resend the SYN a second later
+// inside one 2 s attempt.
+func TestDialRetryAbandonsUnansweredConnect(t *testing.T) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(fd)
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	// Fill the accept queue: later SYNs are dropped.
+	for range 3 {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			defer c.Close()
+		}
+	}
+	var mu sync.Mutex
+	var errs []error
+	testHookDialFailed = func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }
+	t.Cleanup(func() { testHookDialFailed = nil })
+	key := guesttest.NewSigner(t)
+	start := time.Now()
+	_, err = DialRetry(testCtx(t), Config{Addr: addr, Signer: key, KnownHostsFile: filepath.Join(t.TempDir(), "kh"), DialTimeout: 2 * time.Second}, 1500*time.Millisecond)
+	if err == nil {
+		t.Skip("the kernel answered a SYN past a full accept queue (syncookies?): nothing to test")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(errs) < 2 {
+		t.Errorf("%d attempts in %s against unanswered SYNs, want the first abandoned after %s: %v", len(errs), time.Since(start).Round(time.Millisecond), firstConnectTimeout, errs)
 	}
 }
