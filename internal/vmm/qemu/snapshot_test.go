@@ -494,3 +494,22 @@ func TestPrepareCloneHostKey(t *testing.T) {
 		}
 	}
 }
+
+// relink sends the gateway to put back, tolerates an agent that does not
+// know the command, and reports any other failure.
+func TestRelink(t *testing.T) {
+	for _, tc := range []struct {
+		answer  string
+		wantErr bool
+	}{{"ok", false}, {"err unknown command relink", false}, {"err relink: cannot take eth0 down and up", true}} {
+		var seen []string
+		path := agentDouble(t, "", func(id, cmd string) string {
+			seen = append(seen, cmd)
+			return id + " " + tc.answer + "\n"
+		})
+		err := relink(context.Background(), Agent(path), "172.30.0.1")
+		if (err != nil) != tc.wantErr || len(seen) != 1 || seen[0] != "relink 172.30.0.1" {
+			t.Errorf("answer %q: relink = %v after %q", tc.answer, err, seen)
+		}
+	}
+}

@@ -54,6 +54,9 @@ func (d *Driver) PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneId
 	if err := d.SetLink(ctx, m, true); err != nil {
 		return "", fmt.Errorf("clone %s: link up: %w", m.ID, err)
 	}
+	if err := relink(ctx, Agent(AgentSocket(m)), id.Gateway); err != nil {
+		return "", fmt.Errorf("clone %s: %w", m.ID, err)
+	}
 	return pub, nil
 }
 
@@ -90,4 +93,17 @@ func giveIdentity(ctx context.Context, a AgentClient, id vmm.CloneIdentity) (str
 func (d *Driver) SetHostname(ctx context.Context, m vmm.Machine, name string) error {
 	_, err := Agent(AgentSocket(m)).Do(ctx, "set-hostname "+name)
 	return err
+}
+
+// relink has the guest take its device down and up once its link is back,
+// so that it sends at once: the kernel handles a carrier coming back at
+// most once a second after the previous link event (the link went down at
+// restore), and about half the clones stayed silent for a second. An agent
+// without relink is left to that second.
+func relink(ctx context.Context, a AgentClient, gateway string) error {
+	var ae *AgentError
+	if _, err := a.Do(ctx, "relink "+gateway); err != nil && !(errors.As(err, &ae) && strings.HasPrefix(ae.Message, "unknown command")) {
+		return err
+	}
+	return nil
 }
