@@ -209,10 +209,19 @@ func (e *Engine) DeletePool(ctx context.Context, name string) error {
 	}
 	var errs []error
 	for _, vm := range vms {
-		if vm.Spec.Options.Pool == name {
-			if err := e.DeleteVM(withCause(ctx, "pool deleted"), vm.Name, true); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-				errs = append(errs, err)
-			}
+		if vm.Spec.Options.Pool != name {
+			continue
+		}
+		// Under the VM's lock, and only if it is still a member: a claim
+		// may have taken it since the list was read.
+		unlock := e.lockVM(ctx, vm.ID)
+		cur, err := e.store.GetVMByID(ctx, vm.ID)
+		if err == nil && cur.Spec.Options.Pool == name {
+			err = e.deleteLocked(withCause(ctx, "pool deleted"), &cur, true)
+		}
+		unlock()
+		if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			errs = append(errs, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
