@@ -4,7 +4,7 @@ BIN     ?= $(CURDIR)/bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/banger-dev/banger/internal/api.Version=$(VERSION)
 
-.PHONY: all build test test-serial test-unit fuzz vet deps demo bench clean
+.PHONY: all build test test-unit fuzz vet deps demo bench clean
 
 all: build
 
@@ -35,11 +35,6 @@ test: deps build vet
 	$(GO) test -count=1 -p $(TEST_P) -timeout 40m ./...
 	$(GO) test -count=1 -tags bangertest $(TAGGED_PKGS)
 	GO=$(GO) ./scripts/fuzz-smoke.sh
-
-# As test, one package at a time (the old behaviour), without fuzzing.
-test-serial: deps build vet
-	$(GO) test -count=1 -p 1 -timeout 40m ./...
-	$(GO) test -count=1 -p 1 -tags bangertest $(TAGGED_PKGS)
 
 # Every fuzz target for FUZZTIME each, with all CPUs.
 fuzz:
