@@ -58,8 +58,8 @@ func TestPool(t *testing.T) {
 	if p.Ready != 2 || len(p.Members) != 2 {
 		t.Fatalf("pool after --wait: %+v; want 2 ready members", p)
 	}
-	if out := mustBanger(t, "vm", "list"); strings.Count(out, "paused (pool "+pool+")") != 2 {
-		t.Errorf("vm list does not show the 2 members as paused pool members:\n%s", out)
+	if out := mustBanger(t, "vm", "list"); strings.Count(out, " pool "+pool+" ") != 2 {
+		t.Errorf("vm list does not show the 2 members as pool members:\n%s", out)
 	}
 	for _, m := range p.Members {
 		vm := showVM(t, m)
@@ -82,6 +82,11 @@ func TestPool(t *testing.T) {
 	}
 	if sec, err := strconv.ParseInt(lines[2], 10, 64); err != nil || time.Since(time.Unix(sec, 0)).Abs() > 3*time.Second {
 		t.Errorf("claimed vm's clock %q is off the host's (%d)", lines[2], time.Now().Unix())
+	}
+	// vm list (the daemon's list cache) follows the claim: new name, no
+	// longer a member.
+	if out := mustBanger(t, "vm", "list", "-q"); !strings.Contains(out, "e2e-claimed\n") || strings.Contains(out, p.Members[0]+"\n") {
+		t.Errorf("vm list after claiming %s as e2e-claimed:\n%s", p.Members[0], out)
 	}
 	claimed := showVM(t, "e2e-claimed")
 	if claimed.Spec.Options.Pool != "" || slices.Contains(getPool(t, pool).Members, "e2e-claimed") {

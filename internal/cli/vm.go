@@ -166,7 +166,7 @@ func (a *app) vmListCmd() *cobra.Command {
 				if vm.Runtime.State == client.StateRunning && vm.Live != nil && !vm.Live.Alive {
 					state = "running (dead)"
 				} else if vm.Runtime.State == client.StateRunning && vm.Spec.Options.Pool != "" {
-					state = "paused (pool " + vm.Spec.Options.Pool + ")"
+					state = "pool " + vm.Spec.Options.Pool // a warm member: paused once ready
 				}
 				rows = append(rows, []string{vm.Name, state, dash(vm.Runtime.VMM), dash(vm.Runtime.GuestIP),
 					dash(vm.Image), fmt.Sprint(vm.Spec.VCPUs), fmt.Sprintf("%dMiB", vm.Spec.MemoryMiB), ago(vm.CreatedAt),

@@ -133,7 +133,8 @@ func (c *listCache) each(fn func(e *listEntry) error) error {
 // engine's events.
 func (c *listCache) follow(ev engine.Event) {
 	switch ev.Kind {
-	case engine.EventUpdated, engine.EventStarted, engine.EventStopped:
+	case engine.EventUpdated, engine.EventStarted, engine.EventStopped, engine.EventClaimed:
+		// A claim renames a pool member and makes it an ordinary VM.
 		c.put(ev.VM)
 	case engine.EventDeleted:
 		c.drop(ev.VM.ID)
