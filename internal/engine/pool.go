@@ -332,43 +332,30 @@ func (e *Engine) claimMember(ctx context.Context, def model.Pool, id, name strin
 		e.deleteLocked(withCause(context.WithoutCancel(ctx), "pool member broken"), &vm, true)
 		return vm, err
 	}
-	drv, err := e.driverFor(vm.Runtime.VMM)
+	pz, m, p, err := e.pauserOf(vm)
 	if err != nil {
 		return drop(err)
 	}
-	pz, ok := drv.(Pauser)
-	if !ok {
-		return drop(errdefs.Conflict("%s cannot keep paused VMs", vm.Runtime.VMM))
-	}
-	h, _ := e.handles.get(vm.ID)
-	m := e.machine(vm, model.Image{}, "", h)
-	p := system.Process{PID: h.PID, Start: h.PIDStart}
 	if alive, reason := e.vmAlive(ctx, vm); !alive {
 		return drop(fmt.Errorf("pool member %q is not alive: %s", vm.Name, reason))
 	}
 	old := vm.Name
+	e.createMu.Lock() // names are taken under it
 	if name != "" && name != vm.Name {
-		e.createMu.Lock()
 		if _, err := e.store.GetVM(ctx, name); err == nil {
 			e.createMu.Unlock()
 			e.returnReady(def.Name, id)
 			return vm, errdefs.AlreadyExists("vm %q already exists", name)
 		}
 		vm.Name, vm.Runtime.DNSName = name, name+"."+e.cfg.DNSZone
-		vm.Spec.Options.Pool = ""
-		err := e.store.UpdateVM(ctx, &vm)
-		e.createMu.Unlock()
-		if err != nil {
-			vm.Name = old
-			e.returnReady(def.Name, id)
-			return vm, err
-		}
-	} else {
-		vm.Spec.Options.Pool = ""
-		if err := e.store.UpdateVM(ctx, &vm); err != nil {
-			e.returnReady(def.Name, id)
-			return vm, err
-		}
+	}
+	vm.Spec.Options.Pool = ""
+	err = e.store.UpdateVM(ctx, &vm)
+	e.createMu.Unlock()
+	if err != nil {
+		vm.Name = old
+		e.returnReady(def.Name, id)
+		return vm, err
 	}
 	// From here the VM is the caller's: a failure leaves it an ordinary VM
 	// (stopped for real if its VMM is gone), never a member again.
@@ -381,12 +368,8 @@ func (e *Engine) claimMember(ctx context.Context, def model.Pool, id, name strin
 		return vm, err
 	}
 	var errs []error
-	if sus, ok := drv.(Suspender); ok {
-		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := sus.SetGuestTime(tctx, m, time.Now()); err != nil {
-			errs = append(errs, fmt.Errorf("clock: %w", err))
-		}
-		cancel()
+	if err := correctClock(ctx, pz, m); err != nil {
+		errs = append(errs, fmt.Errorf("clock: %w", err))
 	}
 	if vm.Name != old {
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -475,17 +458,27 @@ func (e *Engine) memberPaused(ctx context.Context, vm model.VMRecord) bool {
 	if alive, _ := e.vmAlive(ctx, vm); !alive {
 		return false
 	}
-	drv, err := e.driverFor(vm.Runtime.VMM)
+	pz, m, p, err := e.pauserOf(vm)
 	if err != nil {
 		return false
 	}
+	st, err := pz.RunState(ctx, m, p)
+	return err == nil && st == "paused"
+}
+
+// pauserOf is a VM's VMM driver as a Pauser, with the machine and the
+// process its handles name.
+func (e *Engine) pauserOf(vm model.VMRecord) (Pauser, vmm.Machine, system.Process, error) {
+	drv, err := e.driverFor(vm.Runtime.VMM)
+	if err != nil {
+		return nil, vmm.Machine{}, system.Process{}, err
+	}
 	pz, ok := drv.(Pauser)
 	if !ok {
-		return false
+		return nil, vmm.Machine{}, system.Process{}, errdefs.Conflict("%s cannot keep paused VMs", vm.Runtime.VMM)
 	}
 	h, _ := e.handles.get(vm.ID)
-	st, err := pz.RunState(ctx, e.machine(vm, model.Image{}, "", h), system.Process{PID: h.PID, Start: h.PIDStart})
-	return err == nil && st == "paused"
+	return pz, e.machine(vm, model.Image{}, "", h), system.Process{PID: h.PID, Start: h.PIDStart}, nil
 }
 
 func (e *Engine) runPoolIfMissing(name string) {
@@ -608,16 +601,11 @@ func (e *Engine) warmMember(ctx context.Context, def model.Pool) (string, error)
 		if v.Spec.Options.Pool != def.Name {
 			return errdefs.Conflict("vm %q left pool %q while it was made", v.Name, def.Name)
 		}
-		drv, err := e.driverFor(v.Runtime.VMM)
+		pz, m, p, err := e.pauserOf(*v)
 		if err != nil {
 			return err
 		}
-		pz, ok := drv.(Pauser)
-		if !ok {
-			return errdefs.Conflict("%s cannot keep paused VMs", v.Runtime.VMM)
-		}
-		h, _ := e.handles.get(v.ID)
-		return pz.Pause(ctx, e.machine(*v, model.Image{}, "", h), system.Process{PID: h.PID, Start: h.PIDStart})
+		return pz.Pause(ctx, m, p)
 	})
 	if err != nil {
 		return fail(err)

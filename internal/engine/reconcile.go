@@ -95,12 +95,8 @@ func (e *Engine) reconcileVM(ctx context.Context, vm model.VMRecord) Action {
 			if vm.Runtime.State == model.StateResuming {
 				emptyDir(suspendDir(vm))
 				if drv, err := e.driverFor(vm.Runtime.VMM); err == nil {
-					if sus, ok := drv.(Suspender); ok {
-						tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-						if err := sus.SetGuestTime(tctx, e.machine(vm, model.Image{}, "", h), time.Now()); err != nil {
-							e.log.Warn("reconcile: correcting a resumed guest's clock", "vm", vm.Name, "err", err)
-						}
-						cancel()
+					if err := correctClock(ctx, drv, e.machine(vm, model.Image{}, "", h)); err != nil {
+						e.log.Warn("reconcile: correcting a resumed guest's clock", "vm", vm.Name, "err", err)
 					}
 				}
 			}

@@ -175,13 +175,8 @@ func (e *Engine) resumeLocked(ctx context.Context, vm *model.VMRecord) error {
 	if err := hit(ctx, fpResumeRestored); err != nil {
 		return err
 	}
-	if sus, ok := drv.(Suspender); ok {
-		m := e.machine(*vm, im, r.rootDev, r.h)
-		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		if err := sus.SetGuestTime(tctx, m, time.Now()); err != nil {
-			e.log.Warn("correcting the resumed guest's clock", "vm", vm.Name, "err", err)
-		}
-		cancel()
+	if err := correctClock(ctx, drv, e.machine(*vm, im, r.rootDev, r.h)); err != nil {
+		e.log.Warn("correcting the resumed guest's clock", "vm", vm.Name, "err", err)
 	}
 	emptyDir(suspendDir(*vm)) // the new VMM's jail binds it: keep the directory
 	if err := e.commitState(ctx, vm, model.StateRunning, ""); err != nil {
@@ -216,4 +211,16 @@ func emptyDir(dir string) {
 	for _, ent := range ents {
 		os.RemoveAll(filepath.Join(dir, ent.Name()))
 	}
+}
+
+// correctClock steps a restored guest's clock to the host's, when its VMM
+// can (drv is a Suspender).
+func correctClock(ctx context.Context, drv any, m vmm.Machine) error {
+	sus, ok := drv.(Suspender)
+	if !ok {
+		return nil
+	}
+	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return sus.SetGuestTime(tctx, m, time.Now())
 }
