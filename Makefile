@@ -10,6 +10,7 @@ all: build
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/banger ./cmd/bangerd ./cmd/banger-jail ./cmd/fc-double
+	$(GO) build -tags '$(AGENT_TAGS)' -ldflags '$(LDFLAGS) -s -w' -o $(BIN)/ ./cmd/banger-agent
 
 vet:
 	gofmt -l . | (! grep .) || (echo "gofmt needed on the files above"; exit 1)
@@ -77,6 +78,9 @@ FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 # The programs installed: banger, bangerd, and the VMM jail helper where
 # the tree has it (bangerd looks for it next to itself).
 INSTALL_CMDS ?= banger bangerd $(notdir $(wildcard cmd/banger-jail))
+# The guest agent, which image builds put in minimal images (bangerd looks
+# for it next to itself too): built static, for any guest's libc.
+AGENT_TAGS  ?= netgo,osusergo
 # Installed programs are stripped of symbol tables and DWARF (as Debian
 # packages are); panics still print stack traces.
 INSTALL_LDFLAGS ?= $(LDFLAGS) -s -w
@@ -103,10 +107,11 @@ man:
 
 install: man
 	$(GO) build -ldflags '$(INSTALL_LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(INSTALL_CMDS))
+	$(GO) build -tags '$(AGENT_TAGS)' -ldflags '$(INSTALL_LDFLAGS)' -o $(BIN)/ ./cmd/banger-agent
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(TMPFILESDIR) \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
 		$(DESTDIR)$(MANDIR)/man1
-	install -m 0755 $(addprefix $(BIN)/,$(INSTALL_CMDS)) $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(addprefix $(BIN)/,$(INSTALL_CMDS) banger-agent) $(DESTDIR)$(BINDIR)/
 	sed 's|/usr/bin/|$(BINDIR)/|g' packaging/bangerd.service >$(DESTDIR)$(UNITDIR)/bangerd.service.tmp
 	mv $(DESTDIR)$(UNITDIR)/bangerd.service.tmp $(DESTDIR)$(UNITDIR)/bangerd.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/bangerd.service

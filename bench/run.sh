@@ -81,6 +81,7 @@ trap cleanup EXIT
 
 say "building into $work/bin"
 go build -o "$bin/" ./cmd/banger ./cmd/bangerd ./cmd/banger-jail ./cmd/fc-double ./bench/cmd/benchtool
+go build -tags netgo,osusergo -ldflags "-s -w" -o "$bin/" ./cmd/banger-agent
 bt=$bin/benchtool
 banger=$bin/banger
 

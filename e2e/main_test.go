@@ -138,8 +138,12 @@ func prepare() (cleanup func(passed bool)) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	start := time.Now()
-	for _, name := range []string{"banger", "bangerd", "banger-jail"} {
-		if err := system.GoBuild(ctx, "./cmd/"+name, filepath.Join(bin, name)); err != nil {
+	for _, name := range []string{"banger", "bangerd", "banger-jail", "banger-agent"} {
+		var tags []string
+		if name == "banger-agent" {
+			tags = []string{"netgo", "osusergo"} // static, for the guest
+		}
+		if err := system.GoBuild(ctx, "./cmd/"+name, filepath.Join(bin, name), tags...); err != nil {
 			// Not a skip: the tree does not build.
 			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 			os.RemoveAll(tmp)

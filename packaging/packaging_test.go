@@ -94,9 +94,9 @@ func makeIn(t *testing.T, args ...string) string {
 }
 
 // programs are the executables make install puts in bin: banger, bangerd,
-// and the VMM jail helper where the tree has it.
+// the guest agent, and the VMM jail helper where the tree has it.
 func programs(t *testing.T) []string {
-	p := []string{"banger", "bangerd"}
+	p := []string{"banger", "bangerd", "banger-agent"}
 	if st, err := os.Stat(filepath.Join(root, "cmd", "banger-jail")); err == nil && st.IsDir() {
 		p = append(p, "banger-jail")
 	}

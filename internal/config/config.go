@@ -50,6 +50,7 @@ type Config struct {
 	Confine        string `toml:"confine"`         // "on" (default) or "off": VMMs run as root, unconfined (explicit opt-out)
 	UIDRange       string `toml:"uid_range"`       // "200000-265535"
 	JailBin        string `toml:"jail_bin"`        // banger-jail; next to bangerd, else PATH
+	AgentBin       string `toml:"agent_bin"`       // banger-agent, the guest agent minimal images get; next to bangerd, else PATH
 	MemoryOverhead string `toml:"memory_overhead"` // VMM memory beyond guest RAM, e.g. "384MiB"
 	PidsLimit      string `toml:"pids_limit"`      // processes and threads per VMM
 	CPUWeight      string `toml:"cpu_weight"`      // 1..10000, 100 = an equal share
@@ -91,6 +92,7 @@ func Defaults() Config {
 		Confine:        "on",
 		UIDRange:       "200000-265535",
 		JailBin:        "banger-jail",
+		AgentBin:       "banger-agent",
 		MemoryOverhead: "384MiB",
 		PidsLimit:      "512",
 		CPUWeight:      "100",

@@ -119,13 +119,21 @@ func TestDoctorFlagsUnconfined(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := false
+	found, agent := false, false
 	for _, c := range rep.Checks {
 		if c.Name == "unconfined-vmms" {
 			found = !c.OK && strings.Contains(c.Detail, "loose")
 		}
+		// The test binary has no banger-agent beside it: doctor says where
+		// it is looked for, or where it was found.
+		if c.Name == "guest-agent" {
+			agent = c.OK && strings.Contains(c.Detail, "banger-agent") || !c.OK && strings.Contains(c.Detail, "agent_bin")
+		}
 	}
 	if !found {
 		t.Fatalf("doctor did not flag the unconfined vm: %+v", rep.Checks)
+	}
+	if !agent {
+		t.Errorf("doctor has no guest-agent check, or an unhelpful one: %+v", rep.Checks)
 	}
 }

@@ -93,6 +93,7 @@ type fakeNet struct {
 	sysDir string // taps appear here, where the Firecracker double looks for them
 	mu     sync.Mutex
 	taps   map[string]bool
+	down   map[string]bool // taps set down (SetTapUp)
 	bridge bool
 	fail   map[string]error
 }
@@ -110,6 +111,19 @@ func (n *fakeNet) CreateTap(ctx context.Context, name string) error {
 	}
 	n.taps[name], n.bridge = true, true
 	return os.WriteFile(filepath.Join(n.sysDir, name), nil, 0o644)
+}
+
+func (n *fakeNet) SetTapUp(ctx context.Context, name string, up bool) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.taps[name] {
+		return fmt.Errorf("no tap %s", name)
+	}
+	if n.down == nil {
+		n.down = map[string]bool{}
+	}
+	n.down[name] = !up
+	return nil
 }
 
 func (n *fakeNet) DeleteTap(ctx context.Context, name string) error {

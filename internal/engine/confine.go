@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/cgroup"
 	"github.com/banger-dev/banger/internal/errdefs"
+	"github.com/banger-dev/banger/internal/image"
 	"github.com/banger-dev/banger/internal/jail"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/system"
@@ -108,13 +109,35 @@ func (e *Engine) ConfinementReady() error {
 // jailHelper finds banger-jail: the configured path, else next to the
 // running daemon, else on PATH.
 func (e *Engine) jailHelper() (string, error) {
-	bin := e.cfg.JailBin
+	return helperBinary(e.cfg.JailBin, "banger-jail", "jail helper")
+}
+
+// agentBinary finds banger-agent, the guest agent a minimal image build
+// installs, as jailHelper finds banger-jail.
+func (e *Engine) agentBinary() (string, error) {
+	return helperBinary(e.cfg.AgentBin, "banger-agent", "guest agent")
+}
+
+// GuestAgent is the guest agent minimal images get (agent_bin), checked as
+// the image build checks it.
+func (e *Engine) GuestAgent() (string, error) {
+	p, err := e.agentBinary()
+	if err != nil {
+		return "", err
+	}
+	return p, image.CheckAgent(p)
+}
+
+// helperBinary finds one of banger's own programs: bin if it is an
+// absolute path, else bin (def when empty) next to the running daemon,
+// else on PATH.
+func helperBinary(bin, def, what string) (string, error) {
 	if bin == "" {
-		bin = "banger-jail"
+		bin = def
 	}
 	if filepath.IsAbs(bin) {
 		if _, err := os.Stat(bin); err != nil {
-			return "", fmt.Errorf("jail helper %s: %w", bin, err)
+			return "", fmt.Errorf("%s %s: %w", what, bin, err)
 		}
 		return bin, nil
 	}
@@ -126,7 +149,7 @@ func (e *Engine) jailHelper() (string, error) {
 	}
 	p, err := system.LookPath(bin)
 	if err != nil {
-		return "", fmt.Errorf("jail helper %q not found next to bangerd or on PATH (make build puts it in bin/)", bin)
+		return "", fmt.Errorf("%s %q not found next to bangerd or on PATH (make build puts it in bin/)", what, bin)
 	}
 	return p, nil
 }

@@ -86,6 +86,9 @@ type DiskFiles interface {
 // Networker is what the engine needs of host networking.
 type Networker interface {
 	CreateTap(ctx context.Context, name string) error
+	// SetTapUp sets a tap up or down (down: what the VM sends is dropped,
+	// and the guest sees no change of its link).
+	SetTapUp(ctx context.Context, name string, up bool) error
 	DeleteTap(ctx context.Context, name string) error
 	ReleaseBridgeIfUnused(ctx context.Context) error
 	ListTaps(ctx context.Context) ([]string, error)

@@ -188,10 +188,18 @@ func (e *Engine) BuildImage(ctx context.Context, req BuildSpec, progress func(st
 		os.RemoveAll(dir) // leftover of a build the daemon did not finish
 	}
 	start := time.Now()
-	res, err := image.Build(ctx, image.BuildOptions{
+	opts := image.BuildOptions{
 		Dir: dir, Base: req.Base, Packages: req.Packages, CacheDir: e.cfg.ImageCacheDir, Runner: e.deps.Runner,
 		Progress: progress,
-	})
+	}
+	if req.Base == "" || req.Base == image.BaseMinimal {
+		agent, err := e.agentBinary()
+		if err != nil {
+			return Built{}, errdefs.Conflict("building image %q: %w", req.Name, err)
+		}
+		opts.Agent = agent
+	}
+	res, err := image.Build(ctx, opts)
 	if err != nil {
 		return Built{}, fmt.Errorf("building image %q: %w", req.Name, err)
 	}

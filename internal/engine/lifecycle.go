@@ -134,7 +134,13 @@ func (e *Engine) startLocked(ctx context.Context, vm *model.VMRecord) error {
 	err = e.forward(ctx, r)
 	if err == nil && r.clone != nil {
 		// Restored from a snapshot: its own identity before anyone sees it.
-		if err = e.identifyClone(ctx, r); err != nil {
+		began := time.Now()
+		err = e.identifyClone(ctx, r)
+		if err == nil && e.deps.Network != nil && r.h.TapDevice != "" {
+			err = e.deps.Network.SetTapUp(ctx, r.h.TapDevice, true)
+		}
+		r.took = append(r.took, stepTime{"identify", time.Since(began)})
+		if err != nil {
 			err = errors.Join(fmt.Errorf("giving the clone its identity: %w", err), e.teardown(ctx, r))
 			// Its disks are the snapshot's copies with the guest's state in
 			// flight: redo them at the next start.

@@ -376,6 +376,15 @@ func (e *Engine) createTap(ctx context.Context, r *run) error {
 	if err := e.deps.Network.CreateTap(ctx, r.h.TapDevice); err != nil {
 		return err
 	}
+	if r.clone != nil {
+		// A clone restores its source's MAC and address: it stays off the
+		// bridge until it has its own (StartVM sets the tap up then). Its
+		// own link stays up, so the guest sees no carrier change, which
+		// its kernel would act on only up to a second later.
+		if err := e.deps.Network.SetTapUp(ctx, r.h.TapDevice, false); err != nil {
+			return err
+		}
+	}
 	// A reused address may be cached at a deleted VM's MAC (see
 	// network.Manager.SetNeighbor): best effort, a miss only costs time.
 	if n, ok := e.deps.Network.(neighborSetter); ok && r.vm.Runtime.GuestIP != "" && r.vm.Runtime.GuestMAC != "" {

@@ -299,7 +299,7 @@ func (e *Engine) cloneIncoming(vm model.VMRecord) (*vmm.Incoming, *Snapshot, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("vm %q is made from snapshot %q: %w", vm.Name, vm.Spec.Options.From, err)
 	}
-	return &vmm.Incoming{File: snap.State, MemFile: snap.MemFile, VMMVersion: snap.VMMVersion, NetDown: true}, &snap, nil
+	return &vmm.Incoming{File: snap.State, MemFile: snap.MemFile, VMMVersion: snap.VMMVersion}, &snap, nil
 }
 
 // copyFromSnapshot gives a clone its own copies of the snapshot's disks.

@@ -2,73 +2,76 @@ package image
 
 import (
 	"context"
-	"debug/elf"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/banger-dev/banger/internal/system"
 )
-
-func TestCrngReseedELF(t *testing.T) {
-	b := crngReseedELF()
-	path := filepath.Join(t.TempDir(), "crng-reseed")
-	if err := os.WriteFile(path, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := elf.Open(path)
-	if err != nil {
-		t.Fatalf("not an ELF file: %v", err)
-	}
-	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 || f.Type != elf.ET_EXEC || len(f.Progs) != 1 ||
-		f.Progs[0].Type != elf.PT_LOAD || f.Progs[0].Filesz != uint64(len(b)) || f.Entry != 0x400000+120 {
-		t.Fatalf("ELF header: class %v machine %v type %v entry %#x progs %+v", f.Class, f.Machine, f.Type, f.Entry, f.Progs)
-	}
-	f.Close()
-	// Run it where it lacks CAP_SYS_ADMIN (a new user namespace), so it
-	// cannot reseed the host's CRNG: EPERM (exit 1) shows it opened
-	// /dev/urandom and the kernel took the ioctl for RNDRESEEDCRNG (an
-	// unknown one would be ENOTTY, 25; a bad descriptor EBADF, 9).
-	_, err = system.ExecRunner{}.Run(context.Background(), "unshare", "--user", "--map-root-user", path)
-	var ce *system.CommandError
-	switch {
-	case err == nil:
-		t.Fatal("crng-reseed succeeded without CAP_SYS_ADMIN")
-	case errors.As(err, &ce) && ce.ExitCode == 1:
-	case errors.As(err, &ce) && strings.Contains(ce.Stderr, "unshare"):
-		t.Skipf("no user namespace here: %v", err)
-	case errors.Is(err, system.ErrNoTool):
-		t.Skip("unshare not installed")
-	default:
-		t.Fatalf("crng-reseed in a user namespace: %v, want exit 1 (EPERM)", err)
-	}
-}
 
 func TestMinimalInittabStartsTheAgent(t *testing.T) {
 	inittab, err := guestFiles.ReadFile("guest/minimal/etc/inittab")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(inittab), "\n::respawn:/usr/lib/banger/agent\n") {
+	if !strings.Contains(string(inittab), "\n::respawn:/"+agentPath+"\n") {
 		t.Errorf("inittab does not respawn the agent:\n%s", inittab)
 	}
-	agent, err := guestFiles.ReadFile("guest/minimal/usr/lib/banger/agent")
+	sshd, err := guestFiles.ReadFile("guest/minimal/usr/lib/banger/sshd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"org.banger.agent", "set-time)", "set-ip)", "set-mac)", "set-hostname)", "reseed)", "regen-hostkey)", "ping)", "/usr/lib/banger/crng-reseed"} {
-		if !strings.Contains(string(agent), want) {
-			t.Errorf("agent script lacks %q", want)
-		}
+	// The agent finds the listening dropbear by this file.
+	if !strings.Contains(string(sshd), "echo $! >/run/banger-sshd.pid") {
+		t.Errorf("the sshd loop does not record dropbear's pid:\n%s", sshd)
 	}
-	// The script must parse (sh -n) with the host's shell.
-	path := filepath.Join(t.TempDir(), "agent")
-	if err := os.WriteFile(path, agent, 0o755); err != nil {
+}
+
+// A minimal image's agent must be a static x86-64 executable; anything
+// else is refused before the build makes anything.
+func TestCheckAgent(t *testing.T) {
+	dir := t.TempDir()
+	static := filepath.Join(dir, "banger-agent")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := system.GoBuild(ctx, "./cmd/banger-agent", static, "netgo", "osusergo"); err != nil {
+		t.Fatalf("building the agent: %v", err)
+	}
+	if err := checkAgent(static); err != nil {
+		t.Errorf("static agent refused: %v", err)
+	}
+	text := filepath.Join(dir, "script")
+	os.WriteFile(text, []byte("#!/bin/sh\n"), 0o755)
+	dynamic, err := filepath.EvalSymlinks("/bin/true")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := (system.ExecRunner{}).Run(context.Background(), "sh", "-n", path); err != nil {
-		t.Errorf("agent script: %v", err)
+	for path, want := range map[string]string{"": "no guest agent", text: "not an executable",
+		dynamic: "dynamically linked", filepath.Join(dir, "missing"): "not an executable"} {
+		if err := checkAgent(path); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("checkAgent(%q) = %v, want %q", path, err, want)
+		}
+	}
+	dst := filepath.Join(dir, "tree", agentPath)
+	os.MkdirAll(filepath.Dir(dst), 0o755)
+	if err := installAgent(static, dst); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(dst); err != nil || st.Mode().Perm() != 0o755 {
+		t.Errorf("installed agent: %v, %v", st, err)
+	}
+
+	// A minimal build without an agent fails before it makes anything.
+	old := euid
+	euid = func() int { return 0 }
+	defer func() { euid = old }()
+	out := filepath.Join(dir, "image")
+	if _, err := Build(ctx, BuildOptions{Dir: out, Runner: system.ExecRunner{}}); err == nil || !strings.Contains(err.Error(), "no guest agent") {
+		t.Errorf("Build without an agent = %v", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("Build without an agent left %s (%v)", out, err)
 	}
 }

@@ -213,7 +213,7 @@ func TestBuildMinimalFakeHost(t *testing.T) {
 	cache := t.TempDir()
 	dir := filepath.Join(t.TempDir(), "img")
 	var steps []string
-	res, err := Build(context.Background(), BuildOptions{
+	res, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(),
 		Dir: dir, CacheDir: cache, Runner: h, Packages: []string{"htop"},
 		Progress: func(s string) { steps = append(steps, s) },
 	})
@@ -259,7 +259,6 @@ func TestBuildMinimalFakeHost(t *testing.T) {
 		"etc/acpi/PWRF/00000080":      {mode: 0o755},
 		"usr/lib/banger/guest-setup":  {mode: 0o755},
 		"usr/lib/banger/agent":        {mode: 0o755},
-		"usr/lib/banger/crng-reseed":  {mode: 0o755},
 		"etc/shadow":                  {mode: 0o600},
 		"root":                        {mode: fs.ModeDir | 0o700},
 		"root/.ssh":                   {mode: fs.ModeDir | 0o700},
@@ -304,7 +303,7 @@ func TestBuildMinimalFakeHost(t *testing.T) {
 
 	// A second build with the same cache downloads nothing.
 	first := len(h.downloads)
-	if _, err := Build(context.Background(), BuildOptions{Dir: filepath.Join(t.TempDir(), "img2"), CacheDir: cache, Runner: h}); err != nil {
+	if _, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: filepath.Join(t.TempDir(), "img2"), CacheDir: cache, Runner: h}); err != nil {
 		t.Fatalf("second Build: %v", err)
 	}
 	if len(h.downloads) != first {
@@ -315,7 +314,7 @@ func TestBuildMinimalFakeHost(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cache, debFile("zlib1g", p)), []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Build(context.Background(), BuildOptions{Dir: filepath.Join(t.TempDir(), "img3"), CacheDir: cache, Runner: h}); err != nil {
+	if _, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: filepath.Join(t.TempDir(), "img3"), CacheDir: cache, Runner: h}); err != nil {
 		t.Fatalf("third Build: %v", err)
 	}
 	if got := h.downloads[first:]; !slices.Equal(got, []string{"zlib1g"}) {
@@ -331,7 +330,7 @@ func TestBuildFailureRemovesDir(t *testing.T) {
 			h.failOn = failOn
 			cache := t.TempDir()
 			dir := filepath.Join(t.TempDir(), "img")
-			res, err := Build(context.Background(), BuildOptions{Dir: dir, CacheDir: cache, Runner: h})
+			res, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, CacheDir: cache, Runner: h})
 			if err == nil {
 				t.Fatal("Build succeeded")
 			}
@@ -355,7 +354,7 @@ func TestBuildCancelled(t *testing.T) {
 	asRoot(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	dir := filepath.Join(t.TempDir(), "img")
-	_, err := Build(ctx, BuildOptions{Dir: dir, Runner: newFakeHost(t), Progress: func(s string) {
+	_, err := Build(ctx, BuildOptions{Agent: testAgentBin(), Dir: dir, Runner: newFakeHost(t), Progress: func(s string) {
 		if s == "building rootfs" {
 			cancel()
 		}
@@ -376,7 +375,7 @@ func TestBuildRefusesNonEmptyDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newFakeHost(t)
-	_, err := Build(context.Background(), BuildOptions{Dir: dir, Runner: h})
+	_, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, Runner: h})
 	if !errors.Is(err, os.ErrExist) {
 		t.Fatalf("err = %v, want os.ErrExist", err)
 	}
@@ -393,7 +392,7 @@ func TestBuildNeedsRoot(t *testing.T) {
 	euid = func() int { return 1000 }
 	t.Cleanup(func() { euid = old })
 	dir := filepath.Join(t.TempDir(), "img")
-	_, err := Build(context.Background(), BuildOptions{Dir: dir, Runner: newFakeHost(t)})
+	_, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, Runner: newFakeHost(t)})
 	if err == nil || !strings.Contains(err.Error(), "root") {
 		t.Fatalf("err = %v, want a needs-root error", err)
 	}
@@ -420,7 +419,7 @@ func TestBuildDebianWithoutDebootstrap(t *testing.T) {
 	asRoot(t)
 	h := newFakeHost(t)
 	dir := filepath.Join(t.TempDir(), "img")
-	_, err := Build(context.Background(), BuildOptions{Dir: dir, Base: BaseDebian, Runner: h})
+	_, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, Base: BaseDebian, Runner: h})
 	if !errors.Is(err, system.ErrNoTool) || !strings.Contains(err.Error(), "debootstrap") {
 		t.Fatalf("err = %v, want a missing-debootstrap error (system.ErrNoTool)", err)
 	}
@@ -438,7 +437,7 @@ func TestBuildUpdatesEmptyAptLists(t *testing.T) {
 	t.Cleanup(func() { aptUpdated.Store(false) })
 	h := newFakeHost(t)
 	h.listsOK = false
-	if _, err := Build(context.Background(), BuildOptions{Dir: filepath.Join(t.TempDir(), "img"), Runner: h}); err != nil {
+	if _, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: filepath.Join(t.TempDir(), "img"), Runner: h}); err != nil {
 		t.Fatalf("Build: %v", err)
 	}
 	updates := 0
@@ -494,7 +493,7 @@ func TestBuildUnknownPackage(t *testing.T) {
 	t.Cleanup(func() { aptUpdated.Store(false) })
 	h := newFakeHost(t)
 	dir := filepath.Join(t.TempDir(), "img")
-	_, err := Build(context.Background(), BuildOptions{Dir: dir, Runner: h, Packages: []string{"no-such-package"}})
+	_, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, Runner: h, Packages: []string{"no-such-package"}})
 	if err == nil || !strings.Contains(err.Error(), "no-such-package") {
 		t.Fatalf("err = %v, want one naming the unknown package", err)
 	}

@@ -64,6 +64,10 @@ type BuildOptions struct {
 	CacheDir string   // downloaded .debs are kept here between builds (optional)
 	Progress func(step string)
 	Runner   Runner
+	// Agent is the guest agent, cmd/banger-agent built static for
+	// x86-64, which a minimal image runs as /usr/lib/banger/agent (see
+	// internal/agent). A minimal build needs it.
+	Agent string
 }
 
 // Result names the files of a built image, all inside BuildOptions.Dir.
@@ -119,6 +123,11 @@ func Build(ctx context.Context, o BuildOptions) (res Result, err error) {
 	}
 	if euid() != 0 {
 		return Result{}, fmt.Errorf("building image in %s: needs root (rootfs files must be owned by root)", dir)
+	}
+	if base == BaseMinimal {
+		if err := checkAgent(o.Agent); err != nil {
+			return Result{}, fmt.Errorf("building image in %s: %w", dir, err)
+		}
 	}
 	if err := makeEmptyDir(dir); err != nil {
 		return Result{}, fmt.Errorf("building image in %s: %w", dir, err)

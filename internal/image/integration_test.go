@@ -119,7 +119,7 @@ func BenchmarkBuildMinimal(b *testing.B) {
 	}
 	for i := 0; i < b.N; i++ {
 		dir := filepath.Join(b.TempDir(), "img")
-		if _, err := Build(context.Background(), BuildOptions{Dir: dir, CacheDir: testCacheDir, Runner: system.ExecRunner{}}); err != nil {
+		if _, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, CacheDir: testCacheDir, Runner: system.ExecRunner{}}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -147,7 +147,7 @@ func TestIntegrationBuildDebian(t *testing.T) {
 		t.Logf("image kept in %s", dir)
 	}
 	start := time.Now()
-	res, err := Build(context.Background(), BuildOptions{
+	res, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(),
 		Dir: dir, Base: BaseDebian, CacheDir: testCacheDir, Runner: system.ExecRunner{},
 		Packages: []string{"less"},
 		Progress: func(s string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), s) },

@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 		os.Setenv(prefetchPython3Env, prefetchPython3())
 	}
 	code := system.ReexecInNewNetNS(m)
+	if testAgent.dir != "" {
+		os.RemoveAll(testAgent.dir)
+	}
 	sharedImage.cleanup()
 	if python3Build.base != "" {
 		os.RemoveAll(python3Build.base)
@@ -118,7 +121,7 @@ func minimalImage(t *testing.T) Result {
 			return
 		}
 		start := time.Now()
-		s.res, s.err = Build(context.Background(), BuildOptions{
+		s.res, s.err = Build(context.Background(), BuildOptions{Agent: testAgentBin(),
 			Dir:      filepath.Join(s.dir, "minimal"),
 			CacheDir: testCacheDir,
 			Runner:   system.ExecRunner{},
@@ -142,4 +145,34 @@ func (s *builtImage) cleanup() {
 	if s.dir != "" && os.Getenv("BANGER_TEST_KEEP_IMAGE") == "" {
 		os.RemoveAll(s.dir)
 	}
+}
+
+// testAgent is cmd/banger-agent built once per test binary, for the builds
+// (a minimal image needs it).
+var testAgent struct {
+	once sync.Once
+	dir  string
+	path string
+}
+
+// testAgentBin builds the guest agent on first use and returns its path
+// ("" when it cannot be built: Build then says it has no agent).
+func testAgentBin() string {
+	testAgent.once.Do(func() {
+		dir, err := os.MkdirTemp("", "banger-image-agent-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "image tests:", err)
+			return
+		}
+		testAgent.dir = dir
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		p := filepath.Join(dir, "banger-agent")
+		if err := system.GoBuild(ctx, "./cmd/banger-agent", p, "netgo", "osusergo"); err != nil {
+			fmt.Fprintln(os.Stderr, "image tests: building the guest agent:", err)
+			return
+		}
+		testAgent.path = p
+	})
+	return testAgent.path
 }

@@ -288,7 +288,7 @@ func TestBuildExtraPackageWithDependenciesFakeHost(t *testing.T) {
 	}
 	dir := filepath.Join(t.TempDir(), "img")
 	var steps []string
-	res, err := Build(context.Background(), BuildOptions{Dir: dir, Runner: h, Packages: []string{"htop"},
+	res, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, Runner: h, Packages: []string{"htop"},
 		Progress: func(s string) { steps = append(steps, s) }})
 	if err != nil {
 		t.Fatalf("Build: %v", err)
@@ -329,7 +329,7 @@ func TestBuildRefusesProgramMissingLibraryFakeHost(t *testing.T) {
 	h := newFakeHost(t)
 	h.archive["lsx"] = fakePkg{"1.0", map[string]string{"usr/bin/lsx": string(ls)}}
 	dir := filepath.Join(t.TempDir(), "img")
-	res, err := Build(context.Background(), BuildOptions{Dir: dir, Runner: h, Packages: []string{"lsx"}})
+	res, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, Runner: h, Packages: []string{"lsx"}})
 	if err == nil {
 		t.Fatalf("Build succeeded: %+v", res)
 	}
@@ -350,7 +350,7 @@ func TestBuildUnknownPackageClearError(t *testing.T) {
 	asRoot(t)
 	h := newFakeHost(t)
 	dir := filepath.Join(t.TempDir(), "img")
-	_, err := Build(context.Background(), BuildOptions{Dir: dir, Runner: h, Packages: []string{"htop", "no-such-package"}})
+	_, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, Runner: h, Packages: []string{"htop", "no-such-package"}})
 	if err == nil || !strings.Contains(err.Error(), "package no-such-package: not in the Debian archive known to apt (apt-get update?)") {
 		t.Fatalf("err = %v", err)
 	}
@@ -392,7 +392,7 @@ func python3Image(t *testing.T) (tree string, res Result) {
 			b.base = base
 			b.dir = filepath.Join(base, "py")
 			start := time.Now()
-			b.res, err = Build(context.Background(), BuildOptions{
+			b.res, err = Build(context.Background(), BuildOptions{Agent: testAgentBin(),
 				Dir: b.dir, CacheDir: testCacheDir, Runner: system.ExecRunner{}, Packages: []string{"python3"},
 				Progress: func(s string) {
 					b.steps = append(b.steps, fmt.Sprintf("%6.2fs %s", time.Since(start).Seconds(), s))
@@ -496,7 +496,7 @@ func TestIntegrationBuildUnknownPackage(t *testing.T) {
 	aptCanResolve(t)
 	dir := filepath.Join(t.TempDir(), "img")
 	start := time.Now()
-	_, err := Build(context.Background(), BuildOptions{Dir: dir, CacheDir: testCacheDir, Runner: system.ExecRunner{},
+	_, err := Build(context.Background(), BuildOptions{Agent: testAgentBin(), Dir: dir, CacheDir: testCacheDir, Runner: system.ExecRunner{},
 		Packages: []string{"python3", "no-such-package-banger"}})
 	if err == nil || !strings.Contains(err.Error(), "package no-such-package-banger: not in the Debian archive known to apt (apt-get update?)") {
 		t.Fatalf("err = %v", err)

@@ -115,11 +115,10 @@ func (b *builder) populateMinimal(ctx context.Context, tree string) error {
 	if err := installGuestFiles("minimal", tree); err != nil {
 		return fmt.Errorf("installing guest files: %w", err)
 	}
-	// The guest agent's reseed runs it (see crngReseedELF).
-	if err := os.WriteFile(filepath.Join(tree, crngReseedPath), crngReseedELF(), 0o755); err != nil {
-		return fmt.Errorf("installing crng-reseed: %w", err)
+	if err := installAgent(b.opts.Agent, filepath.Join(tree, agentPath)); err != nil {
+		return fmt.Errorf("installing the guest agent: %w", err)
 	}
-	return os.Chmod(filepath.Join(tree, crngReseedPath), 0o755)
+	return nil
 }
 
 // linkBusyboxApplets does what `busybox --install -s` does, without chroot:

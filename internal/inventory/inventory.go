@@ -142,6 +142,11 @@ func (inv *Inventory) Doctor(ctx context.Context) (Report, error) {
 	} else {
 		check("vmm", false, err.Error())
 	}
+	if p, err := e.GuestAgent(); err != nil {
+		check("guest-agent", false, err.Error()+": minimal image builds need it (config agent_bin)")
+	} else {
+		check("guest-agent", true, p+" (installed by minimal image builds; clones and resumes talk to it)")
+	}
 	// Confinement: can this daemon confine, and does any VMM run without it?
 	if err := e.ConfinementReady(); err != nil {
 		check("confinement", false, err.Error())

@@ -146,6 +146,31 @@ func (m *Manager) CreateTap(ctx context.Context, name string) error {
 	return nil
 }
 
+// SetTapUp sets the tap name up or down. A tap that is down drops what its
+// VM sends, and the guest sees no change of its link: a clone stays off the
+// bridge this way until it has its own identity.
+func (m *Manager) SetTapUp(ctx context.Context, name string, up bool) error {
+	if err := validTapName(name); err != nil {
+		return fmt.Errorf("set tap %s: %w", name, err)
+	}
+	tap, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("look up tap %s: %w", name, err)
+	}
+	if !isTap(tap) {
+		return fmt.Errorf("set tap %s: link is not a tap (type %q)", name, tap.Type())
+	}
+	if up {
+		err = netlink.LinkSetUp(tap)
+	} else {
+		err = netlink.LinkSetDown(tap)
+	}
+	if err != nil {
+		return fmt.Errorf("set tap %s up=%v: %w", name, up, err)
+	}
+	return nil
+}
+
 // SetNeighbor records on the bridge that ip is at mac, replacing what the
 // host's neighbour cache holds for ip. An address given to a new VM may
 // still be cached as reachable at the MAC of a deleted one: the host would

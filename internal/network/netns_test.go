@@ -207,6 +207,37 @@ func TestCreateTapAndDelete(t *testing.T) {
 	}
 }
 
+// SetTapUp takes a tap down and up, on the bridge all along, and refuses a
+// bad name, a missing link and a link that is not a tap.
+func TestSetTapUp(t *testing.T) {
+	requireNetNS(t)
+	ctx := context.Background()
+	m := newTestManager(t, testBridgePrefix+"up")
+	name := testTapPrefix + "u"
+	if err := m.CreateTap(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.DeleteTap(ctx, name); m.ReleaseBridgeIfUnused(ctx) })
+	br := mustLink(t, m.Config.Bridge)
+	for _, up := range []bool{false, true, false} {
+		if err := m.SetTapUp(ctx, name, up); err != nil {
+			t.Fatalf("SetTapUp(%v): %v", up, err)
+		}
+		l := mustLink(t, name)
+		if (l.Attrs().Flags&net.FlagUp != 0) != up || l.Attrs().MasterIndex != br.Attrs().Index {
+			t.Errorf("after SetTapUp(%v): flags %v, master %d (bridge %d)", up, l.Attrs().Flags, l.Attrs().MasterIndex, br.Attrs().Index)
+		}
+	}
+	for _, bad := range []string{"", "eth0/x", testTapPrefix + "missing", m.Config.Bridge} {
+		if err := m.SetTapUp(ctx, bad, true); err == nil {
+			t.Errorf("SetTapUp(%q) succeeded", bad)
+		}
+	}
+	if l := mustLink(t, m.Config.Bridge); l.Attrs().Flags&net.FlagUp == 0 {
+		t.Error("the bridge went down")
+	}
+}
+
 func TestCreateTapRepairsDetachedDownTap(t *testing.T) {
 	requireNetNS(t)
 	ctx := context.Background()

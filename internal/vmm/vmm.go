@@ -81,10 +81,6 @@ type Incoming struct {
 	// refuses a VMM of another version (state does not move between
 	// versions). QEMU's state file also records its version itself.
 	VMMVersion string
-	// NetDown (QEMU) leaves the guest's network link down after restore,
-	// so a clone never sends with its source's MAC and IP; the caller sets
-	// the link up (qemu.Driver.SetLink) once the guest agent changed them.
-	NetDown bool
 }
 
 // Confinement runs a VMM through the banger-jail helper: its own uid/gid,

@@ -2,10 +2,9 @@ package qemu
 
 import (
 	"bufio"
+	"cmp"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/crypto/ssh"
+	"github.com/banger-dev/banger/internal/agent"
 )
 
 // The guest agent answers line commands on a virtio-serial port, so the
@@ -70,24 +69,44 @@ func (a AgentClient) Do(ctx context.Context, cmd string) (string, error) {
 // in order, and returns the text of each "ok" answer. It stops at the
 // first failure (an *AgentError for an "err" answer); the agent still
 // runs the commands after it. One connection saves the agent's wake-up
-// (it polls every 50 ms while no host end is connected) per command.
+// (it polls every 20 to 50 ms while no host end is connected) per command.
 func (a AgentClient) DoAll(ctx context.Context, cmds ...string) ([]string, error) {
 	if len(cmds) == 0 {
 		return nil, nil
 	}
-	cmds = slices.Clone(cmds)
-	for i, cmd := range cmds {
-		cmd = strings.TrimSpace(cmd)
-		if cmd == "" || strings.ContainsAny(cmd, "\r\n") {
-			return nil, fmt.Errorf("guest agent: bad command %q", cmd)
-		}
-		cmds[i] = cmd
+	c, err := a.open(ctx, cmds[0])
+	if err != nil {
+		return nil, err
 	}
-	name, _, _ := strings.Cut(cmds[0], " ")
+	defer c.Close()
+	return c.DoAll(ctx, cmds...)
+}
+
+// AgentConn is one open connection to a guest agent, for a caller that
+// does something between batches of commands (a clone's link comes up
+// between its identity and its relink) without paying for a new
+// connection. Close it when done: QEMU serves one client at a time.
+type AgentConn struct {
+	conn   net.Conn
+	r      *bufio.Reader
+	prefix string
+	next   int // the number of the next command's id
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   func() bool
+}
+
+// Open connects to the agent for several batches of commands; ctx bounds
+// the whole connection (defaultAgentTimeout when it has no deadline).
+func (a AgentClient) Open(ctx context.Context) (*AgentConn, error) {
+	return a.open(ctx, "connect")
+}
+
+func (a AgentClient) open(ctx context.Context, name string) (*AgentConn, error) {
+	name, _, _ = strings.Cut(strings.TrimSpace(name), " ")
+	cancel := context.CancelFunc(func() {})
 	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, defaultAgentTimeout)
-		defer cancel()
 	}
 	var d net.Dialer
 	var conn net.Conn
@@ -101,38 +120,75 @@ func (a AgentClient) DoAll(ctx context.Context, cmds ...string) ([]string, error
 		}
 		select {
 		case <-ctx.Done():
+			cancel()
 			return nil, fmt.Errorf("guest agent %s: %w", name, ctx.Err())
 		case <-time.After(wait):
 		}
 	}
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("guest agent %s: %w", name, err)
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck
-	defer stop()
 	var idb [4]byte
 	_, _ = rand.Read(idb[:])
-	prefix := hex.EncodeToString(idb[:])
+	return &AgentConn{
+		conn:   conn,
+		r:      bufio.NewReader(conn),
+		prefix: hex.EncodeToString(idb[:]),
+		ctx:    ctx,
+		cancel: cancel,
+		stop:   context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) }), //nolint:errcheck
+	}, nil
+}
+
+// Close ends the connection.
+func (c *AgentConn) Close() error {
+	c.stop()
+	c.cancel()
+	return c.conn.Close()
+}
+
+// DoAll sends cmds, which the agent runs in order, and returns the text of
+// each "ok" answer, as AgentClient.DoAll does. Answers left unread by an
+// earlier failed batch are skipped by their ids.
+func (c *AgentConn) DoAll(ctx context.Context, cmds ...string) ([]string, error) {
+	if len(cmds) == 0 {
+		return nil, nil
+	}
+	cmds = slices.Clone(cmds)
+	for i, cmd := range cmds {
+		cmd = strings.TrimSpace(cmd)
+		if cmd == "" || strings.ContainsAny(cmd, "\r\n") {
+			return nil, fmt.Errorf("guest agent: bad command %q", cmd)
+		}
+		cmds[i] = cmd
+	}
+	name, _, _ := strings.Cut(cmds[0], " ")
+	if ctx.Err() != nil || c.ctx.Err() != nil {
+		return nil, fmt.Errorf("guest agent %s: %w", name, cmp.Or(ctx.Err(), c.ctx.Err()))
+	}
+	stop := context.AfterFunc(ctx, func() { c.conn.SetDeadline(time.Unix(1, 0)) }) //nolint:errcheck
+	defer stop()
+	first := c.next
+	c.next += len(cmds)
 	var req strings.Builder
 	for i, cmd := range cmds {
-		fmt.Fprintf(&req, "%s-%d %s\n", prefix, i, cmd)
+		fmt.Fprintf(&req, "%s-%d %s\n", c.prefix, first+i, cmd)
 	}
-	if _, err := io.WriteString(conn, req.String()); err != nil {
-		return nil, fmt.Errorf("guest agent %s: %w", name, agentCtxErr(ctx, err))
+	if _, err := io.WriteString(c.conn, req.String()); err != nil {
+		return nil, fmt.Errorf("guest agent %s: %w", name, c.ctxErr(ctx, err))
 	}
-	r := bufio.NewReader(conn)
 	answers := make([]string, 0, len(cmds))
 	for len(answers) < len(cmds) {
 		i := len(answers)
 		name, _, _ := strings.Cut(cmds[i], " ")
-		line, err := r.ReadString('\n')
+		line, err := c.r.ReadString('\n')
 		if err != nil {
-			return answers, fmt.Errorf("guest agent %s: no answer: %w", name, agentCtxErr(ctx, err))
+			return answers, fmt.Errorf("guest agent %s: no answer: %w", name, c.ctxErr(ctx, err))
 		}
 		gotID, rest, _ := strings.Cut(strings.TrimRight(line, "\r\n"), " ")
-		if gotID != fmt.Sprintf("%s-%d", prefix, i) {
-			continue // an answer meant for an earlier client
+		if gotID != fmt.Sprintf("%s-%d", c.prefix, first+i) {
+			continue // an answer meant for an earlier client or batch
 		}
 		status, text, _ := strings.Cut(rest, " ")
 		switch status {
@@ -145,6 +201,13 @@ func (a AgentClient) DoAll(ctx context.Context, cmds ...string) ([]string, error
 		}
 	}
 	return answers, nil
+}
+
+func (c *AgentConn) ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return agentCtxErr(c.ctx, err)
 }
 
 func agentCtxErr(ctx context.Context, err error) error {
@@ -211,35 +274,9 @@ func (a AgentClient) RegenHostKey(ctx context.Context) (string, error) {
 	return a.Do(ctx, "regen-hostkey")
 }
 
-// HostKey is an SSH host key made on the host for a guest: the private key
-// in dropbear's file format, and the public key as an authorized_keys line.
-type HostKey struct {
-	Dropbear []byte
-	Public   string
-}
-
-// NewHostKey makes an ed25519 host key. Dropbear's file holds the key type
-// and the 64 bytes of seed and public key, each as an SSH string.
-func NewHostKey() (HostKey, error) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return HostKey{}, err
-	}
-	spub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		return HostKey{}, err
-	}
-	var b []byte
-	for _, s := range [][]byte{[]byte(ssh.KeyAlgoED25519), priv} {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
-		b = append(b, s...)
-	}
-	return HostKey{Dropbear: b, Public: strings.TrimSpace(string(ssh.MarshalAuthorizedKey(spub)))}, nil
-}
-
-// SetHostKey installs a host key made on the host (NewHostKey) and
+// SetHostKey installs a host key made on the host (agent.NewHostKey) and
 // restarts the guest's SSH server with it: no key generation in the guest.
-func (a AgentClient) SetHostKey(ctx context.Context, k HostKey) error {
+func (a AgentClient) SetHostKey(ctx context.Context, k agent.HostKey) error {
 	_, err := a.Do(ctx, "set-hostkey "+hex.EncodeToString(k.Dropbear))
 	return err
 }

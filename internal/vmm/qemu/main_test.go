@@ -63,7 +63,12 @@ func prepareGuest() (cleanup func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	start := time.Now()
-	res, err := image.Build(ctx, image.BuildOptions{Dir: dir, CacheDir: cache, Runner: system.ExecRunner{}})
+	agent := filepath.Join(tmp, "banger-agent")
+	if err := system.GoBuild(ctx, "./cmd/banger-agent", agent, "netgo", "osusergo"); err != nil {
+		skip("building the guest agent failed: %v", err)
+		return cleanup
+	}
+	res, err := image.Build(ctx, image.BuildOptions{Dir: dir, CacheDir: cache, Runner: system.ExecRunner{}, Agent: agent})
 	if err != nil {
 		skip("building the guest image failed (is the Debian mirror reachable?): %v", err)
 		return cleanup

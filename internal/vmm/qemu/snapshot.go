@@ -367,25 +367,6 @@ func (d *Driver) Resume(ctx context.Context, m vmm.Machine, p system.Process) er
 	return nil
 }
 
-// SetLink sets the link of m's network device up or down (QMP set_link);
-// the guest sees its carrier come and go, and QEMU drops what the guest
-// sends while it is down. A clone is restored with Incoming.NetDown and
-// its link set up once the guest agent gave it its own MAC and IP.
-func (d *Driver) SetLink(ctx context.Context, m vmm.Machine, up bool) error {
-	if m.TapDevice == "" {
-		return fmt.Errorf("setting the link of vm %s: it has no network device", m.ID)
-	}
-	c, err := dialQMP(ctx, m.APISock, qmpOpTimeout)
-	if err != nil {
-		return fmt.Errorf("setting the link of vm %s: %w", m.ID, err)
-	}
-	defer c.Close()
-	if _, err := c.execute("set_link", map[string]any{"name": netdevID, "up": up}); err != nil {
-		return fmt.Errorf("setting the link of vm %s: %w", m.ID, err)
-	}
-	return nil
-}
-
 // RunState proves p is m's QEMU (argv and QMP query-name, as Identify) and
 // returns its QMP run status: "running", "paused", "postmigrate" (saved,
 // kept up), "inmigrate" (restoring)... Identify accepts only "running";
@@ -671,11 +652,6 @@ func startRestored(c *qmpClient, m vmm.Machine, st string) error {
 	case "paused", "postmigrate", "running":
 	default:
 		return fmt.Errorf("qemu status is %q after loading the saved state", st)
-	}
-	if m.Incoming.NetDown && m.TapDevice != "" {
-		if _, err := c.execute("set_link", map[string]any{"name": netdevID, "up": false}); err != nil {
-			return err
-		}
 	}
 	if st != "running" {
 		if _, err := c.execute("cont", nil); err != nil {

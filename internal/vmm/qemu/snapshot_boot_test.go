@@ -55,6 +55,14 @@ func snapNet(t *testing.T) func(tap string) {
 	}
 }
 
+// setTap sets a test tap up or down.
+func setTap(t *testing.T, tap, state string) {
+	t.Helper()
+	if _, err := (system.ExecRunner{}).Run(context.Background(), "ip", "link", "set", tap, state); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // withGuestNet gives m a tap on the bridge and an address.
 func withGuestNet(m vmm.Machine, tap, mac, ip string) vmm.Machine {
 	m.TapDevice, m.GuestMAC, m.GuestIP = tap, mac, ip
@@ -346,8 +354,10 @@ func TestSnapshotTCG(t *testing.T) {
 		id, name := fmt.Sprintf("c10e%04d", i), fmt.Sprintf("clone%d", i)
 		tap, mac, ip := fmt.Sprintf("bgqt%d", i), fmt.Sprintf("52:54:00:5a:01:%02x", i), fmt.Sprintf("172.30.0.%d", 10+i)
 		addTap(tap)
+		// Off the bridge until it has its own identity, as the daemon does.
+		setTap(t, tap, "down")
 		m := withGuestNet(cloneMachine(t, src, id, name, root, work), tap, mac, ip)
-		m.Incoming = &vmm.Incoming{File: forkState, NetDown: true}
+		m.Incoming = &vmm.Incoming{File: forkState}
 		start := time.Now()
 		cp, err := d.Launch(ctx, m)
 		if err != nil {
@@ -391,9 +401,7 @@ func TestSnapshotTCG(t *testing.T) {
 			}
 			t.Logf("%s: agent commands: %s", name, strings.Join(steps, ", "))
 		}
-		if err := d.SetLink(ctx, m, true); err != nil {
-			t.Fatal(err)
-		}
+		setTap(t, tap, "up")
 		agentDone := time.Since(start)
 		// Pin the key the agent reported: the dial succeeds only if the
 		// guest's SSH server now offers it.

@@ -429,30 +429,6 @@ func TestAgentClientTimesOut(t *testing.T) {
 	}
 }
 
-// A host-made key is in dropbear's file format (checked against a key file
-// dropbearkey 2022.83 wrote: type and 64-byte seed+public, each an SSH
-// string) and its public half matches.
-func TestNewHostKey(t *testing.T) {
-	k, err := NewHostKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := k.Dropbear
-	if len(b) != 4+11+4+64 || string(b[:15]) != "\x00\x00\x00\x0bssh-ed25519" || string(b[15:19]) != "\x00\x00\x00\x40" {
-		t.Fatalf("dropbear key file % x", b)
-	}
-	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k.Public))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := pub.(ssh.CryptoPublicKey).CryptoPublicKey().(ed25519.PublicKey); !bytes.Equal(got, b[19+32:]) {
-		t.Errorf("public key %x is not the file's %x", got, b[19+32:])
-	}
-	if k2, _ := NewHostKey(); bytes.Equal(k2.Dropbear, k.Dropbear) {
-		t.Error("two keys alike")
-	}
-}
-
 // PrepareClone installs a host-made key and returns its public half; an
 // agent that does not know set-hostkey makes one itself (regen-hostkey).
 func TestPrepareCloneHostKey(t *testing.T) {
@@ -483,6 +459,11 @@ func TestPrepareCloneHostKey(t *testing.T) {
 			t.Fatalf("set-hostkey sent %q", hk)
 		}
 		if old {
+			// The commands after the refused set-hostkey ran unchecked:
+			// they are sent again after regen-hostkey.
+			if i := slices.Index(seen, "regen-hostkey"); i < 0 || len(seen) < i+6 || !strings.HasPrefix(seen[i+1], "set-mac ") || !strings.HasPrefix(seen[i+5], "set-time ") {
+				t.Errorf("old agent: commands %q", seen)
+			}
 			if !strings.HasSuffix(key, "IPz4ItKw9cW2PZGPvZP2wdBy0lXYFm1LIoQqf+xPbGVZ") {
 				t.Errorf("old agent: key %q, want the one regen-hostkey reported", key)
 			}
@@ -495,21 +476,79 @@ func TestPrepareCloneHostKey(t *testing.T) {
 	}
 }
 
-// relink sends the gateway to put back, tolerates an agent that does not
-// know the command, and reports any other failure.
-func TestRelink(t *testing.T) {
-	for _, tc := range []struct {
-		answer  string
-		wantErr bool
-	}{{"ok", false}, {"err unknown command relink", false}, {"err relink: cannot take eth0 down and up", true}} {
-		var seen []string
-		path := agentDouble(t, "", func(id, cmd string) string {
-			seen = append(seen, cmd)
-			return id + " " + tc.answer + "\n"
-		})
-		err := relink(context.Background(), Agent(path), "172.30.0.1")
-		if (err != nil) != tc.wantErr || len(seen) != 1 || seen[0] != "relink 172.30.0.1" {
-			t.Errorf("answer %q: relink = %v after %q", tc.answer, err, seen)
+// An AgentConn runs batches over one connection; answers a failed batch
+// left unread are skipped by their ids, and ids go on from batch to batch.
+func TestAgentConnBatches(t *testing.T) {
+	ctx := context.Background()
+	prefixes := map[string]bool{}
+	var ids []string
+	path := agentDouble(t, "", func(id, cmd string) string {
+		p, _, _ := strings.Cut(id, "-")
+		prefixes[p] = true
+		ids = append(ids, id)
+		if cmd == "fail" {
+			return id + " err fail: no\n"
 		}
+		return id + " ok " + cmd + "\n"
+	})
+	c, err := Agent(path).Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := c.DoAll(ctx, "a", "fail", "b", "c")
+	var ae *AgentError
+	if !errors.As(err, &ae) || ae.Command != "fail" || !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("first batch = %q, %v", got, err)
+	}
+	// The answers to b and c are still on their way: they must not be
+	// taken for d's and e's.
+	got, err = c.DoAll(ctx, "d", "e")
+	if err != nil || !slices.Equal(got, []string{"d", "e"}) {
+		t.Fatalf("second batch = %q, %v", got, err)
+	}
+	if len(prefixes) != 1 || len(ids) != 6 || !strings.HasSuffix(ids[4], "-4") || !strings.HasSuffix(ids[5], "-5") {
+		t.Errorf("connections %d, ids %q: want one connection and ids numbered on", len(prefixes), ids)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := c.DoAll(cctx, "f"); !errors.Is(err, context.Canceled) {
+		t.Errorf("DoAll with a cancelled context = %v", err)
+	}
+}
+
+// PrepareClone gives the whole identity over a single connection to the
+// agent, the host key first (the guest's SSH server restarts meanwhile),
+// and leaves the VMM's link alone (the caller keeps the clone off the
+// network host-side).
+func TestPrepareCloneOneConnection(t *testing.T) {
+	qmp := filepath.Join(t.TempDir(), "qmp.sock")
+	f, err := newFakeQMP(qmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.serve()
+	t.Cleanup(func() { f.ln.Close() })
+	prefixes := map[string]bool{}
+	var seen []string
+	path := agentDouble(t, "", func(id, cmd string) string {
+		p, _, _ := strings.Cut(id, "-")
+		prefixes[p] = true
+		name, _, _ := strings.Cut(cmd, " ")
+		seen = append(seen, name)
+		return id + " ok\n"
+	})
+	d := &Driver{}
+	m := vmm.Machine{ID: "c1", APISock: qmp, AgentSock: path, TapDevice: "tap0"}
+	key, err := d.PrepareClone(context.Background(), m, vmm.CloneIdentity{MAC: "02:00:00:00:00:01", IP: "172.30.0.9", PrefixLen: 24, Gateway: "172.30.0.1", Hostname: "c1"})
+	if err != nil || !strings.HasPrefix(key, "ssh-ed25519 ") {
+		t.Fatalf("PrepareClone = %q, %v", key, err)
+	}
+	want := []string{"ping", "set-hostkey", "set-mac", "set-ip", "set-hostname", "reseed", "set-time"}
+	if !slices.Equal(seen, want) || len(prefixes) != 1 {
+		t.Errorf("agent saw %q over %d connections, want %q over one", seen, len(prefixes), want)
+	}
+	if f.log() != "" {
+		t.Errorf("QMP commands %q: PrepareClone needs none", f.log())
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/banger-dev/banger/internal/vmm"
 )
@@ -44,44 +45,53 @@ func (d *Driver) SaveForSnapshot(ctx context.Context, m vmm.Machine, p system.Pr
 
 // PrepareClone gives a guest restored from another VM's state its own
 // identity through the agent (MAC, address, hostname, fresh entropy, a new
-// SSH host key, the clock), then brings its link up. It returns the new
-// host key.
+// SSH host key, the clock) and returns the new host key. It all goes over
+// one connection to the agent, which otherwise waits for its next poll at
+// every new one. The clone is kept off the network meanwhile by its
+// caller, host-side (its tap is down): the guest's own link stays up, so
+// its kernel sees no carrier change, which it would act on only up to a
+// second later.
 func (d *Driver) PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneIdentity) (string, error) {
-	pub, err := giveIdentity(ctx, Agent(AgentSocket(m)), id)
+	c, err := Agent(AgentSocket(m)).Open(ctx)
 	if err != nil {
 		return "", fmt.Errorf("clone %s: %w", m.ID, err)
 	}
-	if err := d.SetLink(ctx, m, true); err != nil {
-		return "", fmt.Errorf("clone %s: link up: %w", m.ID, err)
-	}
-	if err := relink(ctx, Agent(AgentSocket(m)), id.Gateway); err != nil {
+	defer c.Close()
+	pub, err := giveIdentity(ctx, c, id)
+	if err != nil {
 		return "", fmt.Errorf("clone %s: %w", m.ID, err)
 	}
 	return pub, nil
+}
+
+// agentDoer is an agent connection or client: what giveIdentity needs.
+type agentDoer interface {
+	DoAll(ctx context.Context, cmds ...string) ([]string, error)
 }
 
 // giveIdentity runs the agent's part of PrepareClone and returns the
 // guest's new host key. The key is made here and installed by the agent,
 // which spares the guest a key generation (a few hundred ms under TCG); an
 // agent too old for set-hostkey generates one (regen-hostkey) and reports
-// it.
-func giveIdentity(ctx context.Context, a AgentClient, id vmm.CloneIdentity) (string, error) {
+// it. The key goes first: the guest's SSH server restarts with it while the
+// agent does the rest.
+func giveIdentity(ctx context.Context, a agentDoer, id vmm.CloneIdentity) (string, error) {
 	seed := make([]byte, 32)
 	rand.Read(seed)
-	if err := a.Ping(ctx); err != nil {
-		return "", fmt.Errorf("guest agent: %w", err)
-	}
-	key, err := NewHostKey()
+	key, err := agent.NewHostKey()
 	if err != nil {
 		return "", fmt.Errorf("host key: %w", err)
 	}
-	_, err = a.DoAll(ctx, "set-mac "+id.MAC, fmt.Sprintf("set-ip %s/%d %s", id.IP, id.PrefixLen, id.Gateway),
-		"set-hostname "+id.Hostname, "reseed "+hex.EncodeToString(seed), "set-hostkey "+hex.EncodeToString(key.Dropbear), setTimeCommand(time.Now()))
+	rest := []string{"set-mac " + id.MAC, fmt.Sprintf("set-ip %s/%d %s", id.IP, id.PrefixLen, id.Gateway),
+		"set-hostname " + id.Hostname, "reseed " + hex.EncodeToString(seed), setTimeCommand(time.Now())}
+	answers, err := a.DoAll(ctx, append([]string{"ping", "set-hostkey " + hex.EncodeToString(key.Dropbear)}, rest...)...)
 	pub := key.Public
 	var ae *AgentError
-	if errors.As(err, &ae) && ae.Command == "set-hostkey" && strings.HasPrefix(ae.Message, "unknown command") {
-		var answers []string
-		if answers, err = a.DoAll(ctx, "regen-hostkey", setTimeCommand(time.Now())); err == nil {
+	if len(answers) == 1 && errors.As(err, &ae) && ae.Command == "set-hostkey" && strings.HasPrefix(ae.Message, "unknown command") {
+		// The rest ran too, unchecked: run it again, after the older key
+		// command.
+		rest[len(rest)-1] = setTimeCommand(time.Now())
+		if answers, err = a.DoAll(ctx, append([]string{"regen-hostkey"}, rest...)...); err == nil {
 			pub = answers[0]
 		}
 	}
@@ -93,17 +103,4 @@ func giveIdentity(ctx context.Context, a AgentClient, id vmm.CloneIdentity) (str
 func (d *Driver) SetHostname(ctx context.Context, m vmm.Machine, name string) error {
 	_, err := Agent(AgentSocket(m)).Do(ctx, "set-hostname "+name)
 	return err
-}
-
-// relink has the guest take its device down and up once its link is back,
-// so that it sends at once: the kernel handles a carrier coming back at
-// most once a second after the previous link event (the link went down at
-// restore), and about half the clones stayed silent for a second. An agent
-// without relink is left to that second.
-func relink(ctx context.Context, a AgentClient, gateway string) error {
-	var ae *AgentError
-	if _, err := a.Do(ctx, "relink "+gateway); err != nil && !(errors.As(err, &ae) && strings.HasPrefix(ae.Message, "unknown command")) {
-		return err
-	}
-	return nil
 }

@@ -1,0 +1,65 @@
+// banger-agent is banger's guest agent (see internal/agent): the image
+// build installs it as /usr/lib/banger/agent, busybox init respawns it,
+// and it answers on the virtio-serial port org.banger.agent.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/banger-dev/banger/internal/agent"
+)
+
+const portName = "org.banger.agent"
+
+func main() {
+	port := findPort()
+	if port == "" {
+		// No channel here (another VMM): idle rather than be respawned in a
+		// loop.
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+	f, err := os.OpenFile(port, os.O_RDWR, 0)
+	if err != nil {
+		// In use or gone: init respawns us.
+		fmt.Fprintln(os.Stderr, "banger-agent:", err)
+		time.Sleep(5 * time.Second)
+		os.Exit(1)
+	}
+	os.MkdirAll("/dev/virtio-ports", 0o755)
+	os.Remove("/dev/virtio-ports/" + portName)
+	os.Symlink(port, "/dev/virtio-ports/"+portName)
+	// Read the whole program once, so its pages stay in the guest's page
+	// cache and so in any state saved from here: a command that never ran
+	// before the save then faults its code in from memory, not from the
+	// clone's disk.
+	if b, err := os.ReadFile("/proc/self/exe"); err == nil {
+		_ = b[len(b)-1]
+	}
+	s := agent.Server{Sys: agent.NewLinux()}
+	if c, err := os.OpenFile("/dev/console", os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		s.Console = c
+		fmt.Fprintf(c, "banger-agent: ready on %s\n", port)
+	}
+	if err := s.Serve(context.Background(), f); err != nil {
+		fmt.Fprintln(os.Stderr, "banger-agent:", err)
+		os.Exit(1)
+	}
+}
+
+// findPort returns the device of the virtio-serial port named portName.
+func findPort() string {
+	ports, _ := filepath.Glob("/sys/class/virtio-ports/*")
+	for _, p := range ports {
+		if b, err := os.ReadFile(filepath.Join(p, "name")); err == nil && strings.TrimSpace(string(b)) == portName {
+			return "/dev/" + filepath.Base(p)
+		}
+	}
+	return ""
+}

@@ -1,0 +1,213 @@
+//go:build linux
+
+package agent
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// rndReseedCRNG is RNDRESEEDCRNG, _IO('R', 0x07): reseed the CRNG from
+// the input pool now (Linux 4.17 and later; needs CAP_SYS_ADMIN).
+const rndReseedCRNG = 0x5207
+
+// Linux is the System of a banger guest: eth0, dropbear's key files and
+// the sshd loop's pid file, under Root ("" = /).
+type Linux struct {
+	Dev  string // the network device, eth0 by default
+	Root string // prefix for the files it writes, for tests
+
+}
+
+// NewLinux returns the System for this guest's eth0.
+func NewLinux() *Linux { return &Linux{Dev: "eth0"} }
+
+func (l *Linux) path(p string) string { return filepath.Join(l.Root, p) }
+
+func (l *Linux) link() (netlink.Link, error) {
+	dev := l.Dev
+	if dev == "" {
+		dev = "eth0"
+	}
+	return netlink.LinkByName(dev)
+}
+
+// SetTime sets CLOCK_REALTIME.
+func (l *Linux) SetTime(t time.Time) error {
+	ts := unix.NsecToTimespec(t.UnixNano())
+	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
+}
+
+// SetIP replaces eth0's IPv4 addresses with addr and, when gw is valid,
+// the default route with one via gw.
+func (l *Linux) SetIP(addr netip.Prefix, gw netip.Addr) error {
+	link, err := l.link()
+	if err != nil {
+		return err
+	}
+	old, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	for _, a := range old {
+		if err := netlink.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("removing %s: %w", a.IPNet, err)
+		}
+	}
+	ipnet := &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: ipnet}); err != nil {
+		return fmt.Errorf("adding %s: %w", addr, err)
+	}
+	if gw.IsValid() {
+		if err := defaultRoute(link, gw); err != nil {
+			return fmt.Errorf("cannot route via %s: %w", gw, err)
+		}
+	}
+	return nil
+}
+
+func defaultRoute(link netlink.Link, gw netip.Addr) error {
+	return netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice(),
+		Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}})
+}
+
+// SetMAC gives eth0 mac. virtio-net takes a new address while up;
+// otherwise the device goes down for the change and comes back with its
+// default route (which the kernel drops with the link).
+func (l *Linux) SetMAC(mac net.HardwareAddr) error {
+	link, err := l.link()
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetHardwareAddr(link, mac); err == nil {
+		return nil
+	}
+	var gw netip.Addr
+	if routes, err := netlink.RouteList(link, netlink.FAMILY_V4); err == nil {
+		for _, r := range routes {
+			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.Gw != nil {
+				gw, _ = netip.AddrFromSlice(r.Gw.To4())
+			}
+		}
+	}
+	if err := netlink.LinkSetDown(link); err != nil {
+		return err
+	}
+	err = netlink.LinkSetHardwareAddr(link, mac)
+	if upErr := netlink.LinkSetUp(link); err == nil {
+		err = upErr
+	}
+	if err == nil && gw.IsValid() {
+		err = defaultRoute(link, gw)
+	}
+	return err
+}
+
+// SetHostname sets the kernel's hostname, /etc/hostname and /etc/hosts.
+func (l *Linux) SetHostname(name string) error {
+	if l.Root == "" {
+		if err := unix.Sethostname([]byte(name)); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(l.path("/etc/hostname"), []byte(name+"\n"), 0o644); err != nil {
+		return err
+	}
+	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n", name)
+	return os.WriteFile(l.path("/etc/hosts"), []byte(hosts), 0o644)
+}
+
+// Reseed writes seed to /dev/urandom, which mixes it into the input pool
+// but credits no entropy, and then asks the kernel to reseed its CRNG from
+// that pool now (it would otherwise on its own schedule, up to a minute
+// later).
+func (l *Linux) Reseed(seed []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write(seed); err != nil {
+		return fmt.Errorf("cannot write /dev/urandom: %w", err)
+	}
+	if err := unix.IoctlSetInt(int(f.Fd()), rndReseedCRNG, 0); err != nil {
+		return fmt.Errorf("seed mixed in, but the CRNG reseed failed: %w", err)
+	}
+	return nil
+}
+
+const hostKeyPath = "/etc/dropbear/dropbear_ed25519_host_key"
+
+// InstallHostKey replaces dropbear's ed25519 host key (and drops its other
+// keys, which the clone would share with its source), then restarts the
+// listening server, which read its keys when it started.
+func (l *Linux) InstallHostKey(dropbear []byte) error {
+	key := l.path(hostKeyPath)
+	tmp := key + ".new"
+	os.Remove(tmp)
+	if err := os.WriteFile(tmp, dropbear, 0o600); err != nil {
+		return fmt.Errorf("cannot write the key: %w", err)
+	}
+	if err := os.Rename(tmp, key); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cannot write the key: %w", err)
+	}
+	for _, k := range []string{"rsa", "ecdsa", "dss"} {
+		os.Remove(l.path("/etc/dropbear/dropbear_" + k + "_host_key"))
+	}
+	return l.restartSSHD()
+}
+
+// restartSSHD ends the listening dropbear: the sshd loop
+// (/usr/lib/banger/sshd) starts it again at once with the new key, and
+// open sessions, its children, stay. SIGKILL: the listener holds nothing
+// to save, and its SIGTERM handler (logging its exit) costs tens of ms in
+// a guest just restored, on the way to the clone's first SSH connection. The loop records the listener's pid;
+// without that record, the listener is the dropbear whose parent is init
+// or the loop.
+func (l *Linux) restartSSHD() error {
+	if b, err := os.ReadFile(l.path("/run/banger-sshd.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 && l.comm(pid) == "dropbear" {
+			return syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	dirs, err := os.ReadDir(l.path("/proc"))
+	if err != nil {
+		return err
+	}
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || l.comm(pid) != "dropbear" {
+			continue
+		}
+		stat, err := os.ReadFile(l.path(fmt.Sprintf("/proc/%d/stat", pid)))
+		if err != nil {
+			continue
+		}
+		// The parent is the fourth field, after the ")" that ends comm.
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(f) < 2 {
+			continue
+		}
+		cmdline, _ := os.ReadFile(l.path("/proc/" + f[1] + "/cmdline"))
+		if f[1] == "1" || strings.Contains(string(cmdline), "banger/sshd") {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	return nil
+}
+
+func (l *Linux) comm(pid int) string {
+	b, _ := os.ReadFile(l.path(fmt.Sprintf("/proc/%d/comm", pid)))
+	return strings.TrimSpace(string(b))
+}

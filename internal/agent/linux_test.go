@@ -1,0 +1,176 @@
+//go:build linux
+
+package agent
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/banger-dev/banger/internal/system"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, links, the CRNG ioctl")
+	}
+}
+
+// inNetNS runs f on a thread of its own in a new network namespace with an
+// eth0 (a veth); the thread is dropped afterwards.
+func inNetNS(t *testing.T, f func(link netlink.Link)) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "peer0"}); err != nil {
+			t.Errorf("veth eth0: %v", err)
+			return
+		}
+		link, err := netlink.LinkByName("eth0")
+		if err == nil {
+			err = netlink.LinkSetUp(link)
+		}
+		if err != nil {
+			t.Errorf("eth0: %v", err)
+			return
+		}
+		f(link)
+	}()
+	<-done
+}
+
+func TestLinuxSetIPAndMAC(t *testing.T) {
+	needRoot(t)
+	inNetNS(t, func(link netlink.Link) {
+		l := &Linux{Dev: "eth0"}
+		gw := netip.MustParseAddr("10.9.0.1")
+		for _, addr := range []string{"10.9.0.5/24", "10.9.0.6/24"} {
+			if err := l.SetIP(netip.MustParsePrefix(addr), gw); err != nil {
+				t.Errorf("SetIP %s: %v", addr, err)
+				return
+			}
+			addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4)
+			if len(addrs) != 1 || addrs[0].IPNet.String() != addr {
+				t.Errorf("after SetIP %s: addresses %v, want that one only", addr, addrs)
+			}
+			routes, _ := netlink.RouteList(link, netlink.FAMILY_V4)
+			found := false
+			for _, r := range routes {
+				if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.Gw.Equal(net.ParseIP("10.9.0.1")) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("after SetIP %s: no default route via %s in %v", addr, gw, routes)
+			}
+		}
+		mac, _ := net.ParseMAC("02:00:00:aa:bb:cc")
+		if err := l.SetMAC(mac); err != nil {
+			t.Errorf("SetMAC: %v", err)
+			return
+		}
+		got, _ := netlink.LinkByName("eth0")
+		if got.Attrs().HardwareAddr.String() != mac.String() {
+			t.Errorf("eth0's MAC is %s, want %s", got.Attrs().HardwareAddr, mac)
+		}
+		if err := (&Linux{Dev: "eth9"}).SetIP(netip.MustParsePrefix("10.9.0.7/24"), gw); err == nil {
+			t.Error("SetIP on a missing device succeeded")
+		}
+	})
+}
+
+// sleeper starts a process of the test's own to stand for a dropbear.
+func sleeper(t *testing.T) system.Process {
+	t.Helper()
+	p, err := system.StartDecoy([]string{"dropbear", "-F"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Kill(time.Second) })
+	return p
+}
+
+// fakeProc writes what restartSSHD reads of pid under root's /proc.
+func fakeProc(t *testing.T, root string, pid int, comm string, ppid int) {
+	t.Helper()
+	dir := filepath.Join(root, "proc", strconv.Itoa(pid))
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "comm"), []byte(comm+"\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "stat"), []byte(strconv.Itoa(pid)+" ("+comm+") S "+strconv.Itoa(ppid)+" 1 1 0"), 0o644)
+}
+
+// InstallHostKey replaces the key file (mode 0600), drops the other key
+// types, and ends the listening dropbear only: the one the sshd loop's pid
+// file names, else one whose parent is init; never a session's.
+func TestLinuxInstallHostKey(t *testing.T) {
+	for _, withPidFile := range []bool{true, false} {
+		root := t.TempDir()
+		os.MkdirAll(filepath.Join(root, "etc/dropbear"), 0o700)
+		os.MkdirAll(filepath.Join(root, "run"), 0o755)
+		for _, k := range []string{"rsa", "ecdsa", "ed25519"} {
+			os.WriteFile(filepath.Join(root, "etc/dropbear/dropbear_"+k+"_host_key"), []byte("old"), 0o600)
+		}
+		listener, session := sleeper(t), sleeper(t)
+		fakeProc(t, root, listener.PID, "dropbear", 1)
+		fakeProc(t, root, session.PID, "dropbear", listener.PID)
+		if withPidFile {
+			os.WriteFile(filepath.Join(root, "run/banger-sshd.pid"), []byte(strconv.Itoa(listener.PID)+"\n"), 0o644)
+		}
+		k, _ := NewHostKey()
+		if err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
+			t.Fatal(err)
+		}
+		key := filepath.Join(root, hostKeyPath)
+		if b, err := os.ReadFile(key); err != nil || string(b) != string(k.Dropbear) {
+			t.Errorf("pid file %v: key file %q, %v", withPidFile, b, err)
+		}
+		if st, _ := os.Stat(key); st == nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("pid file %v: key file mode %v", withPidFile, st)
+		}
+		if _, err := os.Stat(filepath.Join(root, "etc/dropbear/dropbear_rsa_host_key")); !os.IsNotExist(err) {
+			t.Errorf("pid file %v: the rsa key is still there", withPidFile)
+		}
+		if !listener.WaitExit(2 * time.Second) {
+			t.Errorf("pid file %v: the listener was not ended", withPidFile)
+		}
+		if !session.Alive() {
+			t.Errorf("pid file %v: a session's dropbear was ended", withPidFile)
+		}
+	}
+}
+
+func TestLinuxSetHostnameFiles(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	if err := (&Linux{Root: root}).SetHostname("web-2"); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := os.ReadFile(filepath.Join(root, "etc/hostname"))
+	hosts, _ := os.ReadFile(filepath.Join(root, "etc/hosts"))
+	if string(h) != "web-2\n" || string(hosts) != "127.0.0.1\tlocalhost\n127.0.1.1\tweb-2\n::1\tlocalhost ip6-localhost ip6-loopback\n" {
+		t.Errorf("hostname %q, hosts %q", h, hosts)
+	}
+}
+
+// Reseed's ioctl is RNDRESEEDCRNG: as root it succeeds (an unknown ioctl
+// would be ENOTTY); it reseeds this host's CRNG, which is harmless.
+func TestLinuxReseed(t *testing.T) {
+	needRoot(t)
+	if err := (&Linux{}).Reseed([]byte("banger test seed")); err != nil {
+		t.Fatal(err)
+	}
+}
