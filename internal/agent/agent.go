@@ -17,8 +17,8 @@
 //	set-mac MAC                  eth0's MAC address
 //	set-hostname NAME            hostname, /etc/hostname, /etc/hosts
 //	reseed HEX                   the bytes mixed into the kernel's RNG, which reseeds at once
-//	regen-hostkey                a new ed25519 host key, SSH server restarted; ok <type> <base64>
-//	set-hostkey HEX              install the host's ed25519 key (dropbear's file), SSH server restarted
+//	regen-hostkey                a new ed25519 host key, served from the next connection; ok <type> <base64>
+//	set-hostkey HEX              install the host's ed25519 key (dropbear's file), served from the next connection
 //
 // The id comes back with every answer: the port holds a write while no
 // host end is connected, so an answer may reach a later client, which

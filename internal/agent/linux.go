@@ -3,6 +3,8 @@
 package agent
 
 import (
+	"debug/elf"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -168,23 +170,37 @@ func (l *Linux) InstallHostKey(dropbear []byte) error {
 	return l.restartSSHD()
 }
 
-// restartSSHD ends the listening dropbear: the sshd loop
-// (/usr/lib/banger/sshd) starts it again at once with the new key, and
-// open sessions, its children, stay. SIGKILL: the listener holds nothing
-// to save, and its SIGTERM handler (logging its exit) costs tens of ms in
-// a guest just restored, on the way to the clone's first SSH connection. The loop records the listener's pid;
-// without that record, the listener is the dropbear whose parent is init
-// or the loop.
+// restartSSHD has the SSH server serve the new key: it ends the listening
+// dropbear unless that one already loads its keys afresh for every
+// connection. The sshd loop (/usr/lib/banger/sshd) starts an ended
+// listener again at once, and open sessions, its children, stay. SIGKILL:
+// the listener holds nothing to save, and its SIGTERM handler costs tens of
+// ms in a guest just restored.
 func (l *Linux) restartSSHD() error {
+	for _, pid := range l.listeners() {
+		if l.reloadsKeys(pid) {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return err
+		}
+	}
+	return nil
+}
+
+// listeners are the listening dropbear: the one the sshd loop recorded,
+// else each dropbear whose parent is init or the loop (never a session's).
+func (l *Linux) listeners() []int {
 	if b, err := os.ReadFile(l.path("/run/banger-sshd.pid")); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 && l.comm(pid) == "dropbear" {
-			return syscall.Kill(pid, syscall.SIGKILL)
+			return []int{pid}
 		}
 	}
 	dirs, err := os.ReadDir(l.path("/proc"))
 	if err != nil {
-		return err
+		return nil
 	}
+	var out []int
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
 		if err != nil || l.comm(pid) != "dropbear" {
@@ -201,10 +217,42 @@ func (l *Linux) restartSSHD() error {
 		}
 		cmdline, _ := os.ReadFile(l.path("/proc/" + f[1] + "/cmdline"))
 		if f[1] == "1" || strings.Contains(string(cmdline), "banger/sshd") {
-			syscall.Kill(pid, syscall.SIGKILL)
+			out = append(out, pid)
 		}
 	}
-	return nil
+	return out
+}
+
+// reloadsKeys reports whether the listening dropbear pid loads its host
+// keys afresh for every connection, so that a new key file needs no
+// restart. Since 2022.82, on Linux, dropbear re-executes itself for each
+// connection (fexecve of its own program, opened by its argv[0]), and the
+// new process loads the keys; it falls back to a plain fork, which keeps
+// the listener's keys, when it cannot open argv[0]. So: an absolute argv[0]
+// and a program that imports fexecve. Skipping the restart spares a clone
+// an exec of dropbear (hundreds of ms under TCG just after a restore) and
+// its SSH server is never down.
+func (l *Linux) reloadsKeys(pid int) bool {
+	cmdline, err := os.ReadFile(l.path(fmt.Sprintf("/proc/%d/cmdline", pid)))
+	argv0, _, _ := strings.Cut(string(cmdline), "\x00")
+	if err != nil || !filepath.IsAbs(argv0) {
+		return false
+	}
+	f, err := elf.Open(l.path(fmt.Sprintf("/proc/%d/exe", pid)))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	syms, err := f.DynamicSymbols()
+	if err != nil {
+		return false
+	}
+	for _, s := range syms {
+		if s.Name == "fexecve" && s.Section == elf.SHN_UNDEF {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *Linux) comm(pid int) string {

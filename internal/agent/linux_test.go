@@ -153,6 +153,43 @@ func TestLinuxInstallHostKey(t *testing.T) {
 	}
 }
 
+// A dropbear that re-executes itself for each connection (it imports
+// fexecve, and its argv[0] is absolute) loads the new key by itself: the
+// listener is left running. Any other is restarted.
+func TestLinuxInstallHostKeyKeepsReexecListener(t *testing.T) {
+	// A program that imports fexecve stands for dropbear 2022.83; Python
+	// does (os.fexecve).
+	reexec, err := filepath.EvalSymlinks("/usr/bin/python3")
+	if err != nil {
+		t.Skip("no /usr/bin/python3 to stand for a program importing fexecve")
+	}
+	plain, err := filepath.EvalSymlinks("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		exe, argv0 string
+		kept       bool
+	}{{reexec, "/usr/sbin/dropbear", true}, {reexec, "dropbear", false}, {plain, "/usr/sbin/dropbear", false}} {
+		root := t.TempDir()
+		os.MkdirAll(filepath.Join(root, "etc/dropbear"), 0o700)
+		os.MkdirAll(filepath.Join(root, "run"), 0o755)
+		listener := sleeper(t)
+		fakeProc(t, root, listener.PID, "dropbear", 1)
+		dir := filepath.Join(root, "proc", strconv.Itoa(listener.PID))
+		os.WriteFile(filepath.Join(dir, "cmdline"), []byte(tc.argv0+"\x00-F\x00-R\x00"), 0o644)
+		os.Symlink(tc.exe, filepath.Join(dir, "exe"))
+		os.WriteFile(filepath.Join(root, "run/banger-sshd.pid"), []byte(strconv.Itoa(listener.PID)), 0o644)
+		k, _ := NewHostKey()
+		if err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
+			t.Fatal(err)
+		}
+		if ended := listener.WaitExit(500 * time.Millisecond); ended == tc.kept {
+			t.Errorf("exe %s, argv[0] %s: listener ended %v, want kept %v", tc.exe, tc.argv0, ended, tc.kept)
+		}
+	}
+}
+
 func TestLinuxSetHostnameFiles(t *testing.T) {
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
