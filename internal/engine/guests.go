@@ -90,8 +90,11 @@ func (p *guestPool) get(ctx context.Context, vm model.VMRecord, wait time.Durati
 	c, ok := p.m[vm.ID]
 	p.mu.Unlock()
 	if ok {
-		// A cheap liveness probe: a dead connection fails at once.
-		if c.Ping() == nil {
+		// A cheap liveness probe: a dead connection fails at once, and one
+		// that does not answer within pingWait (a connection kept across a
+		// suspension whose host side waits out a retransmission backoff)
+		// is replaced too.
+		if pingWithin(c, pingWait) == nil {
 			return c, nil
 		}
 		// Drop this connection only: another caller may already have
@@ -261,4 +264,22 @@ func consoleTail(path string) string {
 		lines = tail
 	}
 	return "\nlast console output (" + path + "):\n  " + strings.Join(lines, "\n  ")
+}
+
+// pingWait bounds the liveness probe of a pooled connection.
+const pingWait = time.Second
+
+// pingWithin pings c, giving up after wait; a connection given up on is
+// dropped by the caller, which ends the pending ping.
+func pingWithin(c *guest.Client, wait time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- c.Ping() }()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("no answer to a keepalive within %s", wait)
+	}
 }

@@ -95,7 +95,9 @@ func (e *Engine) suspendLocked(ctx context.Context, vm *model.VMRecord) error {
 	if e.confined(*vm) {
 		os.Chown(dir, vm.Runtime.UID, vm.Runtime.UID)
 	}
-	e.guests.drop(vm.ID)
+	// The daemon's SSH connection is kept: the guest's side of it is in
+	// the saved state, so it answers again after the resume and the first
+	// exec needs no new handshake (a dead or stuck one is replaced then).
 	start := time.Now()
 	in, err := sus.Suspend(ctx, e.machine(*vm, model.Image{}, "", h), system.Process{PID: h.PID, Start: h.PIDStart}, dir)
 	if err != nil {
