@@ -71,57 +71,17 @@ type Server struct {
 	Poll time.Duration
 }
 
-// Serve answers the requests read from port until ctx is done or port
-// fails. An empty read means no host end is connected: it waits Poll and
-// reads again. A line cut by a disconnection is completed by later reads.
-//
-// Answers go out in the order of the requests. The SSH key commands run
-// beside the others (in their own order): installing a key and restarting
-// the SSH server touch nothing the network, clock, hostname or RNG
-// commands do, and a clone's identity is ready sooner when the guest's two
-// vCPUs share the work.
+// Serve answers the requests read from port, in order, until ctx is done
+// or port fails. An empty read means no host end is connected: it waits
+// Poll and reads again. A line cut by a disconnection is completed by
+// later reads. One goroutine does it all: every command is cheap, and
+// handing work between goroutines would wake the guest's other vCPU, which
+// costs more than it saves in a guest just restored under TCG.
 func (s *Server) Serve(ctx context.Context, port io.ReadWriter) error {
 	poll := s.Poll
 	if poll == 0 {
 		poll = 20 * time.Millisecond
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// order holds each request's answer, in request order; the writer
-	// sends them as they are ready.
-	order := make(chan chan string, 256)
-	writeErr := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case ch := <-order:
-				var answer string
-				select {
-				case answer = <-ch:
-				case <-ctx.Done():
-					return
-				}
-				if _, err := io.WriteString(port, answer); err != nil {
-					writeErr <- fmt.Errorf("answering: %w", err)
-					cancel()
-					return
-				}
-			}
-		}
-	}()
-	keys := make(chan func(), 64) // the SSH key commands, run in order
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case f := <-keys:
-				f()
-			}
-		}
-	}()
 	r := bufio.NewReader(port)
 	var pending strings.Builder
 	for ctx.Err() == nil {
@@ -130,19 +90,10 @@ func (s *Server) Serve(ctx context.Context, port io.ReadWriter) error {
 		if err == nil {
 			line := pending.String()
 			pending.Reset()
-			if !isRequest(line) {
-				continue
-			}
-			ch := make(chan string, 1)
-			select {
-			case order <- ch:
-			case <-ctx.Done():
-				continue
-			}
-			if f := strings.Fields(line); f[1] == "set-hostkey" || f[1] == "regen-hostkey" {
-				keys <- func() { ch <- s.answer(line) }
-			} else {
-				ch <- s.answer(line)
+			if answer, ok := s.Handle(line); ok {
+				if _, err := io.WriteString(port, answer); err != nil {
+					return fmt.Errorf("answering: %w", err)
+				}
 			}
 			continue
 		}
@@ -154,22 +105,7 @@ func (s *Server) Serve(ctx context.Context, port io.ReadWriter) error {
 		case <-time.After(poll):
 		}
 	}
-	select {
-	case err := <-writeErr:
-		return err
-	default:
-		return ctx.Err()
-	}
-}
-
-func isRequest(line string) bool {
-	f := strings.Fields(line)
-	return len(f) >= 2 && validID(f[0])
-}
-
-func (s *Server) answer(line string) string {
-	a, _ := s.Handle(line)
-	return a
+	return ctx.Err()
 }
 
 // Handle runs one request line and returns its answer line; ok is false
