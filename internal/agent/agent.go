@@ -69,6 +69,10 @@ type Server struct {
 	// Poll is how long to wait before reading again while no host end is
 	// connected (the port reads empty at once then); 20 ms if zero.
 	Poll time.Duration
+	// Wait, if set, waits instead of Poll after an empty read, until the
+	// port may have something to read (the agent waits for the port's next
+	// wake-up; see cmd/banger-agent).
+	Wait func(ctx context.Context) error
 }
 
 // Serve answers the requests read from port, in order, until ctx is done
@@ -99,6 +103,12 @@ func (s *Server) Serve(ctx context.Context, port io.ReadWriter) error {
 		}
 		if !errors.Is(err, io.EOF) {
 			return err
+		}
+		if s.Wait != nil {
+			if err := s.Wait(ctx); err != nil && ctx.Err() == nil {
+				return err
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():

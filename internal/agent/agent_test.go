@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -192,3 +193,31 @@ func TestServeWriteFails(t *testing.T) {
 type failWriter struct{}
 
 func (failWriter) Write([]byte) (int, error) { return 0, errors.New("broken") }
+
+// With Wait set, an empty read waits on it instead of sleeping Poll, and a
+// failing Wait ends Serve.
+func TestServeWait(t *testing.T) {
+	port := &fakePort{chunks: []string{"", "", "w1 ping\n", ""}}
+	var waits atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	s := &Server{Sys: &fakeSystem{}, Poll: time.Hour, Wait: func(ctx context.Context) error {
+		if waits.Add(1) == 3 {
+			return errors.New("port gone")
+		}
+		return nil
+	}}
+	go func() { done <- s.Serve(ctx, port) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "port gone") {
+			t.Errorf("Serve = %v, want the wait's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve slept Poll instead of waiting on Wait")
+	}
+	if got := port.written(); got != "w1 ok\n" || waits.Load() != 3 {
+		t.Errorf("answers %q after %d waits", got, waits.Load())
+	}
+}
