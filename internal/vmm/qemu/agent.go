@@ -14,8 +14,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/banger-dev/banger/internal/agent"
 )
 
 // The guest agent answers line commands on a virtio-serial port, so the
@@ -268,15 +266,9 @@ func (a AgentClient) Reseed(ctx context.Context) error {
 	return err
 }
 
-// RegenHostKey makes the guest replace its SSH host key (and restart its
-// SSH server) and returns the new public key ("ssh-ed25519 AAAA...").
+// RegenHostKey makes the guest replace its SSH host key (served from its
+// SSH server's next connection) and returns the new public key
+// ("ssh-ed25519 AAAA...").
 func (a AgentClient) RegenHostKey(ctx context.Context) (string, error) {
 	return a.Do(ctx, "regen-hostkey")
-}
-
-// SetHostKey installs a host key made on the host (agent.NewHostKey) and
-// restarts the guest's SSH server with it: no key generation in the guest.
-func (a AgentClient) SetHostKey(ctx context.Context, k agent.HostKey) error {
-	_, err := a.Do(ctx, "set-hostkey "+hex.EncodeToString(k.Dropbear))
-	return err
 }
