@@ -320,9 +320,14 @@ func fakeQEMUMain(mode string) int {
 		fmt.Fprintln(os.Stderr, "fake qemu: unknown mode", mode)
 		return 1
 	}
+	// The log is replaced whole (written aside, renamed): the process may
+	// be SIGKILLed at any moment, and a log truncated by a kill in the
+	// middle of a rewrite read as no commands at all.
 	writeLog := func() {
 		if path := os.Getenv(fakeQEMUStateEnv); path != "" {
-			_ = os.WriteFile(path, []byte(f.log()), 0o644)
+			if os.WriteFile(path+".tmp", []byte(f.log()), 0o644) == nil {
+				_ = os.Rename(path+".tmp", path)
+			}
 		}
 	}
 	go func() {
