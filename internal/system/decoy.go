@@ -216,6 +216,14 @@ func startReaped(cmd *exec.Cmd, after func()) (Process, error) {
 	if err != nil {
 		return Process{}, fmt.Errorf("decoy %d exited at once: %w", pid, err)
 	}
+	// Start returns once the exec has begun (the close-on-exec pipe is
+	// closed), before the kernel has laid out the new argv: in between,
+	// /proc/PID/cmdline reads empty. Callers read it at once.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if argv, err := ProcCmdline(pid); err != nil || len(argv) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	return Process{PID: pid, Start: st}, nil
 }
 
