@@ -318,11 +318,16 @@ func (c *Client) sessionLogs(ctx context.Context, id, stream string, tail int, w
 	if err != nil {
 		return 0, wrap(withCtx(ctx, err))
 	}
+	if !follow {
+		// What the log held when it was measured: lines written since
+		// would make --tail N print more than N.
+		if _, err := copyRange(f, off, fi.Size(), w); err != nil {
+			return off, wrap(withCtx(ctx, err))
+		}
+		return fi.Size(), nil
+	}
 	if off, err = copyFrom(f, off, w); err != nil {
 		return off, wrap(withCtx(ctx, err))
-	}
-	if !follow {
-		return off, nil
 	}
 	exitPath := path.Join(dir, "exit")
 	for idle := 0; ; {
@@ -526,7 +531,7 @@ func ReadSessionLogDir(dir, stream string, tail int, w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("read session log %s: %w", f.Name(), err)
 	}
-	if _, err := copyFrom(f, off, w); err != nil {
+	if _, err := copyRange(f, off, fi.Size(), w); err != nil {
 		return fmt.Errorf("read session log %s: %w", f.Name(), err)
 	}
 	return nil

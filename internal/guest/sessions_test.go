@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -562,4 +563,43 @@ func TestForkSession(t *testing.T) {
 			t.Error("ForkSession accepted a bad id")
 		}
 	})
+}
+
+// A log still being written: --tail 1 prints one line, the last one when
+// the log was measured, however many lines are written meanwhile (it
+// printed several when the copy ran on to the end of the file).
+func TestReadSessionLogDirTailWhileWritten(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "stdout.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fmt.Fprintln(f, "tick 0")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			fmt.Fprintf(f, "tick %d\n", i)
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for i := 0; i < 300; i++ {
+		var b bytes.Buffer
+		if err := ReadSessionLogDir(dir, "stdout", 1, &b); err != nil {
+			t.Fatal(err)
+		}
+		// One line; as with tail(1), a line being written may show in
+		// part (the kernel grows the file a page at a time).
+		out := b.String()
+		if out == "" || strings.Contains(strings.TrimSuffix(out, "\n"), "\n") {
+			t.Fatalf("tail 1 of a log being written printed %q", out)
+		}
+	}
 }

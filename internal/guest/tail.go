@@ -62,3 +62,12 @@ func copyFrom(r io.ReaderAt, off int64, w io.Writer) (int64, error) {
 		}
 	}
 }
+
+// copyRange writes r's bytes from off up to end to w, however much r holds
+// beyond end by then (a log still being written), and returns the count.
+func copyRange(r io.ReaderAt, off, end int64, w io.Writer) (int64, error) {
+	if end <= off {
+		return 0, nil
+	}
+	return io.Copy(w, io.NewSectionReader(r, off, end-off))
+}
