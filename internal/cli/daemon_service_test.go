@@ -236,7 +236,7 @@ func TestServiceStartingIsAwaited(t *testing.T) {
 	cfg.Finish()
 	a := &app{ctx: context.Background(), stdout: io.Discard, stderr: io.Discard, cfg: cfg}
 	t.Cleanup(func() {
-		if left := tearDown(cfg.StateDir, run); left != "" {
+		if left := tearDown(cfg.StateDir, run, ""); left != "" {
 			t.Error(left)
 		}
 	})

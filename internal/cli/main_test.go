@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -140,8 +141,9 @@ func TestScripts(t *testing.T) {
 				env.Setenv(k, v)
 			}
 			env.Setenv("PATH", helperBinDir+string(os.PathListSeparator)+env.Getenv("PATH"))
+			work := env.WorkDir
 			env.Defer(func() {
-				left := tearDown(state, run)
+				left := tearDown(state, run, work)
 				os.RemoveAll(run)
 				if left != "" {
 					env.T().Log(left)
@@ -178,7 +180,7 @@ func TestScripts(t *testing.T) {
 // tearDown stops the daemon of stateDir and kills any Firecracker double
 // left under runDir. It returns what a passing script should not have
 // left behind, or "".
-func tearDown(stateDir, runDir string) string {
+func tearDown(stateDir, runDir, workDir string) string {
 	var left []string
 	if p, ok := daemonProcess(stateDir); ok {
 		c := &client.Client{Socket: filepath.Join(runDir, "bangerd.sock")}
@@ -194,7 +196,36 @@ func tearDown(stateDir, runDir string) string {
 		p.Kill(5 * time.Second)
 		left = append(left, fmt.Sprintf("fc-double pid %d was still running and was killed", p.PID))
 	}
+	// The stand-in guest's sessions run on this host in sessions of their
+	// own, and outlive the script that started them unless it stopped
+	// them (one, left by a failed script, kept the make test's lock open
+	// for minutes). Their groups go; a session a script leaves running is
+	// not a failure of the script.
+	for _, p := range sessionRunners(workDir) {
+		syscall.Kill(-p.PID, syscall.SIGKILL)
+		p.Kill(5 * time.Second)
+	}
 	return strings.Join(left, "; ")
+}
+
+// sessionRunners are the stand-in guest's session processes started for
+// the script in workDir: argv names a file under its guest/sessions.
+func sessionRunners(workDir string) []system.Process {
+	if workDir == "" {
+		return nil
+	}
+	pids, _ := system.ListPIDs()
+	var out []system.Process
+	for _, pid := range pids {
+		argv, err := system.ProcCmdline(pid)
+		if err != nil || !slices.ContainsFunc(argv, func(a string) bool { return strings.HasPrefix(a, workDir+"/guest/sessions/") }) {
+			continue
+		}
+		if st, err := system.ProcStartTime(pid); err == nil {
+			out = append(out, system.Process{PID: pid, Start: st})
+		}
+	}
+	return out
 }
 
 // daemonProcess finds the bangerd serving stateDir: the pid in its lock

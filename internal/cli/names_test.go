@@ -31,7 +31,7 @@ func newCLIHarness(t *testing.T) *cliHarness {
 		t.Setenv(k, v)
 	}
 	t.Cleanup(func() {
-		if left := tearDown(state, run); left != "" {
+		if left := tearDown(state, run, ""); left != "" {
 			t.Error(left)
 		}
 		os.RemoveAll(run)
