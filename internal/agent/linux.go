@@ -28,7 +28,6 @@ const rndReseedCRNG = 0x5207
 type Linux struct {
 	Dev  string // the network device, eth0 by default
 	Root string // prefix for the files it writes, for tests
-
 }
 
 // NewLinux returns the System for this guest's eth0.
