@@ -81,10 +81,16 @@ func TestHandle(t *testing.T) {
 		{"d5 relink 172.30.0.1", "d5 err unknown command relink\n", ""},
 	} {
 		sys := &fakeSystem{}
-		s := Server{Sys: sys}
+		var console strings.Builder
+		s := Server{Sys: sys, Console: &console}
 		answer, ok := s.Handle(tc.line)
 		if !ok || answer != tc.answer {
 			t.Errorf("%q: answer %q, want %q", tc.line, answer, tc.answer)
+		}
+		// The console hears of failures only, with the error.
+		_, msg, failed := strings.Cut(tc.answer, " err ")
+		if want := "banger-agent: " + msg; failed && console.String() != want || !failed && console.Len() != 0 {
+			t.Errorf("%q: console %q", tc.line, console.String())
 		}
 		calls := sys.got()
 		if tc.call == "" && len(calls) != 0 || tc.call != "" && !slices.Contains(calls, tc.call) {
