@@ -234,6 +234,9 @@ func readPins(file string) ([]ssh.PublicKey, error) {
 // pinnedAlgorithms asks the server for the pinned key's type, so a guest
 // with several host keys presents the pinned one.
 func pinnedAlgorithms(pins []ssh.PublicKey) []string {
+	if len(pins) == 0 {
+		return firstContactAlgorithms
+	}
 	var algs []string
 	for _, k := range pins {
 		if k.Type() == ssh.KeyAlgoRSA {
@@ -242,6 +245,18 @@ func pinnedAlgorithms(pins []ssh.PublicKey) []string {
 		algs = append(algs, k.Type())
 	}
 	return algs
+}
+
+// firstContactAlgorithms is the order of host key types asked for when no
+// key is pinned yet: ed25519 first, then Go's own order. Every banger guest
+// has an ed25519 key (the one guest-setup prints on the console), and Go's
+// client would otherwise ask for RSA and ECDSA before it: dropbear 2022.83
+// offers RSA even when it has no RSA key, and then fails the handshake,
+// and with -R it would make an ECDSA key for the asking.
+var firstContactAlgorithms = []string{
+	ssh.KeyAlgoED25519,
+	ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521,
+	ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA,
 }
 
 func checkPin(file, addr string, pins []ssh.PublicKey, key ssh.PublicKey) error {

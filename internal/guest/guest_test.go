@@ -3,7 +3,10 @@ package guest
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"errors"
 	"fmt"
 	"io"
@@ -421,6 +424,49 @@ func TestHostKeyPinning(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(g.pinned); !bytes.Equal(after, data) {
 		t.Error("pin file changed after a mismatch")
+	}
+}
+
+// A first contact asks for ed25519 before Go's usual order (RSA and ECDSA
+// first): a server with keys of several types has its ed25519 key pinned.
+// A server without one still gets a pin.
+func TestFirstContactPrefersEd25519(t *testing.T) {
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec, _ := ssh.NewSignerFromKey(ecKey)
+	rs, _ := ssh.NewSignerFromKey(rsaKey)
+	client := guesttest.NewSigner(t)
+	for _, tc := range []struct {
+		name string
+		opts guesttest.Options
+		want ssh.Signer
+	}{
+		{"ed25519, ecdsa and rsa", guesttest.Options{MoreHostKeys: []ssh.Signer{ec, rs}}, nil},
+		{"rsa and ecdsa only", guesttest.Options{HostKey: rs, MoreHostKeys: []ssh.Signer{ec}}, ec},
+		{"rsa only", guesttest.Options{HostKey: rs}, rs},
+	} {
+		tc.opts.ClientKey = client.PublicKey()
+		srv := guesttest.Start(t, tc.opts)
+		want := tc.want
+		if want == nil {
+			want = srv.HostKey
+		}
+		pins := filepath.Join(t.TempDir(), "known_hosts")
+		c, err := Dial(testCtx(t), Config{Addr: srv.Addr, Signer: client, KnownHostsFile: pins})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		c.Close()
+		got, err := readPins(pins)
+		if err != nil || len(got) != 1 || !bytes.Equal(got[0].Marshal(), want.PublicKey().Marshal()) {
+			t.Errorf("%s: pinned %v (%v), want the %s key", tc.name, got, err, want.PublicKey().Type())
+		}
 	}
 }
 

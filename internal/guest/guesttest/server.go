@@ -29,9 +29,12 @@ import (
 type Options struct {
 	ClientKey ssh.PublicKey // the one key the server accepts
 	HostKey   ssh.Signer    // nil: a fresh ed25519 key
-	Addr      string        // listen address; default 127.0.0.1:0
-	Dir       string        // commands' working directory; default t.TempDir()
-	Env       []string      // commands' environment; nil: the test's own
+	// MoreHostKeys are offered too, as a server with keys of several
+	// types does.
+	MoreHostKeys []ssh.Signer
+	Addr         string   // listen address; default 127.0.0.1:0
+	Dir          string   // commands' working directory; default t.TempDir()
+	Env          []string // commands' environment; nil: the test's own
 	// Shell runs an exec request's command string with the string appended;
 	// default {"/bin/sh", "-c"}. Its first element alone is the login shell.
 	Shell []string
@@ -131,6 +134,9 @@ func New(opts Options) (*Server, error) {
 		},
 	}
 	cfg.AddHostKey(opts.HostKey)
+	for _, k := range opts.MoreHostKeys {
+		cfg.AddHostKey(k)
+	}
 	s := &Server{
 		Addr:    ln.Addr().String(),
 		HostKey: opts.HostKey,
