@@ -14,7 +14,11 @@ func TestForkAndSnapshot(t *testing.T) {
 	requireSuite(t)
 	const name = "e2e-fork"
 	runVM(t, name)
-	hostKey := "dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key | grep ^ssh-"
+	// The key dropbear serves: the runtime copy on tmpfs (a clone's agent
+	// replaces that copy only; the host writes it to the clone's disk
+	// before its next cold boot).
+	hostKey := "dropbearkey -y -f /run/banger/dropbear_ed25519_host_key | grep ^ssh-"
+	diskKey := "dropbearkey -y -f /etc/dropbear/dropbear_ed25519_host_key | grep ^ssh-"
 	mustBanger(t, "vm", "exec", name, "--", "sh", "-c", "echo in-memory >/tmp/mark && echo on-disk >/root/mark && sync")
 	srcKey := strings.TrimSpace(mustBanger(t, "vm", "exec", name, "--", "sh", "-c", hostKey))
 	srcIP := showVM(t, name).Runtime.GuestIP
@@ -41,10 +45,11 @@ func TestForkAndSnapshot(t *testing.T) {
 			t.Errorf("clone %s has the address %s of %s", c, vm.Runtime.GuestIP, other)
 		}
 		ips[vm.Runtime.GuestIP] = c
-		got := mustBanger(t, "vm", "exec", c, "--", "sh", "-c", "hostname; cat /tmp/mark /root/mark; ip -4 -o addr show dev eth0")
+		got := mustBanger(t, "vm", "exec", c, "--", "sh", "-c", "hostname; cat /tmp/mark /root/mark; ip -4 -o addr show dev eth0; grep ^127.0.1.1 /etc/hosts")
 		lines := strings.Split(strings.TrimSpace(got), "\n")
-		if len(lines) < 4 || lines[0] != c || lines[1] != "in-memory" || lines[2] != "on-disk" || !strings.Contains(lines[3], " "+vm.Runtime.GuestIP+"/") {
-			t.Errorf("clone %s: got %q; want its own hostname, the source's memory and disk, and its address %s", c, got, vm.Runtime.GuestIP)
+		if len(lines) < 5 || lines[0] != c || lines[1] != "in-memory" || lines[2] != "on-disk" || !strings.Contains(lines[3], " "+vm.Runtime.GuestIP+"/") ||
+			lines[4] != "127.0.1.1\t"+c {
+			t.Errorf("clone %s: got %q; want its own hostname, the source's memory and disk, its address %s and its name in /etc/hosts", c, got, vm.Runtime.GuestIP)
 		}
 		if key := strings.TrimSpace(mustBanger(t, "vm", "exec", c, "--", "sh", "-c", hostKey)); key == "" || key == srcKey {
 			t.Errorf("clone %s kept the source's SSH host key", c)
@@ -100,10 +105,21 @@ func TestForkAndSnapshot(t *testing.T) {
 		t.Errorf("vm run --from: %q", got)
 	}
 	mustBanger(t, "snapshot", "delete", "e2e-snap")
-	// A restart of a VM made from a snapshot boots from its own disks.
+	fromKey := strings.TrimSpace(mustBanger(t, "vm", "exec", "e2e-from", "--", "sh", "-c", hostKey))
+	if fromKey == "" || fromKey == srcKey {
+		t.Errorf("e2e-from serves %q, want its own key", fromKey)
+	}
+	// A restart of a VM made from a snapshot boots from its own disks, with
+	// the host key it was given (the host wrote it to its disk: the SSH
+	// connections here check it against the pin).
 	mustBanger(t, "vm", "restart", "e2e-from")
 	mustBanger(t, "vm", "run", "--name", "e2e-from", "--", "true") // wait for ssh
 	if got := strings.TrimSpace(mustBanger(t, "vm", "exec", "e2e-from", "--", "sh", "-c", "hostname; cat /root/mark; test -e /tmp/mark || echo cold")); got != "e2e-from\non-disk\ncold" {
 		t.Errorf("vm from a snapshot after a restart: %q", got)
+	}
+	for _, k := range []string{hostKey, diskKey} {
+		if got := strings.TrimSpace(mustBanger(t, "vm", "exec", "e2e-from", "--", "sh", "-c", k)); got != fromKey {
+			t.Errorf("after a restart, %q gives %q, want the key given at the restore %q", k, got, fromKey)
+		}
 	}
 }

@@ -41,7 +41,9 @@ func main() {
 	// before the save then faults its code in from memory, not from the
 	// clone's disk.
 	os.ReadFile("/proc/self/exe")
-	s := agent.Server{Sys: agent.NewLinux(), Wait: portWaiter(f)}
+	sys := agent.NewLinux()
+	sys.WarmUp()
+	s := agent.Server{Sys: sys, Wait: portWaiter(f)}
 	if c, err := os.OpenFile("/dev/console", os.O_WRONLY|os.O_APPEND, 0); err == nil {
 		s.Console = c
 		fmt.Fprintf(c, "banger-agent: ready on %s\n", port)

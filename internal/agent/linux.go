@@ -28,7 +28,17 @@ const rndReseedCRNG = 0x5207
 type Linux struct {
 	Dev  string // the network device, eth0 by default
 	Root string // prefix for the files it writes, for tests
+
+	// reexec caches, by the program's device and inode, whether a
+	// dropbear re-executes itself for each connection (see reloadsKeys):
+	// WarmUp fills it before any state is saved, so that a clone does not
+	// read and parse dropbear's ELF (tens of ms of cold code under TCG).
+	reexec map[fileID]bool
+	// elfReads counts the ELF checks made, for tests.
+	elfReads int
 }
+
+type fileID struct{ dev, ino uint64 }
 
 // NewLinux returns the System for this guest's eth0.
 func NewLinux() *Linux { return &Linux{Dev: "eth0"} }
@@ -114,15 +124,20 @@ func (l *Linux) SetMAC(mac net.HardwareAddr) error {
 	return err
 }
 
-// SetHostname sets the kernel's hostname, /etc/hostname and /etc/hosts.
+// SetHostname sets the kernel's hostname and /etc/hosts, and, without the
+// runtime layout, /etc/hostname. With it, /etc/hosts is a link into /run
+// and /etc/hostname is left to the host, which writes it before every cold
+// boot: no write to the disk's file system (see InstallHostKey).
 func (l *Linux) SetHostname(name string) error {
 	if l.Root == "" {
 		if err := unix.Sethostname([]byte(name)); err != nil {
 			return err
 		}
 	}
-	if err := os.WriteFile(l.path("/etc/hostname"), []byte(name+"\n"), 0o644); err != nil {
-		return err
+	if !l.runtimeLayout() {
+		if err := os.WriteFile(l.path("/etc/hostname"), []byte(name+"\n"), 0o644); err != nil {
+			return err
+		}
 	}
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n", name)
 	return os.WriteFile(l.path("/etc/hosts"), []byte(hosts), 0o644)
@@ -147,13 +162,35 @@ func (l *Linux) Reseed(seed []byte) error {
 	return nil
 }
 
-const hostKeyPath = "/etc/dropbear/dropbear_ed25519_host_key"
+const (
+	hostKeyPath = "/etc/dropbear/dropbear_ed25519_host_key"
+	// RuntimeKeyPath is the host key dropbear serves in images whose boot
+	// copies the disk's key there (tmpfs; the sshd loop passes it with -r
+	// when it exists). A clone's new key is written there only: the host
+	// writes it to the clone's disk before the clone's next cold boot.
+	RuntimeKeyPath = "/run/banger/dropbear_ed25519_host_key"
+)
 
-// InstallHostKey replaces dropbear's ed25519 host key (and drops its other
-// keys, which the clone would share with its source), then restarts the
-// listening server, which read its keys when it started.
+// runtimeLayout reports whether this guest's boot keeps its identity
+// files on tmpfs: the runtime key, and /etc/hosts pointing into /run.
+func (l *Linux) runtimeLayout() bool {
+	_, err := os.Stat(l.path(RuntimeKeyPath))
+	return err == nil
+}
+
+// InstallHostKey replaces dropbear's ed25519 host key, then restarts the
+// listening server if it would keep serving the key it read at its start.
+// With a runtime key (RuntimeKeyPath exists) only that file is replaced: in
+// a clone just restored under TCG, the first write to an ext4 file system
+// costs hundreds of ms of CPU. Without one, the key file on disk is
+// replaced and dropbear's other keys, which the clone would share with its
+// source, are removed.
 func (l *Linux) InstallHostKey(dropbear []byte) error {
-	key := l.path(hostKeyPath)
+	key := l.path(RuntimeKeyPath)
+	runtime := l.runtimeLayout()
+	if !runtime {
+		key = l.path(hostKeyPath)
+	}
 	tmp := key + ".new"
 	os.Remove(tmp)
 	if err := os.WriteFile(tmp, dropbear, 0o600); err != nil {
@@ -163,10 +200,19 @@ func (l *Linux) InstallHostKey(dropbear []byte) error {
 		os.Remove(tmp)
 		return fmt.Errorf("cannot write the key: %w", err)
 	}
-	for _, k := range []string{"rsa", "ecdsa", "dss"} {
-		os.Remove(l.path("/etc/dropbear/dropbear_" + k + "_host_key"))
+	if !runtime {
+		for _, k := range []string{"rsa", "ecdsa", "dss"} {
+			os.Remove(l.path("/etc/dropbear/dropbear_" + k + "_host_key"))
+		}
 	}
 	return l.restartSSHD()
+}
+
+// WarmUp does, before any state of the guest is saved, the checks a
+// clone's InstallHostKey would otherwise make cold: whether the guest's
+// dropbear re-executes itself for each connection.
+func (l *Linux) WarmUp() {
+	l.reexecs(l.path("/usr/sbin/dropbear"))
 }
 
 // restartSSHD has the SSH server serve the new key: it ends the listening
@@ -237,7 +283,31 @@ func (l *Linux) reloadsKeys(pid int) bool {
 	if err != nil || !filepath.IsAbs(argv0) {
 		return false
 	}
-	f, err := elf.Open(l.path(fmt.Sprintf("/proc/%d/exe", pid)))
+	return l.reexecs(l.path(fmt.Sprintf("/proc/%d/exe", pid)))
+}
+
+// reexecs reports whether the program at exe imports fexecve, from the
+// cache when the same file was checked before.
+func (l *Linux) reexecs(exe string) bool {
+	var st unix.Stat_t
+	if err := unix.Stat(exe, &st); err != nil {
+		return false
+	}
+	id := fileID{uint64(st.Dev), st.Ino}
+	if v, ok := l.reexec[id]; ok {
+		return v
+	}
+	l.elfReads++
+	v := importsFexecve(exe)
+	if l.reexec == nil {
+		l.reexec = map[fileID]bool{}
+	}
+	l.reexec[id] = v
+	return v
+}
+
+func importsFexecve(exe string) bool {
+	f, err := elf.Open(exe)
 	if err != nil {
 		return false
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,6 +154,40 @@ func TestLinuxInstallHostKey(t *testing.T) {
 	}
 }
 
+// With a runtime key, only that file is replaced (mode 0600): the keys on
+// disk stay as they are, and the listener is still restarted when needed.
+func TestLinuxInstallHostKeyRuntime(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc/dropbear"), 0o700)
+	os.MkdirAll(filepath.Join(root, "run/banger"), 0o755)
+	for _, k := range []string{"rsa", "ed25519"} {
+		os.WriteFile(filepath.Join(root, "etc/dropbear/dropbear_"+k+"_host_key"), []byte("old"), 0o600)
+	}
+	os.WriteFile(filepath.Join(root, RuntimeKeyPath), []byte("old"), 0o644)
+	listener := sleeper(t)
+	fakeProc(t, root, listener.PID, "dropbear", 1)
+	os.WriteFile(filepath.Join(root, "run/banger-sshd.pid"), []byte(strconv.Itoa(listener.PID)), 0o644)
+	k, _ := NewHostKey()
+	if err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(root, RuntimeKeyPath)
+	if b, err := os.ReadFile(key); err != nil || string(b) != string(k.Dropbear) {
+		t.Errorf("runtime key %q, %v", b, err)
+	}
+	if st, _ := os.Stat(key); st == nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("runtime key mode %v", st)
+	}
+	for _, k := range []string{"rsa", "ed25519"} {
+		if b, _ := os.ReadFile(filepath.Join(root, "etc/dropbear/dropbear_"+k+"_host_key")); string(b) != "old" {
+			t.Errorf("the %s key on disk was changed: %q", k, b)
+		}
+	}
+	if !listener.WaitExit(2 * time.Second) {
+		t.Error("the listener (no fexecve) was not ended")
+	}
+}
+
 // A dropbear that re-executes itself for each connection (it imports
 // fexecve, and its argv[0] is absolute) loads the new key by itself: the
 // listener is left running. Any other is restarted.
@@ -180,12 +215,21 @@ func TestLinuxInstallHostKeyKeepsReexecListener(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "cmdline"), []byte(tc.argv0+"\x00-F\x00-R\x00"), 0o644)
 		os.Symlink(tc.exe, filepath.Join(dir, "exe"))
 		os.WriteFile(filepath.Join(root, "run/banger-sshd.pid"), []byte(strconv.Itoa(listener.PID)), 0o644)
+		// WarmUp checks the guest's dropbear (here the same program as
+		// the listener's) once; InstallHostKey then uses what it found.
+		os.MkdirAll(filepath.Join(root, "usr/sbin"), 0o755)
+		os.Symlink(tc.exe, filepath.Join(root, "usr/sbin/dropbear"))
+		l := &Linux{Root: root}
+		l.WarmUp()
 		k, _ := NewHostKey()
-		if err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
+		if err := l.InstallHostKey(k.Dropbear); err != nil {
 			t.Fatal(err)
 		}
 		if ended := listener.WaitExit(500 * time.Millisecond); ended == tc.kept {
 			t.Errorf("exe %s, argv[0] %s: listener ended %v, want kept %v", tc.exe, tc.argv0, ended, tc.kept)
+		}
+		if l.elfReads != 1 {
+			t.Errorf("exe %s, argv[0] %s: %d ELF reads, want the warm-up's only", tc.exe, tc.argv0, l.elfReads)
 		}
 	}
 }
@@ -200,6 +244,29 @@ func TestLinuxSetHostnameFiles(t *testing.T) {
 	hosts, _ := os.ReadFile(filepath.Join(root, "etc/hosts"))
 	if string(h) != "web-2\n" || string(hosts) != "127.0.0.1\tlocalhost\n127.0.1.1\tweb-2\n::1\tlocalhost ip6-localhost ip6-loopback\n" {
 		t.Errorf("hostname %q, hosts %q", h, hosts)
+	}
+}
+
+// With the runtime layout (a runtime key, /etc/hosts a link into /run),
+// SetHostname writes /etc/hosts through its link and leaves /etc/hostname
+// to the host.
+func TestLinuxSetHostnameRuntimeLayout(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.MkdirAll(filepath.Join(root, "run/banger"), 0o755)
+	os.WriteFile(filepath.Join(root, RuntimeKeyPath), []byte("key"), 0o600)
+	os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("source\n"), 0o644)
+	os.Symlink("../run/banger/hosts", filepath.Join(root, "etc/hosts"))
+	if err := (&Linux{Root: root}).SetHostname("web-2"); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := os.ReadFile(filepath.Join(root, "etc/hostname"))
+	hosts, _ := os.ReadFile(filepath.Join(root, "run/banger/hosts"))
+	if string(h) != "source\n" || !strings.Contains(string(hosts), "127.0.1.1\tweb-2\n") {
+		t.Errorf("hostname %q, hosts %q", h, hosts)
+	}
+	if fi, err := os.Lstat(filepath.Join(root, "etc/hosts")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("/etc/hosts is no longer a link: %v %v", fi, err)
 	}
 }
 

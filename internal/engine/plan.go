@@ -360,6 +360,14 @@ func (e *Engine) writeGuestConfig(ctx context.Context, r *run) error {
 			os.WriteFile(p, f.Data, f.Mode)
 		}
 	}
+	// A clone's host key, which its guest kept on tmpfs only (see
+	// identifyClone), goes to its disk before it boots cold. Not into the
+	// overlay copy: a private key is kept in one place.
+	if key, err := os.ReadFile(cloneHostKeyPath(vm)); err == nil {
+		files = append(files, storage.File{Path: guestHostKeyPath, Mode: 0o600, Data: key})
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("reading the clone's host key: %w", err)
+	}
 	return e.deps.DiskFiles.InjectFiles(ctx, r.rootDev, files)
 }
 

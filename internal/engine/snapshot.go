@@ -59,7 +59,7 @@ type Snapshot struct {
 type SnapshotSaver interface {
 	SaveForSnapshot(ctx context.Context, m vmm.Machine, p system.Process, file string) error
 	Resume(ctx context.Context, m vmm.Machine, p system.Process) error
-	PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneIdentity) (string, error)
+	PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneIdentity) (pub string, priv []byte, err error)
 }
 
 func (e *Engine) snapshotDir(name string) string {
@@ -331,9 +331,16 @@ func (e *Engine) identifyClone(ctx context.Context, r *run) error {
 	m := e.machine(*r.vm, r.im, r.rootDev, r.h)
 	ictx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	key, err := saver.PrepareClone(ictx, m, vmm.CloneIdentity{MAC: r.vm.Runtime.GuestMAC, IP: r.vm.Runtime.GuestIP, PrefixLen: pfx,
+	key, priv, err := saver.PrepareClone(ictx, m, vmm.CloneIdentity{MAC: r.vm.Runtime.GuestMAC, IP: r.vm.Runtime.GuestIP, PrefixLen: pfx,
 		Gateway: gw.String(), Hostname: r.vm.Name})
 	if err != nil {
+		return err
+	}
+	// The guest keeps a key the host made on tmpfs only (a write to its
+	// disk's file system costs a clone just restored hundreds of ms of CPU
+	// under TCG): the host keeps it and writes it to the clone's disk
+	// before its next cold boot (writeGuestConfig).
+	if err := saveCloneHostKey(*r.vm, priv); err != nil {
 		return err
 	}
 	// The clone's new host key, as its agent reported it over the host-only
@@ -343,6 +350,38 @@ func (e *Engine) identifyClone(ctx context.Context, r *run) error {
 		return fmt.Errorf("pinning the clone's host key: %w", err)
 	}
 	return nil
+}
+
+// cloneHostKeyPath holds a clone's SSH host key (dropbear's file format),
+// made by the host at its restore; absent when the guest made its own.
+func cloneHostKeyPath(vm model.VMRecord) string {
+	return filepath.Join(vm.Runtime.VMDir, "ssh_host_key")
+}
+
+// guestHostKeyPath is where a guest's disk holds its dropbear ed25519 key.
+const guestHostKeyPath = "/etc/dropbear/dropbear_ed25519_host_key"
+
+// saveCloneHostKey keeps priv for the clone's next cold boot (written
+// aside, mode 0600, and renamed), or forgets an earlier key when the guest
+// made this one itself (nil).
+func saveCloneHostKey(vm model.VMRecord, priv []byte) error {
+	p := cloneHostKeyPath(vm)
+	if priv == nil {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("forgetting the clone's old host key: %w", err)
+		}
+		return nil
+	}
+	tmp := p + ".new"
+	os.Remove(tmp)
+	err := os.WriteFile(tmp, priv, 0o600)
+	if err == nil {
+		if err = os.Rename(tmp, p); err == nil {
+			return nil
+		}
+	}
+	os.Remove(tmp)
+	return fmt.Errorf("keeping the clone's host key: %w", err)
 }
 
 // forkSessions ends, in a new clone, the sessions that were running in its

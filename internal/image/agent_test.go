@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/system"
 )
 
@@ -26,6 +27,18 @@ func TestMinimalInittabStartsTheAgent(t *testing.T) {
 	// The agent finds the listening dropbear by this file.
 	if !strings.Contains(string(sshd), "echo $! >/run/banger-sshd.pid") {
 		t.Errorf("the sshd loop does not record dropbear's pid:\n%s", sshd)
+	}
+	// The agent writes a clone's key where the loop has dropbear read it,
+	// and guest-setup puts the disk's key there at boot.
+	setup, err := guestFiles.ReadFile("guest/common/usr/lib/banger/guest-setup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(sshd), "key="+agent.RuntimeKeyPath+"\n") || !strings.Contains(string(sshd), "-r $key") {
+		t.Errorf("the sshd loop does not serve %s:\n%s", agent.RuntimeKeyPath, sshd)
+	}
+	if !strings.Contains(string(setup), "cp $key "+agent.RuntimeKeyPath) {
+		t.Errorf("guest-setup does not copy the host key to %s", agent.RuntimeKeyPath)
 	}
 }
 

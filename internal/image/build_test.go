@@ -268,6 +268,7 @@ func TestBuildMinimalFakeHost(t *testing.T) {
 		"bin/sh":                      {mode: fs.ModeSymlink | 0o777, link: "/bin/busybox"},
 		"sbin/init":                   {mode: fs.ModeSymlink | 0o777, link: "/bin/busybox"},
 		"usr/lib/sftp-server":         {mode: fs.ModeSymlink | 0o777, link: "openssh/sftp-server"},
+		"etc/hosts":                   {mode: fs.ModeSymlink | 0o777, link: "../run/banger/hosts"},
 		"usr/sbin/dropbear":           {mode: 0o755}, // the package's file, not a busybox link
 		"usr/bin/htop":                {mode: 0o755},
 		"usr/lib/openssh/sftp-server": {mode: 0o755},

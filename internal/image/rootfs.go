@@ -118,7 +118,14 @@ func (b *builder) populateMinimal(ctx context.Context, tree string) error {
 	if err := installAgent(b.opts.Agent, filepath.Join(tree, agentPath)); err != nil {
 		return fmt.Errorf("installing the guest agent: %w", err)
 	}
-	return nil
+	// /etc/hosts lives on tmpfs (guest-setup writes it at every boot): a
+	// clone's agent then renames the guest without writing to the disk's
+	// file system (docs/snapshots.md).
+	hosts := filepath.Join(tree, "etc/hosts")
+	if err := os.Remove(hosts); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.Symlink("../run/banger/hosts", hosts)
 }
 
 // linkBusyboxApplets does what `busybox --install -s` does, without chroot:

@@ -444,7 +444,7 @@ func TestPrepareCloneHostKey(t *testing.T) {
 			}
 			return id + " ok\n"
 		})
-		key, err := giveIdentity(context.Background(), Agent(path), vmm.CloneIdentity{MAC: "02:00:00:00:00:01", IP: "172.30.0.9", PrefixLen: 24, Gateway: "172.30.0.1", Hostname: "c1"})
+		key, priv, err := giveIdentity(context.Background(), Agent(path), vmm.CloneIdentity{MAC: "02:00:00:00:00:01", IP: "172.30.0.9", PrefixLen: 24, Gateway: "172.30.0.1", Hostname: "c1"})
 		if err != nil {
 			t.Fatalf("old agent %v: %v", old, err)
 		}
@@ -467,7 +467,15 @@ func TestPrepareCloneHostKey(t *testing.T) {
 			if !strings.HasSuffix(key, "IPz4ItKw9cW2PZGPvZP2wdBy0lXYFm1LIoQqf+xPbGVZ") {
 				t.Errorf("old agent: key %q, want the one regen-hostkey reported", key)
 			}
+			// The guest made that key: the host has no private half to keep.
+			if priv != nil {
+				t.Errorf("old agent: a private key was returned for a key the guest made")
+			}
 			continue
+		}
+		// The private key returned is the file set-hostkey installed.
+		if !bytes.Equal(priv, raw) {
+			t.Errorf("returned private key %x, installed %x", priv, raw)
 		}
 		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(key))
 		if err != nil || !bytes.Equal(pub.(ssh.CryptoPublicKey).CryptoPublicKey().(ed25519.PublicKey), raw[51:]) {
@@ -540,7 +548,7 @@ func TestPrepareCloneOneConnection(t *testing.T) {
 	})
 	d := &Driver{}
 	m := vmm.Machine{ID: "c1", APISock: qmp, AgentSock: path, TapDevice: "tap0"}
-	key, err := d.PrepareClone(context.Background(), m, vmm.CloneIdentity{MAC: "02:00:00:00:00:01", IP: "172.30.0.9", PrefixLen: 24, Gateway: "172.30.0.1", Hostname: "c1"})
+	key, _, err := d.PrepareClone(context.Background(), m, vmm.CloneIdentity{MAC: "02:00:00:00:00:01", IP: "172.30.0.9", PrefixLen: 24, Gateway: "172.30.0.1", Hostname: "c1"})
 	if err != nil || !strings.HasPrefix(key, "ssh-ed25519 ") {
 		t.Fatalf("PrepareClone = %q, %v", key, err)
 	}

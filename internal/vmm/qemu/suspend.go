@@ -51,17 +51,17 @@ func (d *Driver) SaveForSnapshot(ctx context.Context, m vmm.Machine, p system.Pr
 // caller, host-side (its tap is down): the guest's own link stays up, so
 // its kernel sees no carrier change, which it would act on only up to a
 // second later.
-func (d *Driver) PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneIdentity) (string, error) {
+func (d *Driver) PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneIdentity) (string, []byte, error) {
 	c, err := Agent(AgentSocket(m)).Open(ctx)
 	if err != nil {
-		return "", fmt.Errorf("clone %s: %w", m.ID, err)
+		return "", nil, fmt.Errorf("clone %s: %w", m.ID, err)
 	}
 	defer c.Close()
-	pub, err := giveIdentity(ctx, c, id)
+	pub, priv, err := giveIdentity(ctx, c, id)
 	if err != nil {
-		return "", fmt.Errorf("clone %s: %w", m.ID, err)
+		return "", nil, fmt.Errorf("clone %s: %w", m.ID, err)
 	}
-	return pub, nil
+	return pub, priv, nil
 }
 
 // agentDoer is an agent connection or client: what giveIdentity needs.
@@ -70,32 +70,34 @@ type agentDoer interface {
 }
 
 // giveIdentity runs the agent's part of PrepareClone and returns the
-// guest's new host key. The key is made here and installed by the agent,
-// which spares the guest a key generation (a few hundred ms under TCG); an
-// agent too old for set-hostkey generates one (regen-hostkey) and reports
-// it. The key goes first: the guest's SSH server restarts with it while the
-// agent does the rest.
-func giveIdentity(ctx context.Context, a agentDoer, id vmm.CloneIdentity) (string, error) {
+// guest's new host key: its public half, and the private key in dropbear's
+// file format (nil when the guest made the key). The key is made here and
+// installed by the agent, which spares the guest a key generation (a few
+// hundred ms under TCG); an agent too old for set-hostkey generates one
+// (regen-hostkey) and reports it. The key goes first: the guest's SSH
+// server restarts with it while the agent does the rest.
+func giveIdentity(ctx context.Context, a agentDoer, id vmm.CloneIdentity) (string, []byte, error) {
 	seed := make([]byte, 32)
 	rand.Read(seed)
 	key, err := agent.NewHostKey()
 	if err != nil {
-		return "", fmt.Errorf("host key: %w", err)
+		return "", nil, fmt.Errorf("host key: %w", err)
 	}
 	rest := []string{"set-mac " + id.MAC, fmt.Sprintf("set-ip %s/%d %s", id.IP, id.PrefixLen, id.Gateway),
 		"set-hostname " + id.Hostname, "reseed " + hex.EncodeToString(seed), setTimeCommand(time.Now())}
 	answers, err := a.DoAll(ctx, append([]string{"ping", "set-hostkey " + hex.EncodeToString(key.Dropbear)}, rest...)...)
-	pub := key.Public
+	pub, priv := key.Public, key.Dropbear
 	var ae *AgentError
 	if len(answers) == 1 && errors.As(err, &ae) && ae.Command == "set-hostkey" && strings.HasPrefix(ae.Message, "unknown command") {
 		// The rest ran too, unchecked: run it again, after the older key
 		// command.
 		rest[len(rest)-1] = setTimeCommand(time.Now())
+		priv = nil
 		if answers, err = a.DoAll(ctx, append([]string{"regen-hostkey"}, rest...)...); err == nil {
 			pub = answers[0]
 		}
 	}
-	return pub, err
+	return pub, priv, err
 }
 
 // SetHostname gives a running guest a new hostname through the agent (a
