@@ -118,11 +118,14 @@ func Load(getenv func(string) string) (Config, error) {
 	if file == "" {
 		file = DefaultFile
 	}
-	if _, err := toml.DecodeFile(file, &c); err != nil {
+	if md, err := toml.DecodeFile(file, &c); err != nil {
 		if !errors.Is(err, fs.ErrNotExist) || explicit {
 			return c, fmt.Errorf("config file %s: %w", file, err)
 		}
 	} else {
+		if err := CheckKeyCase(md.Keys()); err != nil {
+			return c, fmt.Errorf("config file %s: %w", file, err)
+		}
 		c.File = file
 	}
 	if err := c.applyEnv(getenv); err != nil {
@@ -130,6 +133,26 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	c.Finish()
 	return c, nil
+}
+
+// CheckKeyCase refuses a top-level key that is a setting's name in other
+// letter case. TOML keys are case-sensitive, but the decoder matches them
+// to settings ignoring case, and with both "state_dir" and "State_Dir" in a
+// file which one wins changes from run to run.
+func CheckKeyCase(keys []toml.Key) error {
+	t := reflect.TypeOf(Config{})
+	for _, k := range keys {
+		if len(k) != 1 {
+			continue
+		}
+		for i := range t.NumField() {
+			tag := t.Field(i).Tag.Get("toml")
+			if tag != k[0] && strings.EqualFold(tag, k[0]) {
+				return fmt.Errorf("key %q: settings are written in lower case (%s)", k[0], tag)
+			}
+		}
+	}
+	return nil
 }
 
 // applyEnv sets every field whose BANGER_<KEY> variable is non-empty.

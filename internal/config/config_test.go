@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -40,6 +41,15 @@ func TestLoadErrors(t *testing.T) {
 	env = map[string]string{"BANGER_CONFIG": bad}
 	if _, err := Load(func(k string) string { return env[k] }); err == nil {
 		t.Fatal("malformed toml accepted")
+	}
+	// A setting in other letter case: refused, naming the file and the
+	// key (the decoder would take it, and of two spellings a random one).
+	for _, data := range []string{"State_Dir = \"/srv/b\"\n", "state_dir = \"x\"\nsTate_dir = \"y\"\n"} {
+		os.WriteFile(bad, []byte(data), 0o600)
+		_, err := Load(func(k string) string { return env[k] })
+		if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "lower case (state_dir)") {
+			t.Errorf("%q: err %v", data, err)
+		}
 	}
 }
 

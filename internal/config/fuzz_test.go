@@ -27,6 +27,8 @@ func FuzzLoad(f *testing.F) {
 		"\"state_dir\" = \"\\u00e9\"\n",
 		"state_dir = \"\"\"\nmulti\nline\"\"\"\n",
 		"state_dir = \"x\"\nstate_dir = \"y\"\n",
+		"state_dir = \"x\"\nsTate_dir = \"y\"\n",
+		"Bridge = \"br1\"\n",
 		"\xff\xfe",
 	} {
 		f.Add([]byte(s))
@@ -40,7 +42,11 @@ func FuzzLoad(f *testing.F) {
 		c, err := Load(func(k string) string { return env[k] })
 
 		want := Defaults()
-		_, decodeErr := toml.Decode(string(data), &want)
+		md, decodeErr := toml.Decode(string(data), &want)
+		if decodeErr == nil {
+			// A setting's name in other letter case is refused too.
+			decodeErr = CheckKeyCase(md.Keys())
+		}
 		if (err == nil) != (decodeErr == nil) {
 			t.Fatalf("Load error %v, but the TOML decoder says %v, for %q", err, decodeErr, data)
 		}
