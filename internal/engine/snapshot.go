@@ -361,9 +361,9 @@ func cloneHostKeyPath(vm model.VMRecord) string {
 // guestHostKeyPath is where a guest's disk holds its dropbear ed25519 key.
 const guestHostKeyPath = "/etc/dropbear/dropbear_ed25519_host_key"
 
-// saveCloneHostKey keeps priv for the clone's next cold boot (written
-// aside, mode 0600, and renamed), or forgets an earlier key when the guest
-// made this one itself (nil).
+// saveCloneHostKey keeps priv for the clone's next cold boot (mode 0600,
+// written atomically), or forgets an earlier key when the guest made this
+// one itself (nil).
 func saveCloneHostKey(vm model.VMRecord, priv []byte) error {
 	p := cloneHostKeyPath(vm)
 	if priv == nil {
@@ -372,16 +372,10 @@ func saveCloneHostKey(vm model.VMRecord, priv []byte) error {
 		}
 		return nil
 	}
-	tmp := p + ".new"
-	os.Remove(tmp)
-	err := os.WriteFile(tmp, priv, 0o600)
-	if err == nil {
-		if err = os.Rename(tmp, p); err == nil {
-			return nil
-		}
+	if err := writeFileAtomic(p, priv, 0o600); err != nil {
+		return fmt.Errorf("keeping the clone's host key: %w", err)
 	}
-	os.Remove(tmp)
-	return fmt.Errorf("keeping the clone's host key: %w", err)
+	return nil
 }
 
 // forkSessions ends, in a new clone, the sessions that were running in its
