@@ -163,7 +163,8 @@ func (l *Linux) Reseed(seed []byte) error {
 }
 
 const (
-	hostKeyPath = "/etc/dropbear/dropbear_ed25519_host_key"
+	// DiskKeyPath is dropbear's ed25519 host key on the guest's disk.
+	DiskKeyPath = "/etc/dropbear/dropbear_ed25519_host_key"
 	// RuntimeKeyPath is the host key dropbear serves in images whose boot
 	// copies the disk's key there (tmpfs; the sshd loop passes it with -r
 	// when it exists). A clone's new key is written there only: the host
@@ -189,7 +190,7 @@ func (l *Linux) InstallHostKey(dropbear []byte) error {
 	key := l.path(RuntimeKeyPath)
 	runtime := l.runtimeLayout()
 	if !runtime {
-		key = l.path(hostKeyPath)
+		key = l.path(DiskKeyPath)
 	}
 	tmp := key + ".new"
 	os.Remove(tmp)

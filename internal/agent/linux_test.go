@@ -135,7 +135,7 @@ func TestLinuxInstallHostKey(t *testing.T) {
 		if err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
 			t.Fatal(err)
 		}
-		key := filepath.Join(root, hostKeyPath)
+		key := filepath.Join(root, DiskKeyPath)
 		if b, err := os.ReadFile(key); err != nil || string(b) != string(k.Dropbear) {
 			t.Errorf("pid file %v: key file %q, %v", withPidFile, b, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger-dev/banger/internal/agent"
 	"github.com/banger-dev/banger/internal/errdefs"
 	"github.com/banger-dev/banger/internal/model"
 	"github.com/banger-dev/banger/internal/network"
@@ -364,7 +365,7 @@ func (e *Engine) writeGuestConfig(ctx context.Context, r *run) error {
 	// identifyClone), goes to its disk before it boots cold. Not into the
 	// overlay copy: a private key is kept in one place.
 	if key, err := os.ReadFile(cloneHostKeyPath(vm)); err == nil {
-		files = append(files, storage.File{Path: guestHostKeyPath, Mode: 0o600, Data: key})
+		files = append(files, storage.File{Path: agent.DiskKeyPath, Mode: 0o600, Data: key})
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("reading the clone's host key: %w", err)
 	}

@@ -358,9 +358,6 @@ func cloneHostKeyPath(vm model.VMRecord) string {
 	return filepath.Join(vm.Runtime.VMDir, "ssh_host_key")
 }
 
-// guestHostKeyPath is where a guest's disk holds its dropbear ed25519 key.
-const guestHostKeyPath = "/etc/dropbear/dropbear_ed25519_host_key"
-
 // saveCloneHostKey keeps priv for the clone's next cold boot (mode 0600,
 // written atomically), or forgets an earlier key when the guest made this
 // one itself (nil).
