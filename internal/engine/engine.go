@@ -240,6 +240,7 @@ func (e *Engine) machine(vm model.VMRecord, im model.Image, rootDev string, h mo
 		}
 	} else {
 		m.Binary = e.cfg.QEMUBin
+		m.VMLinux = im.VMLinux
 	}
 	if h.TapDevice != "" {
 		m.GuestIP = vm.Runtime.GuestIP

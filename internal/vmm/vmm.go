@@ -26,7 +26,10 @@ type Machine struct {
 	Binary string // VMM executable (firecracker or qemu-system-x86_64)
 	Accel  string // qemu only: "kvm" or "tcg"
 
-	Kernel   string // kernel image (vmlinux for Firecracker)
+	Kernel string // kernel image (vmlinux for Firecracker)
+	// VMLinux is the image's uncompressed kernel, if any: QEMU boots it
+	// through PVH when it has PVH's entry note.
+	VMLinux  string
 	Initrd   string // optional
 	BootArgs string // extra kernel arguments from the image; the driver adds console, ip= etc.
 

@@ -444,7 +444,7 @@ func buildArgv(m vmm.Machine, binary string, tscKHz int) ([]string, error) {
 		"-chardev", "file,id=console,path=" + m.ConsoleLog + ",append=on",
 		"-serial", "chardev:console",
 		"-qmp", qmpToken(m.APISock),
-		"-kernel", m.Kernel,
+		"-kernel", bootKernel(m, m.Incoming != nil && statePVH(m.Incoming.File)),
 	}
 	if m.Initrd != "" {
 		argv = append(argv, "-initrd", m.Initrd)

@@ -428,9 +428,10 @@ func (c *qmpClient) version() (string, error) {
 
 // machineFingerprint renders what a restore must reproduce from a QEMU
 // argv: machine, accelerator, CPU model, memory, vCPUs, and the devices
-// with their backends in order, without anything that may differ between
-// the saved VM and the restored one (paths, the tap's name, the MAC, the
-// VM's name, sockets, kernel arguments, -incoming).
+// with their backends in order, and whether the kernel was booted through
+// PVH (an ELF kernel), without anything that may differ between the saved
+// VM and the restored one (paths, the tap's name, the MAC, the VM's name,
+// sockets, kernel arguments, -incoming).
 func machineFingerprint(argv []string) string {
 	var parts []string
 	for i := 1; i+1 < len(argv); i++ {
@@ -445,6 +446,10 @@ func machineFingerprint(argv []string) string {
 		case "-netdev", "-chardev":
 			kind, _, _ := strings.Cut(val, ",")
 			parts = append(parts, flag+" "+kind+","+keepOptions(val, "id"))
+		case "-kernel":
+			if k := fingerprintKernel(val); k != "" {
+				parts = append(parts, k)
+			}
 		default:
 			continue
 		}
