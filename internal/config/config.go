@@ -123,7 +123,7 @@ func Load(getenv func(string) string) (Config, error) {
 			return c, fmt.Errorf("config file %s: %w", file, err)
 		}
 	} else {
-		if err := CheckKeyCase(md.Keys()); err != nil {
+		if err := checkKeyCase(md.Keys()); err != nil {
 			return c, fmt.Errorf("config file %s: %w", file, err)
 		}
 		c.File = file
@@ -135,11 +135,11 @@ func Load(getenv func(string) string) (Config, error) {
 	return c, nil
 }
 
-// CheckKeyCase refuses a top-level key that is a setting's name in other
+// checkKeyCase refuses a top-level key that is a setting's name in other
 // letter case. TOML keys are case-sensitive, but the decoder matches them
 // to settings ignoring case, and with both "state_dir" and "State_Dir" in a
 // file which one wins changes from run to run.
-func CheckKeyCase(keys []toml.Key) error {
+func checkKeyCase(keys []toml.Key) error {
 	t := reflect.TypeOf(Config{})
 	for _, k := range keys {
 		if len(k) != 1 {

@@ -45,7 +45,7 @@ func FuzzLoad(f *testing.F) {
 		md, decodeErr := toml.Decode(string(data), &want)
 		if decodeErr == nil {
 			// A setting's name in other letter case is refused too.
-			decodeErr = CheckKeyCase(md.Keys())
+			decodeErr = checkKeyCase(md.Keys())
 		}
 		if (err == nil) != (decodeErr == nil) {
 			t.Fatalf("Load error %v, but the TOML decoder says %v, for %q", err, decodeErr, data)
