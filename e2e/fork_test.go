@@ -1,15 +1,20 @@
 package e2e
 
 import (
+	"fmt"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/banger-dev/banger/internal/system"
 )
 
 // TestForkAndSnapshot forks a running guest into four clones and makes a VM
-// from a named snapshot: each clone carries the source's memory (a file on
-// a tmpfs) and disks, yet has its own hostname, address, SSH host key and
-// disk; the source goes on running.
+// from a named snapshot: each clone carries the source's memory (mapped
+// copy-on-write from one sealed memfd all four share) and disks, yet has its
+// own hostname, address, SSH host key and disk; the source goes on running.
 func TestForkAndSnapshot(t *testing.T) {
 	requireSuite(t)
 	const name = "e2e-fork"
@@ -36,8 +41,10 @@ func TestForkAndSnapshot(t *testing.T) {
 	deleteAtEnd(t, clones...)
 
 	ips := map[string]string{srcIP: name}
+	guestRAM := map[string]string{} // memfd inode -> clone
 	for _, c := range clones {
 		vm := showVM(t, c)
+		guestRAM[sharedGuestRAM(t, vm.ID)] = c
 		if vm.Runtime.State != "running" {
 			t.Errorf("clone %s is %s, want running", c, vm.Runtime.State)
 		}
@@ -54,6 +61,10 @@ func TestForkAndSnapshot(t *testing.T) {
 		if key := strings.TrimSpace(mustBanger(t, "vm", "exec", c, "--", "sh", "-c", hostKey)); key == "" || key == srcKey {
 			t.Errorf("clone %s kept the source's SSH host key", c)
 		}
+	}
+	// The four clones' QEMUs map one sealed memfd, privately, as their RAM.
+	if len(guestRAM) != 1 {
+		t.Errorf("the clones map %d different guest RAM memfds, want one for all: %v", len(guestRAM), guestRAM)
 	}
 	// The source's session: listed as forked in a clone, not running there,
 	// still running in the source.
@@ -122,4 +133,25 @@ func TestForkAndSnapshot(t *testing.T) {
 			t.Errorf("after a restart, %q gives %q, want the key given at the restore %q", k, got, fromKey)
 		}
 	}
+}
+
+// sharedGuestRAM returns the inode of the memfd VM id's QEMU maps privately
+// as its guest RAM (a clone sharing its snapshot's memory), failing the
+// test if it maps none.
+func sharedGuestRAM(t *testing.T, id string) string {
+	t.Helper()
+	p, ok := system.FindProcess(func(argv []string) bool { return system.ArgvHasPair(argv, "-name", "banger-"+id) })
+	if !ok {
+		t.Fatalf("no qemu process for vm %s", id)
+	}
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", p.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// address perms offset dev inode path
+	m := regexp.MustCompile(`(?m)^\S+ r[w-]-p \S+ \S+ (\d+) +/memfd:banger-guest-ram`).FindSubmatch(maps)
+	if m == nil {
+		t.Fatalf("qemu of vm %s maps no private memfd:banger-guest-ram", id)
+	}
+	return string(m[1])
 }

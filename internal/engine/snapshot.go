@@ -55,6 +55,22 @@ type Snapshot struct {
 	Sessions []model.GuestSession `json:"sessions,omitempty"`
 }
 
+// StateForgetter is a VMM driver that keeps something derived from a
+// snapshot's state file (the QEMU driver's split of its memory): the engine
+// tells it when the file goes away.
+type StateForgetter interface {
+	ForgetState(file string)
+}
+
+// forgetSnapshotState tells snap's VMM driver the snapshot is gone.
+func (e *Engine) forgetSnapshotState(snap Snapshot) {
+	if drv, err := e.driverFor(snap.VMM); err == nil && snap.State != "" {
+		if f, ok := drv.(StateForgetter); ok {
+			f.ForgetState(snap.State)
+		}
+	}
+}
+
 // SnapshotSaver is what the engine needs of a VMM to snapshot and clone.
 type SnapshotSaver interface {
 	SaveForSnapshot(ctx context.Context, m vmm.Machine, p system.Process, file string) error
@@ -136,6 +152,7 @@ func (e *Engine) DeleteSnapshot(ctx context.Context, name string) error {
 	if len(s.UsedBy) > 0 {
 		return errdefs.Conflict("snapshot %q is needed by vm %s (not started yet): start or delete them first", name, strings.Join(s.UsedBy, ", "))
 	}
+	defer e.forgetSnapshotState(s)
 	return os.RemoveAll(e.snapshotDir(name))
 }
 
@@ -299,7 +316,8 @@ func (e *Engine) cloneIncoming(vm model.VMRecord) (*vmm.Incoming, *Snapshot, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("vm %q is made from snapshot %q: %w", vm.Name, vm.Spec.Options.From, err)
 	}
-	return &vmm.Incoming{File: snap.State, MemFile: snap.MemFile, VMMVersion: snap.VMMVersion}, &snap, nil
+	// Clones share the snapshot's memory (docs/snapshots.md).
+	return &vmm.Incoming{File: snap.State, MemFile: snap.MemFile, VMMVersion: snap.VMMVersion, ShareMemory: true}, &snap, nil
 }
 
 // copyFromSnapshot gives a clone its own copies of the snapshot's disks.
@@ -417,7 +435,10 @@ func (e *Engine) ForkVM(ctx context.Context, name string, count int) ([]model.VM
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(e.snapshotDir(snap.Name))
+	defer func() {
+		os.RemoveAll(e.snapshotDir(snap.Name))
+		e.forgetSnapshotState(snap)
+	}()
 	// Clones are made one at a time (names and addresses are allocated
 	// under the store's lock) and started together.
 	var names []string

@@ -84,6 +84,11 @@ type Incoming struct {
 	// refuses a VMM of another version (state does not move between
 	// versions). QEMU's state file also records its version itself.
 	VMMVersion string
+	// ShareMemory, for a clone, lets the VMM map the state's guest memory
+	// copy-on-write, shared with the other clones of the same state,
+	// instead of reading it into memory of the clone's own (QEMU; see
+	// docs/snapshots.md). A resume leaves it false.
+	ShareMemory bool
 }
 
 // Confinement runs a VMM through the banger-jail helper: its own uid/gid,

@@ -43,7 +43,8 @@ const (
 var ErrAlreadyRunning = errors.New("qemu already running for this qmp socket")
 
 // Driver launches and controls QEMU processes. The zero value is ready to
-// use; it keeps no state between calls, so it is safe for concurrent use.
+// use, and it is safe for concurrent use. The only state it keeps between
+// calls is a cache of split state files for clone restores (template.go).
 type Driver struct {
 	Binary     string        // "" = vmm.Machine.Binary, else "qemu-system-x86_64" on PATH
 	Logger     *slog.Logger  // nil = discard
@@ -54,6 +55,8 @@ type Driver struct {
 	// RestoreTimeout bounds a restoring Launch from QEMU's start to the
 	// guest running; default a minute.
 	RestoreTimeout time.Duration
+
+	templates templateCache
 }
 
 func (d *Driver) logger() *slog.Logger {
@@ -160,7 +163,23 @@ func (d *Driver) Launch(ctx context.Context, m vmm.Machine) (system.Process, err
 			return system.Process{}, fmt.Errorf("restoring vm %s: %w", m.ID, err)
 		}
 		defer f.Close() // QEMU has its own copy once started
-		m.ExtraFiles = append(m.ExtraFiles[:len(m.ExtraFiles):len(m.ExtraFiles)], f)
+		m.ExtraFiles = m.ExtraFiles[:len(m.ExtraFiles):len(m.ExtraFiles)]
+		if m.Incoming.ShareMemory {
+			if t, stream, err := d.sharedMemory(m, f); err != nil {
+				log.Warn("restoring without shared memory", "state", m.Incoming.File, "err", err)
+			} else {
+				defer d.templates.release(t)
+				defer stream.Close()
+				// QEMU maps the memfd privately as the guest's RAM and
+				// loads the rest of the stream (template.go).
+				m.ExtraFiles = append(m.ExtraFiles, t.mem)
+				argv = append(argv,
+					"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=/proc/self/fd/%d,share=off", mainRAMBlock, m.MemoryMiB, 2+len(m.ExtraFiles)),
+					"-machine", "memory-backend="+mainRAMBlock)
+				f = stream
+			}
+		}
+		m.ExtraFiles = append(m.ExtraFiles, f)
 		argv = append(argv, "-incoming", "fd:"+strconv.Itoa(2+len(m.ExtraFiles)))
 	}
 	if err := removeSocket(m.APISock); err != nil {

@@ -357,13 +357,19 @@ func TestSnapshotTCG(t *testing.T) {
 		// Off the bridge until it has its own identity, as the daemon does.
 		setTap(t, tap, "down")
 		m := withGuestNet(cloneMachine(t, src, id, name, root, work), tap, mac, ip)
-		m.Incoming = &vmm.Incoming{File: forkState}
+		m.Incoming = &vmm.Incoming{File: forkState, ShareMemory: true}
 		start := time.Now()
 		cp, err := d.Launch(ctx, m)
 		if err != nil {
 			t.Fatalf("restoring %s: %v", name, err)
 		}
 		toRunning := time.Since(start)
+		// The guest's RAM is the split state's memfd, mapped privately.
+		if maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", cp.PID)); err != nil {
+			t.Fatal(err)
+		} else if !regexp.MustCompile(`(?m) r[w-]-p .*/memfd:banger-guest-ram`).Match(maps) {
+			t.Errorf("%s: qemu maps no private memfd:banger-guest-ram:\n%s", name, maps)
+		}
 		defer func() {
 			if err := d.Shutdown(ctx, m, cp, 0, true); err != nil {
 				t.Error(err)
