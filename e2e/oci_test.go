@@ -145,6 +145,21 @@ func TestOCIImage(t *testing.T) {
 	} else if got := mustBanger(t, "vm", "exec", vm, "--", "/bin/hello", "cat", "/tmp/note.txt"); got != "from the host\n" {
 		t.Errorf("copied file reads %q", got)
 	}
+	// Container images have no guest agent yet: a fork is refused soon,
+	// with the reason, and leaves no clone and no snapshot behind.
+	forkStart := time.Now()
+	if _, errOut, code := banger(t, "vm", "fork", vm); code == 0 || !strings.Contains(errOut, "guest agent") {
+		t.Errorf("vm fork of a container image's VM = exit %d, stderr %q; want a refusal naming the guest agent", code, errOut)
+	}
+	if took := time.Since(forkStart); took > 30*time.Second {
+		t.Errorf("vm fork took %s to be refused", took.Round(time.Millisecond))
+	}
+	if out := mustBanger(t, "vm", "list", "-q"); strings.Contains(out, "-fork-") {
+		t.Errorf("a refused fork left a clone: %q", out)
+	}
+	if out := mustBanger(t, "snapshot", "list"); strings.Contains(out, "fork-") {
+		t.Errorf("a refused fork left its snapshot: %q", out)
+	}
 	// ENV, WORKDIR and USER apply to exec and sessions too.
 	if got, want := mustBanger(t, "vm", "exec", vm, "--", "/bin/hello", "x"), "args=[x] cwd=/app greeting=hello from the image uid=1000\n"; got != want {
 		t.Errorf("exec in the image = %q, want %q", got, want)

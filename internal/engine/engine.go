@@ -52,6 +52,9 @@ type Engine struct {
 	ociMaxSize  int64           // oci_max_size; 0: no cap
 	layers      *oci.LayerCache // shared by all pulls: its pins keep their blobs
 	pulling     pullSet         // images being pulled (their cached rootfs is kept)
+	// agents: VMs whose guest agent answered, by VM id, with the start
+	// time of the VMM process it answered in (a new boot asks again).
+	agents sync.Map
 	// reconcileTook is how long startup reconcile took (nanoseconds).
 	reconcileTook atomic.Int64
 

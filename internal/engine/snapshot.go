@@ -76,6 +76,39 @@ type SnapshotSaver interface {
 	SaveForSnapshot(ctx context.Context, m vmm.Machine, p system.Process, file string) error
 	Resume(ctx context.Context, m vmm.Machine, p system.Process) error
 	PrepareClone(ctx context.Context, m vmm.Machine, id vmm.CloneIdentity) (pub string, priv []byte, err error)
+	// PingAgent asks the guest agent of m's running guest for an answer.
+	PingAgent(ctx context.Context, m vmm.Machine) error
+}
+
+// agentCheckTimeout bounds the wait for a running source's guest agent
+// before a snapshot: a busy TCG guest answers in well under a second.
+var agentCheckTimeout = 10 * time.Second
+
+// checkAgent refuses to snapshot a running VM whose guest has no agent
+// answering: no clone of it could get an identity of its own (its start
+// would wait for the agent and fail a minute later). An answer is
+// remembered for the VMM process it came from.
+func (e *Engine) checkAgent(ctx context.Context, saver SnapshotSaver, vm model.VMRecord, m vmm.Machine, h model.VMHandles) error {
+	if v, ok := e.agents.Load(vm.ID); ok && v.(uint64) == h.PIDStart && h.PIDStart != 0 {
+		return nil
+	}
+	actx, cancel := context.WithTimeout(ctx, agentCheckTimeout)
+	defer cancel()
+	if err := saver.PingAgent(actx, m); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return errdefs.Conflict("vm %q: its guest did not answer on banger's guest agent channel (%v): snapshots and forks need the agent in the guest to give each clone its own identity; images made by banger image build have it, debian and container images do not yet", vm.Name, err)
+	}
+	e.agentAnswered(vm.ID, h)
+	return nil
+}
+
+// agentAnswered remembers that VM id's agent answered in the VMM of h.
+func (e *Engine) agentAnswered(id string, h model.VMHandles) {
+	if h.PIDStart != 0 {
+		e.agents.Store(id, h.PIDStart)
+	}
 }
 
 func (e *Engine) snapshotDir(name string) string {
@@ -203,6 +236,15 @@ func (e *Engine) snapshotLocked(ctx context.Context, vm *model.VMRecord, name st
 			return Snapshot{}, errdefs.Conflict("vm %q: snapshots of running %s VMs are not supported yet (suspend it first)", vm.Name, vm.Runtime.VMM)
 		}
 	}
+	var h model.VMHandles
+	var m vmm.Machine
+	if !suspended {
+		h, _ = e.handles.get(vm.ID)
+		m = e.machine(*vm, model.Image{}, "", h)
+		if err := e.checkAgent(ctx, saver, *vm, m, h); err != nil {
+			return Snapshot{}, err
+		}
+	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return Snapshot{}, err
 	}
@@ -251,8 +293,6 @@ func (e *Engine) snapshotLocked(ctx context.Context, vm *model.VMRecord, name st
 			return fail(err)
 		}
 	} else {
-		h, _ := e.handles.get(vm.ID)
-		m := e.machine(*vm, model.Image{}, "", h)
 		p := system.Process{PID: h.PID, Start: h.PIDStart}
 		snap.State = filepath.Join(dir, "qemu.state")
 		if err := saver.SaveForSnapshot(ctx, m, p, snap.State); err != nil {
@@ -358,6 +398,7 @@ func (e *Engine) identifyClone(ctx context.Context, r *run) error {
 	// disk's file system costs a clone just restored hundreds of ms of CPU
 	// under TCG): the host keeps it and writes it to the clone's disk
 	// before its next cold boot (writeGuestConfig).
+	e.agentAnswered(r.vm.ID, r.h)
 	if err := saveCloneHostKey(*r.vm, priv); err != nil {
 		return err
 	}

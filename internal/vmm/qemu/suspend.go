@@ -106,3 +106,8 @@ func (d *Driver) SetHostname(ctx context.Context, m vmm.Machine, name string) er
 	_, err := Agent(AgentSocket(m)).Do(ctx, "set-hostname "+name)
 	return err
 }
+
+// PingAgent asks the guest agent of m's running guest for an answer.
+func (d *Driver) PingAgent(ctx context.Context, m vmm.Machine) error {
+	return Agent(AgentSocket(m)).Ping(ctx)
+}
