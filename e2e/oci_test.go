@@ -145,11 +145,19 @@ func TestOCIImage(t *testing.T) {
 	} else if got := mustBanger(t, "vm", "exec", vm, "--", "/bin/hello", "cat", "/tmp/note.txt"); got != "from the host\n" {
 		t.Errorf("copied file reads %q", got)
 	}
-	// Container images have no guest agent yet: a fork is refused soon,
-	// with the reason, and leaves no clone and no snapshot behind.
+	// Forks: a guest whose agent does not answer is refused soon, with the
+	// reason, and nothing is left behind (the agent is stopped for this);
+	// with the agent answering, a clone has its own name and host key and
+	// the source's memory.
+	inGuest := func(vm, script string) string {
+		return strings.TrimSpace(mustBanger(t, "vm", "exec", vm, "--user", "root", "--", "/.banger/bin/sh", "-c", script))
+	}
+	hostKey := "/.banger/bin/dropbearkey -y -f /run/banger/dropbear_ed25519_host_key | /.banger/bin/grep ^ssh-"
+	srcKey := inGuest(vm, hostKey)
+	inGuest(vm, "kill -STOP $(/.banger/bin/pidof agent)")
 	forkStart := time.Now()
 	if _, errOut, code := banger(t, "vm", "fork", vm); code == 0 || !strings.Contains(errOut, "guest agent") {
-		t.Errorf("vm fork of a container image's VM = exit %d, stderr %q; want a refusal naming the guest agent", code, errOut)
+		t.Errorf("vm fork with the guest agent stopped = exit %d, stderr %q; want a refusal naming the guest agent", code, errOut)
 	}
 	if took := time.Since(forkStart); took > 30*time.Second {
 		t.Errorf("vm fork took %s to be refused", took.Round(time.Millisecond))
@@ -160,6 +168,30 @@ func TestOCIImage(t *testing.T) {
 	if out := mustBanger(t, "snapshot", "list"); strings.Contains(out, "fork-") {
 		t.Errorf("a refused fork left its snapshot: %q", out)
 	}
+	inGuest(vm, "kill -CONT $(/.banger/bin/pidof agent)")
+	clones := strings.Fields(mustBanger(t, "vm", "fork", vm))
+	if len(clones) != 1 {
+		t.Fatalf("vm fork printed %q, want one name", clones)
+	}
+	clone := clones[0]
+	deleteAtEnd(t, clone)
+	if got := inGuest(clone, "/.banger/bin/hostname"); got != clone {
+		t.Errorf("clone hostname %q, want %q", got, clone)
+	}
+	cloneKey := inGuest(clone, hostKey)
+	if cloneKey == "" || cloneKey == srcKey {
+		t.Errorf("clone serves host key %q, the source %q: want a key of its own", cloneKey, srcKey)
+	}
+	if got := mustBanger(t, "vm", "exec", clone, "--", "/bin/hello", "cat", "/tmp/note.txt"); got != "from the host\n" {
+		t.Errorf("the clone's copy of the source's /tmp/note.txt reads %q", got)
+	}
+	// A cold boot of the clone keeps its key (the host wrote it to the
+	// clone's disk): the pinned SSH connection still works.
+	mustBanger(t, "vm", "restart", clone)
+	if key := inGuest(clone, hostKey); key != cloneKey {
+		t.Errorf("after a restart the clone serves %q, before %q", key, cloneKey)
+	}
+	mustBanger(t, "vm", "delete", "--force", clone)
 	// ENV, WORKDIR and USER apply to exec and sessions too.
 	if got, want := mustBanger(t, "vm", "exec", vm, "--", "/bin/hello", "x"), "args=[x] cwd=/app greeting=hello from the image uid=1000\n"; got != want {
 		t.Errorf("exec in the image = %q, want %q", got, want)

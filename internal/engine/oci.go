@@ -177,9 +177,16 @@ func (e *Engine) PullImage(ctx context.Context, req OCISpec, progress func(strin
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fail(err)
 	}
+	// The guest agent lets VMs of the image be snapshotted and forked;
+	// without one the image still works otherwise.
+	agent, err := e.agentBinary()
+	if err != nil {
+		say("note: no guest agent (%v): VMs of this image cannot be snapshotted or forked", err)
+		agent = ""
+	}
 	meta, err := oci.Convert(ctx, img, tree, filepath.Join(dir, "rootfs.ext4"), oci.ConvertOptions{
 		BuildOptions: oci.BuildOptions{Runner: e.deps.Runner, DebCache: e.cfg.ImageCacheDir, Scratch: filepath.Join(e.cfg.StateDir, "images"),
-			Progress: func(step string) { say("%s", step) }},
+			Progress: func(step string) { say("%s", step) }, Agent: agent},
 		MaxSize: req.MaxSize,
 		Cache:   e.rootfsCache(),
 	})

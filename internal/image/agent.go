@@ -37,6 +37,10 @@ func checkAgent(path string) error {
 	return nil
 }
 
+// InstallAgent copies the guest agent binary src, checked as CheckAgent
+// does, to dst (mode 0755): internal/oci puts it in container images.
+func InstallAgent(src, dst string) error { return installAgent(src, dst) }
+
 // installAgent copies the checked agent binary to dst, mode 0755.
 func installAgent(src, dst string) error {
 	if err := checkAgent(src); err != nil {

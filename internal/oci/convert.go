@@ -59,10 +59,23 @@ func convertImage(ctx context.Context, img *Image, tree, out string, opts Conver
 	fail := func(err error) (*Metadata, error) {
 		return nil, fmt.Errorf("building rootfs of %s: %w", img.Source, err)
 	}
+	// The agent is part of the cache key: a new banger-agent makes new
+	// root filesystems.
+	agentSum := ""
+	if opts.Agent != "" {
+		if err := image.CheckAgent(opts.Agent); err != nil {
+			return fail(err)
+		}
+		sum, err := fileSHA256(opts.Agent)
+		if err != nil {
+			return fail(fmt.Errorf("guest agent: %w", err))
+		}
+		agentSum = sum
+	}
 	// tryCache looks up the entry for guest hash h; done says whether the
 	// conversion is over (made from the cache, or failed).
 	tryCache := func(h string) (m *Metadata, err error, done bool) {
-		m, err = useCached(ctx, img, out, rootfsKey(img, h), opts)
+		m, err = useCached(ctx, img, out, rootfsKey(img, h, agentSum), opts)
 		if errors.Is(err, errCacheMiss) {
 			if err != errCacheMiss {
 				say(err.Error())
@@ -180,7 +193,7 @@ func convertImage(ctx context.Context, img *Image, tree, out string, opts Conver
 	}
 	if opts.Cache != nil {
 		say("storing rootfs in the cache")
-		key := rootfsKey(img, guest.hash)
+		key := rootfsKey(img, guest.hash, agentSum)
 		if err := opts.Cache.store(ctx, key, out, cacheEntry{UnpackedSize: m.UnpackedSize, Notes: m.Notes, Source: img.Source,
 			Digest: img.Digest, ConfigDigest: img.ConfigDigest}); err != nil {
 			// The image is made; only the next conversion is slower.
@@ -217,18 +230,18 @@ func useCached(ctx context.Context, img *Image, out, key string, opts ConvertOpt
 // is sampled from image.RootfsSize so that a change to it makes new keys.
 // The source reference is not part of it: the same image under two names
 // is the same filesystem.
-func rootfsKey(img *Image, guest string) string {
+func rootfsKey(img *Image, guest, agent string) string {
 	layers := make([]string, len(img.Layers))
 	for i, l := range img.Layers {
 		layers[i] = l.Digest + " " + l.DiffID
 	}
 	k, _ := json.Marshal(struct {
-		Converter, Digest, ConfigDigest, Platform, Guest, Sizing string
-		Layers                                                   []string
+		Converter, Digest, ConfigDigest, Platform, Guest, Sizing, Agent string
+		Layers                                                          []string
 	}{
 		ConverterVersion, img.Digest, img.ConfigDigest, img.Platform, guest,
 		fmt.Sprint(image.RootfsSize(0, 0), image.RootfsSize(1<<30, 1<<16), image.RootfsSize(16<<30, 1<<20)),
-		layers,
+		agent, layers,
 	})
 	sum := sha256.Sum256(k)
 	return hex.EncodeToString(sum[:])

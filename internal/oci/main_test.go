@@ -385,3 +385,32 @@ func setBits(m fs.FileMode) fs.FileMode {
 	}
 	return b
 }
+
+// agentOnce builds cmd/banger-agent once per test binary, for the builds
+// that put the guest agent into an image.
+var agentOnce struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+func testAgent(t testing.TB) string {
+	t.Helper()
+	agentOnce.once.Do(func() {
+		dir, err := os.MkdirTemp("", "banger-oci-agent-")
+		if err != nil {
+			agentOnce.err = err
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		p := filepath.Join(dir, "banger-agent")
+		if agentOnce.err = system.GoBuild(ctx, "./cmd/banger-agent", p, "netgo", "osusergo"); agentOnce.err == nil {
+			agentOnce.path = p
+		}
+	})
+	if agentOnce.err != nil {
+		t.Fatalf("building the guest agent: %v", agentOnce.err)
+	}
+	return agentOnce.path
+}

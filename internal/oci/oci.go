@@ -70,9 +70,13 @@
 //	              image's loader or libc (dropbear re-executes itself per
 //	              connection); dropbear's sftp path is /.banger/sftp-server
 //	lib/, ld.so   their libraries and dynamic loader
+//	agent         banger's guest agent (BuildOptions.Agent), which init runs:
+//	              clones of the image's VMs get their identity through it
 //
-// Host keys are made on first boot in /var/lib/banger (ed25519, printed on
-// the console, and ECDSA, which Go's client negotiates first).
+// The SSH host key (ed25519) is made on first boot in /etc/dropbear, where
+// the daemon writes a clone's key before its next cold boot; dropbear
+// serves a copy on tmpfs (/run/banger), printed on the console for the
+// host to pin, and the only key it serves.
 package oci
 
 import (

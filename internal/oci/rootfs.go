@@ -53,6 +53,10 @@ type BuildOptions struct {
 	// directory); a private subdirectory is made and removed.
 	Scratch  string
 	Progress func(step string)
+	// Agent is banger's guest agent (cmd/banger-agent, static), installed
+	// as /.banger/agent and run by /.banger/init. "": none, and VMs of the
+	// image cannot be snapshotted or forked (clones need it).
+	Agent string
 }
 
 // Metadata describes a built image: where it came from, what it holds and
@@ -158,7 +162,7 @@ func prepareGuest(ctx context.Context, opts BuildOptions, out string, guest *gue
 			return nil, err
 		}
 	}
-	if err := installGuestSide(ctx, opts.Runner, p.pkgs, p.dir); err != nil {
+	if err := installGuestSide(ctx, opts.Runner, p.pkgs, p.dir, opts.Agent); err != nil {
 		p.cleanup()
 		return nil, fmt.Errorf("adding guest side: %w", err)
 	}
@@ -205,7 +209,7 @@ func buildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts Bu
 	gd := filepath.Join(unpackDir, GuestDir)
 	if err := os.Rename(prepared.dir, gd); err != nil {
 		// Another filesystem: build it again in place.
-		if err := installGuestSide(ctx, opts.Runner, prepared.pkgs, gd); err != nil {
+		if err := installGuestSide(ctx, opts.Runner, prepared.pkgs, gd, opts.Agent); err != nil {
 			return nil, fmt.Errorf("adding guest side: %w", err)
 		}
 	}
@@ -276,7 +280,7 @@ func ensureGuestPaths(tree string) ([]string, error) {
 }
 
 // installGuestSide builds /.banger from the unpacked guest packages in pkgs.
-func installGuestSide(ctx context.Context, r Runner, pkgs, gd string) error {
+func installGuestSide(ctx context.Context, r Runner, pkgs, gd, agent string) error {
 	for _, d := range []string{"", "bin", "lib", "libexec"} {
 		if err := os.Mkdir(filepath.Join(gd, d), 0o755); err != nil {
 			return err
@@ -359,6 +363,11 @@ func installGuestSide(ctx context.Context, r Runner, pkgs, gd string) error {
 	})
 	if err != nil {
 		return err
+	}
+	if agent != "" {
+		if err := image.InstallAgent(agent, filepath.Join(gd, "agent")); err != nil {
+			return err
+		}
 	}
 	setup, err := guestSetupNetworkPart()
 	if err != nil {

@@ -53,7 +53,7 @@ func convert(t *testing.T, img v1.Image) converted {
 	unpackedAt := time.Now()
 	out := filepath.Join(dir, "image", "rootfs.ext4")
 	os.MkdirAll(filepath.Dir(out), 0o755)
-	meta, err := BuildRootfs(ctx, got, tree, out, BuildOptions{Runner: system.ExecRunner{}, DebCache: debCache})
+	meta, err := BuildRootfs(ctx, got, tree, out, BuildOptions{Runner: system.ExecRunner{}, DebCache: debCache, Agent: testAgent(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +115,9 @@ func TestBuildRootfsBusybox(t *testing.T) {
 		if !strings.Contains(stat, want) {
 			t.Errorf("debugfs stat /.banger/init lacks %q:\n%s", want, stat)
 		}
+	}
+	if stat := run(t, "debugfs", "-R", "stat /.banger/agent", c.out); !strings.Contains(stat, "Mode:  0755") || !strings.Contains(stat, "User:     0   Group:     0") {
+		t.Errorf("the guest agent is not /.banger/agent, root's, mode 0755:\n%s", stat)
 	}
 	for _, p := range []string{"/.banger/bin/busybox", "/.banger/lib/ld-linux-x86-64.so.2", "/.banger/libexec/dropbear", "/root/.ssh", "/work", "/proc"} {
 		if out := run(t, "debugfs", "-R", "stat "+p, c.out); !strings.Contains(out, "User:     0   Group:     0") {
@@ -389,7 +392,7 @@ func TestGuestScriptsParse(t *testing.T) {
 		run(t, "sh", "-n", p)
 	}
 	init := string(files["init"])
-	for _, want := range []string{"rcS done", "banger-hostkey: ", "/.banger/guest-setup", "/.banger/ssh-user", "dropbear -F -E -s -r $key", "wait $!"} {
+	for _, want := range []string{"rcS done", "banger-hostkey: ", "/.banger/guest-setup", "/.banger/ssh-user", "dropbear -F -E -s -r $run_key", "run_key=/run/banger/dropbear_ed25519_host_key", "/.banger/agent", "wait $!"} {
 		if !strings.Contains(init, want) {
 			t.Errorf("init lacks %q", want)
 		}

@@ -391,3 +391,16 @@ func TestRootfsCachePrune(t *testing.T) {
 		t.Errorf("Prune of all = removed %+v, kept %+v, %v", removed, left, err)
 	}
 }
+
+// TestRootfsKeyHasTheAgent: another guest agent binary is another root
+// filesystem, so a cached one never carries a stale agent.
+func TestRootfsKeyHasTheAgent(t *testing.T) {
+	img := &Image{Digest: "sha256:aa", ConfigDigest: "sha256:bb", Platform: Platform, Layers: []Layer{{Digest: "sha256:cc", DiffID: "sha256:dd"}}}
+	none, a, b := rootfsKey(img, "guest", ""), rootfsKey(img, "guest", "sum-a"), rootfsKey(img, "guest", "sum-b")
+	if none == a || a == b || none == b {
+		t.Errorf("keys without an agent and with two agents: %s %s %s", none, a, b)
+	}
+	if rootfsKey(img, "guest", "sum-a") != a {
+		t.Error("the key is not stable")
+	}
+}
