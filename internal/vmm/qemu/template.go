@@ -503,8 +503,9 @@ func keyOf(path string, f *os.File) (stateKey, error) {
 // clones of one fork or one pool are restored from one split. The zero
 // value is ready to use.
 type templateCache struct {
-	mu sync.Mutex
-	m  map[string]*memTemplate
+	mu     sync.Mutex
+	m      map[string]*memTemplate
+	splits int // state files split so far, guarded by mu
 }
 
 // acquire returns the split of the state file f (open at path, positioned
@@ -542,6 +543,7 @@ func (c *templateCache) acquire(path string, f *os.File) (*memTemplate, error) {
 	}
 	t = &memTemplate{key: key, ready: make(chan struct{}), users: 1}
 	c.m[path] = t
+	c.splits++
 	c.mu.Unlock()
 	t.err = t.split(f)
 	close(t.ready)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -438,5 +439,63 @@ func TestTemplateCache(t *testing.T) {
 	writeState(t, bad, []byte("not a stream at all"))
 	if _, err := c.acquire(bad, openState(t, bad)); !errors.Is(err, errStreamUnsupported) {
 		t.Errorf("err = %v, want errStreamUnsupported", err)
+	}
+}
+
+// TestTemplateCacheConcurrent: restores of one state file that start
+// together, on a busy host, wait for one split and all get it.
+func TestTemplateCacheConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "qemu.state")
+	writeState(t, path, sampleStream())
+	stop := make(chan struct{})
+	defer close(stop)
+	for range 4 { // keep both cores busy
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		}()
+	}
+	var c templateCache
+	const n = 8
+	got := make([]*memTemplate, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		f := openState(t, path)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = c.acquire(path, f)
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if got[i] != got[0] {
+			t.Fatalf("restore %d got another split", i)
+		}
+	}
+	c.mu.Lock()
+	splits, users := c.splits, got[0].users
+	c.mu.Unlock()
+	if splits != 1 || users != n {
+		t.Errorf("%d splits, %d users; want 1 split used %d times", splits, users, n)
+	}
+	for i := range n {
+		c.release(got[i])
+	}
+	if got[0].mem == nil {
+		t.Error("the split was freed at once instead of staying cached")
+	}
+	c.forget(path)
+	if got[0].mem != nil {
+		t.Error("forget left the idle split open")
 	}
 }
