@@ -18,7 +18,7 @@
 //	set-hostname NAME            hostname, /etc/hostname, /etc/hosts
 //	reseed HEX                   the bytes mixed into the kernel's RNG, which reseeds at once
 //	regen-hostkey                a new ed25519 host key, served from the next connection; ok <type> <base64>
-//	set-hostkey HEX              install the host's ed25519 key (dropbear's file), served from the next connection
+//	set-hostkey HEX              install the host's ed25519 key (dropbear's file), served from the next connection; ok dropbear|openssh
 //
 // The id comes back with every answer: the port holds a write while no
 // host end is connected, so an answer may reach a later client, which
@@ -56,9 +56,10 @@ type System interface {
 	SetHostname(name string) error
 	// Reseed mixes seed into the kernel's RNG and has it reseed now.
 	Reseed(seed []byte) error
-	// InstallHostKey installs an ed25519 host key in dropbear's file
-	// format and restarts the SSH server with it.
-	InstallHostKey(dropbear []byte) error
+	// InstallHostKey installs an ed25519 host key given in dropbear's file
+	// format for the guest's SSH server, which serves it from its next
+	// connection, and names that server: ServerDropbear or ServerOpenSSH.
+	InstallHostKey(dropbear []byte) (server string, err error)
 }
 
 // Server answers commands with Sys.
@@ -211,16 +212,17 @@ func (s *Server) run(cmd string, args []string) (string, error) {
 		if err != nil || !isDropbearEd25519(key) {
 			return "", errors.New("set-hostkey: want dropbear's ed25519 key file in hex")
 		}
-		if err := s.Sys.InstallHostKey(key); err != nil {
+		server, err := s.Sys.InstallHostKey(key)
+		if err != nil {
 			return "", fmt.Errorf("set-hostkey: %w", err)
 		}
-		return "", nil
+		return server, nil
 	case "regen-hostkey":
 		k, err := NewHostKey()
 		if err != nil {
 			return "", fmt.Errorf("regen-hostkey: %w", err)
 		}
-		if err := s.Sys.InstallHostKey(k.Dropbear); err != nil {
+		if _, err := s.Sys.InstallHostKey(k.Dropbear); err != nil {
 			return "", fmt.Errorf("regen-hostkey: %w", err)
 		}
 		return k.Public, nil

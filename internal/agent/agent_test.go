@@ -45,10 +45,10 @@ func (f *fakeSystem) SetIP(a netip.Prefix, gw netip.Addr) error {
 func (f *fakeSystem) SetMAC(mac net.HardwareAddr) error { return f.note("mac " + mac.String()) }
 func (f *fakeSystem) SetHostname(n string) error        { return f.note("hostname " + n) }
 func (f *fakeSystem) Reseed(seed []byte) error          { return f.note("reseed " + hex.EncodeToString(seed)) }
-func (f *fakeSystem) InstallHostKey(b []byte) error {
+func (f *fakeSystem) InstallHostKey(b []byte) (string, error) {
 	f.note("key begins")
 	time.Sleep(f.keyDelay)
-	return f.note("key installed")
+	return ServerDropbear, f.note("key installed")
 }
 
 func TestHandle(t *testing.T) {
@@ -64,7 +64,7 @@ func TestHandle(t *testing.T) {
 		{"a5 set-mac 02:00:00:00:00:0a", "a5 ok\n", "mac 02:00:00:00:00:0a"},
 		{"a6 set-hostname web-2.x", "a6 ok\n", "hostname web-2.x"},
 		{"a7 reseed 00ff", "a7 ok\n", "reseed 00ff"},
-		{"a8 set-hostkey " + hex.EncodeToString(k.Dropbear), "a8 ok\n", "key installed"},
+		{"a8 set-hostkey " + hex.EncodeToString(k.Dropbear), "a8 ok dropbear\n", "key installed"},
 		// Bad input: a clear error, nothing done.
 		{"c1 set-time soon", "c1 err set-time: want nanoseconds since the epoch\n", ""},
 		{"c2 set-time -5", "c2 err set-time: want nanoseconds since the epoch\n", ""},
@@ -162,7 +162,7 @@ func TestServe(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- (&Server{Sys: sys, Poll: 5 * time.Millisecond}).Serve(ctx, port) }()
-	want := "s1 ok\ns2 ok\ns3 ok\ns4 ok\ns5 err unknown command frob\n"
+	want := "s1 ok\ns2 ok dropbear\ns3 ok\ns4 ok\ns5 err unknown command frob\n"
 	deadline := time.Now().Add(5 * time.Second)
 	for port.written() != want && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)

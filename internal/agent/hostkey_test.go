@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"crypto/ed25519"
+	"strings"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -45,5 +46,47 @@ func TestIsDropbearEd25519(t *testing.T) {
 		if isDropbearEd25519(b) {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestGuestKeyFiles: a key the host kept for a clone goes to dropbear's
+// path as it is, or, in OpenSSH's format, to sshd's path with its .pub
+// (which the boot prints on the console); anything else is an error.
+func TestGuestKeyFiles(t *testing.T) {
+	k, err := NewHostKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := GuestKeyFiles(k.Dropbear)
+	if err != nil || len(files) != 1 || files[0].Path != DiskKeyPath || files[0].Mode != 0o600 || !bytes.Equal(files[0].Data, k.Dropbear) {
+		t.Errorf("dropbear key: %+v, %v", files, err)
+	}
+	pem, pub, err := OpenSSHKey(k.Dropbear)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub != k.Public {
+		t.Errorf("OpenSSHKey public %q, want %q", pub, k.Public)
+	}
+	files, err = GuestKeyFiles(pem)
+	if err != nil || len(files) != 2 {
+		t.Fatalf("openssh key: %+v, %v", files, err)
+	}
+	if files[0].Path != OpenSSHDiskKeyPath || files[0].Mode != 0o600 || !bytes.Equal(files[0].Data, pem) {
+		t.Errorf("private file %s %o", files[0].Path, files[0].Mode)
+	}
+	if files[1].Path != OpenSSHDiskKeyPath+".pub" || files[1].Mode != 0o644 || strings.TrimSpace(string(files[1].Data)) != k.Public {
+		t.Errorf("public file %s %o %q", files[1].Path, files[1].Mode, files[1].Data)
+	}
+	if s, err := ssh.ParsePrivateKey(files[0].Data); err != nil || strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.PublicKey()))) != k.Public {
+		t.Errorf("the OpenSSH file does not hold the key: %v", err)
+	}
+	for _, bad := range [][]byte{nil, []byte("junk"), k.Dropbear[:40]} {
+		if _, err := GuestKeyFiles(bad); err == nil {
+			t.Errorf("GuestKeyFiles(%q) accepted", bad)
+		}
+	}
+	if _, _, err := OpenSSHKey([]byte("junk")); err == nil {
+		t.Error("OpenSSHKey accepted junk")
 	}
 }

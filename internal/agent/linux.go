@@ -172,11 +172,49 @@ const (
 	RuntimeKeyPath = "/run/banger/dropbear_ed25519_host_key"
 )
 
+const (
+	// ServerDropbear and ServerOpenSSH name the SSH server InstallHostKey
+	// installed a key for.
+	ServerDropbear = "dropbear"
+	ServerOpenSSH  = "openssh"
+	// OpenSSHDiskKeyPath is the ed25519 host key on the disk of a guest
+	// that runs OpenSSH's server (the debian image).
+	OpenSSHDiskKeyPath = "/etc/ssh/ssh_host_ed25519_key"
+	// OpenSSHRuntimeKeyPath is the copy of it that sshd serves (HostKey in
+	// sshd_config.d/banger.conf), made by guest-setup at every boot.
+	OpenSSHRuntimeKeyPath = "/run/banger/ssh_host_ed25519_key"
+)
+
 // runtimeLayout reports whether this guest's boot keeps its identity
-// files on tmpfs: the runtime key, and /etc/hosts pointing into /run.
+// files on tmpfs: a runtime key for dropbear or for OpenSSH's sshd.
 func (l *Linux) runtimeLayout() bool {
-	_, err := os.Stat(l.path(RuntimeKeyPath))
+	return l.exists(RuntimeKeyPath) || l.exists(OpenSSHRuntimeKeyPath)
+}
+
+func (l *Linux) exists(p string) bool {
+	_, err := os.Stat(l.path(p))
 	return err == nil
+}
+
+// installOpenSSHKey replaces the key sshd serves, in OpenSSH's format.
+// sshd re-executes itself for every connection, and the new process loads
+// its host keys: nothing to restart.
+func (l *Linux) installOpenSSHKey(dropbear []byte) error {
+	priv, _, err := OpenSSHKey(dropbear)
+	if err != nil {
+		return err
+	}
+	key := l.path(OpenSSHRuntimeKeyPath)
+	tmp := key + ".new"
+	os.Remove(tmp)
+	if err := os.WriteFile(tmp, priv, 0o600); err != nil {
+		return fmt.Errorf("cannot write the key: %w", err)
+	}
+	if err := os.Rename(tmp, key); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cannot write the key: %w", err)
+	}
+	return nil
 }
 
 // InstallHostKey replaces dropbear's ed25519 host key, then restarts the
@@ -186,9 +224,19 @@ func (l *Linux) runtimeLayout() bool {
 // costs hundreds of ms of CPU. Without one, the key file on disk is
 // replaced and dropbear's other keys, which the clone would share with its
 // source, are removed.
-func (l *Linux) InstallHostKey(dropbear []byte) error {
+//
+// A guest whose boot made OpenSSH's runtime key (and no dropbear one) gets
+// the key in OpenSSH's format there instead (installOpenSSHKey).
+func (l *Linux) InstallHostKey(dropbear []byte) (string, error) {
+	runtime := l.exists(RuntimeKeyPath)
+	if !runtime && l.exists(OpenSSHRuntimeKeyPath) {
+		return ServerOpenSSH, l.installOpenSSHKey(dropbear)
+	}
+	return ServerDropbear, l.installDropbearKey(dropbear, runtime)
+}
+
+func (l *Linux) installDropbearKey(dropbear []byte, runtime bool) error {
 	key := l.path(RuntimeKeyPath)
-	runtime := l.runtimeLayout()
 	if !runtime {
 		key = l.path(DiskKeyPath)
 	}

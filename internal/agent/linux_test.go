@@ -15,6 +15,7 @@ import (
 
 	"github.com/banger-dev/banger/internal/system"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 )
 
@@ -132,7 +133,7 @@ func TestLinuxInstallHostKey(t *testing.T) {
 			os.WriteFile(filepath.Join(root, "run/banger-sshd.pid"), []byte(strconv.Itoa(listener.PID)+"\n"), 0o644)
 		}
 		k, _ := NewHostKey()
-		if err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
+		if _, err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
 			t.Fatal(err)
 		}
 		key := filepath.Join(root, DiskKeyPath)
@@ -168,7 +169,7 @@ func TestLinuxInstallHostKeyRuntime(t *testing.T) {
 	fakeProc(t, root, listener.PID, "dropbear", 1)
 	os.WriteFile(filepath.Join(root, "run/banger-sshd.pid"), []byte(strconv.Itoa(listener.PID)), 0o644)
 	k, _ := NewHostKey()
-	if err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
+	if _, err := (&Linux{Root: root}).InstallHostKey(k.Dropbear); err != nil {
 		t.Fatal(err)
 	}
 	key := filepath.Join(root, RuntimeKeyPath)
@@ -222,7 +223,7 @@ func TestLinuxInstallHostKeyKeepsReexecListener(t *testing.T) {
 		l := &Linux{Root: root}
 		l.WarmUp()
 		k, _ := NewHostKey()
-		if err := l.InstallHostKey(k.Dropbear); err != nil {
+		if _, err := l.InstallHostKey(k.Dropbear); err != nil {
 			t.Fatal(err)
 		}
 		if ended := listener.WaitExit(500 * time.Millisecond); ended == tc.kept {
@@ -276,5 +277,51 @@ func TestLinuxReseed(t *testing.T) {
 	needRoot(t)
 	if err := (&Linux{}).Reseed([]byte("banger test seed")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A guest whose boot made OpenSSH's runtime key (the debian image) gets the
+// key there in OpenSSH's format, mode 0600, and "openssh" back; its disk
+// key and the dropbear paths stay untouched, and no process is signalled
+// (sshd loads its keys for every connection).
+func TestLinuxInstallHostKeyOpenSSH(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc/ssh"), 0o755)
+	os.MkdirAll(filepath.Join(root, "run/banger"), 0o755)
+	os.WriteFile(filepath.Join(root, OpenSSHDiskKeyPath), []byte("old"), 0o600)
+	os.WriteFile(filepath.Join(root, OpenSSHRuntimeKeyPath), []byte("old"), 0o600)
+	listener := sleeper(t)
+	fakeProc(t, root, listener.PID, "dropbear", 1) // would be ended if taken for dropbear's
+	l := &Linux{Root: root}
+	if !l.runtimeLayout() {
+		t.Error("OpenSSH's runtime key is not taken for the runtime layout")
+	}
+	k, _ := NewHostKey()
+	server, err := l.InstallHostKey(k.Dropbear)
+	if err != nil || server != ServerOpenSSH {
+		t.Fatalf("InstallHostKey = %q, %v; want openssh", server, err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, OpenSSHRuntimeKeyPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(b)
+	if err != nil {
+		t.Fatalf("the runtime key is not an OpenSSH key: %v\n%s", err, b)
+	}
+	if got := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))); got != k.Public {
+		t.Errorf("runtime key's public half %q, want %q", got, k.Public)
+	}
+	if st, _ := os.Stat(filepath.Join(root, OpenSSHRuntimeKeyPath)); st == nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("runtime key mode %v", st)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, OpenSSHDiskKeyPath)); string(b) != "old" {
+		t.Errorf("the key on disk was changed: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(root, DiskKeyPath)); err == nil {
+		t.Error("a dropbear key was written in an OpenSSH guest")
+	}
+	if listener.WaitExit(200 * time.Millisecond) {
+		t.Error("a process was ended for an OpenSSH key change")
 	}
 }

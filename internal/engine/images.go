@@ -192,12 +192,18 @@ func (e *Engine) BuildImage(ctx context.Context, req BuildSpec, progress func(st
 		Dir: dir, Base: req.Base, Packages: req.Packages, CacheDir: e.cfg.ImageCacheDir, Runner: e.deps.Runner,
 		Progress: progress,
 	}
-	if req.Base == "" || req.Base == image.BaseMinimal {
-		agent, err := e.agentBinary()
-		if err != nil {
-			return Built{}, errdefs.Conflict("building image %q: %w", req.Name, err)
-		}
+	agent, err := e.agentBinary()
+	switch {
+	case err == nil:
 		opts.Agent = agent
+	case req.Base == "" || req.Base == image.BaseMinimal:
+		return Built{}, errdefs.Conflict("building image %q: %w", req.Name, err)
+	default:
+		// A debian image works without the agent, but its VMs cannot
+		// be snapshotted or forked.
+		if progress != nil {
+			progress(fmt.Sprintf("note: no guest agent (%v): VMs of this image cannot be snapshotted or forked", err))
+		}
 	}
 	res, err := image.Build(ctx, opts)
 	if err != nil {

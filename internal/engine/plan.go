@@ -365,7 +365,13 @@ func (e *Engine) writeGuestConfig(ctx context.Context, r *run) error {
 	// identifyClone), goes to its disk before it boots cold. Not into the
 	// overlay copy: a private key is kept in one place.
 	if key, err := os.ReadFile(cloneHostKeyPath(vm)); err == nil {
-		files = append(files, storage.File{Path: agent.DiskKeyPath, Mode: 0o600, Data: key})
+		kf, err := agent.GuestKeyFiles(key)
+		if err != nil {
+			return fmt.Errorf("the clone's host key %s: %w", cloneHostKeyPath(vm), err)
+		}
+		for _, f := range kf {
+			files = append(files, storage.File{Path: f.Path, Mode: os.FileMode(f.Mode), Data: f.Data})
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("reading the clone's host key: %w", err)
 	}

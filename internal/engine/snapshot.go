@@ -411,7 +411,8 @@ func (e *Engine) identifyClone(ctx context.Context, r *run) error {
 	return nil
 }
 
-// cloneHostKeyPath holds a clone's SSH host key (dropbear's file format),
+// cloneHostKeyPath holds a clone's SSH host key (dropbear's file format, or
+// OpenSSH's for a guest that runs OpenSSH's server),
 // made by the host at its restore; absent when the guest made its own.
 func cloneHostKeyPath(vm model.VMRecord) string {
 	return filepath.Join(vm.Runtime.VMDir, "ssh_host_key")

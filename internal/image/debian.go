@@ -78,7 +78,7 @@ func (b *builder) buildDebian(ctx context.Context) (Result, error) {
 	if err := b.step(ctx, "building rootfs"); err != nil {
 		return Result{}, err
 	}
-	if err := populateDebian(tree); err != nil {
+	if err := populateDebian(tree, b.opts.Agent); err != nil {
 		return Result{}, err
 	}
 	if err := makeExt4(ctx, b.r, tree, b.out(rootfsFile)); err != nil {
@@ -90,8 +90,9 @@ func (b *builder) buildDebian(ctx context.Context) (Result, error) {
 
 // populateDebian makes a debootstrapped tree a banger guest: nothing that
 // must differ per VM stays baked in (SSH host keys, machine-id), the host's
-// resolv.conf goes (the daemon writes the guest's), banger-setup is enabled.
-func populateDebian(tree string) error {
+// resolv.conf goes (the daemon writes the guest's), banger-setup is enabled,
+// and so is the guest agent when there is one (agent: its binary, or "").
+func populateDebian(tree, agent string) error {
 	keys, _ := filepath.Glob(filepath.Join(tree, "etc/ssh/ssh_host_*"))
 	for _, k := range keys {
 		if err := os.Remove(k); err != nil {
@@ -138,7 +139,24 @@ func populateDebian(tree string) error {
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return err
 	}
-	link := filepath.Join(wants, "banger-setup.service")
-	os.Remove(link)
-	return os.Symlink("/etc/systemd/system/banger-setup.service", link)
+	units := []string{"banger-setup.service"}
+	if agent != "" {
+		if err := os.MkdirAll(filepath.Join(tree, filepath.Dir(agentPath)), 0o755); err != nil {
+			return err
+		}
+		if err := installAgent(agent, filepath.Join(tree, agentPath)); err != nil {
+			return err
+		}
+		units = append(units, "banger-agent.service")
+	} else {
+		os.Remove(filepath.Join(tree, "etc/systemd/system/banger-agent.service"))
+	}
+	for _, u := range units {
+		link := filepath.Join(wants, u)
+		os.Remove(link)
+		if err := os.Symlink("/etc/systemd/system/"+u, link); err != nil {
+			return err
+		}
+	}
+	return nil
 }

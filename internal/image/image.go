@@ -66,7 +66,8 @@ type BuildOptions struct {
 	Runner   Runner
 	// Agent is the guest agent, cmd/banger-agent built static for
 	// x86-64, which a minimal image runs as /usr/lib/banger/agent (see
-	// internal/agent). A minimal build needs it.
+	// internal/agent), and a debian image as a systemd unit. A minimal
+	// build needs it; a debian one without it cannot be cloned.
 	Agent string
 }
 
@@ -124,7 +125,7 @@ func Build(ctx context.Context, o BuildOptions) (res Result, err error) {
 	if euid() != 0 {
 		return Result{}, fmt.Errorf("building image in %s: needs root (rootfs files must be owned by root)", dir)
 	}
-	if base == BaseMinimal {
+	if base == BaseMinimal || o.Agent != "" {
 		if err := checkAgent(o.Agent); err != nil {
 			return Result{}, fmt.Errorf("building image in %s: %w", dir, err)
 		}

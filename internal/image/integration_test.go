@@ -184,8 +184,11 @@ func TestIntegrationBuildDebian(t *testing.T) {
 	if l := ls("/etc/ssh"); strings.Contains(l, "ssh_host_") {
 		t.Errorf("SSH host keys baked into the image:\n%s", l)
 	}
-	if l := ls("/etc/systemd/system/multi-user.target.wants"); !strings.Contains(l, "banger-setup.service") {
-		t.Errorf("banger-setup.service not enabled:\n%s", l)
+	if l := ls("/etc/systemd/system/multi-user.target.wants"); !strings.Contains(l, "banger-setup.service") || !strings.Contains(l, "banger-agent.service") {
+		t.Errorf("banger-setup.service and banger-agent.service not both enabled:\n%s", l)
+	}
+	if l := ls("/usr/lib/banger"); !strings.Contains(l, "agent") {
+		t.Errorf("no guest agent in /usr/lib/banger:\n%s", l)
 	}
 	if l := ls("/etc"); strings.Contains(l, "resolv.conf") {
 		t.Errorf("host resolv.conf left in the image:\n%s", l)

@@ -484,6 +484,35 @@ func TestPrepareCloneHostKey(t *testing.T) {
 	}
 }
 
+// A guest running OpenSSH's server answers set-hostkey with "openssh": the
+// private key PrepareClone returns, for the clone's disk, is then in
+// OpenSSH's format, and holds the key installed.
+func TestPrepareCloneHostKeyOpenSSH(t *testing.T) {
+	var hk string
+	path := agentDouble(t, "", func(id, cmd string) string {
+		if rest, ok := strings.CutPrefix(cmd, "set-hostkey "); ok {
+			hk = rest
+			return id + " ok openssh\n"
+		}
+		return id + " ok\n"
+	})
+	key, priv, err := giveIdentity(context.Background(), Agent(path), vmm.CloneIdentity{MAC: "02:00:00:00:00:01", IP: "172.30.0.9", PrefixLen: 24, Gateway: "172.30.0.1", Hostname: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(priv)
+	if err != nil {
+		t.Fatalf("returned private key is not OpenSSH's: %v\n%s", err, priv)
+	}
+	if got := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey()))); got != key {
+		t.Errorf("private key's public half %q, returned %q", got, key)
+	}
+	raw, _ := hex.DecodeString(hk)
+	if len(raw) != 83 || !bytes.Equal(raw[51:], signer.PublicKey().(ssh.CryptoPublicKey).CryptoPublicKey().(ed25519.PublicKey)) {
+		t.Errorf("the key returned is not the one sent (%d bytes)", len(raw))
+	}
+}
+
 // An AgentConn runs batches over one connection; answers a failed batch
 // left unread are skipped by their ids, and ids go on from batch to batch.
 func TestAgentConnBatches(t *testing.T) {

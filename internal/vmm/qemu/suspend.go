@@ -87,6 +87,13 @@ func giveIdentity(ctx context.Context, a agentDoer, id vmm.CloneIdentity) (strin
 		"set-hostname " + id.Hostname, "reseed " + hex.EncodeToString(seed), setTimeCommand(time.Now())}
 	answers, err := a.DoAll(ctx, append([]string{"ping", "set-hostkey " + hex.EncodeToString(key.Dropbear)}, rest...)...)
 	pub, priv := key.Public, key.Dropbear
+	if err == nil && len(answers) > 1 && answers[1] == agent.ServerOpenSSH {
+		// The guest runs OpenSSH's server: its disk keeps the key in
+		// OpenSSH's format (agent.GuestKeyFiles).
+		if priv, _, err = agent.OpenSSHKey(key.Dropbear); err != nil {
+			return "", nil, fmt.Errorf("host key: %w", err)
+		}
+	}
 	var ae *AgentError
 	if len(answers) == 1 && errors.As(err, &ae) && ae.Command == "set-hostkey" && strings.HasPrefix(ae.Message, "unknown command") {
 		// The rest ran too, unchecked: run it again, after the older key
