@@ -282,6 +282,7 @@ func (e *Engine) deleteLocked(ctx context.Context, vm *model.VMRecord, force boo
 		return err
 	}
 	e.handles.delete(vm.ID)
+	e.agents.Delete(vm.ID)
 	if err := hit(ctx, fpDeleteRowBefore); err != nil {
 		return err
 	}

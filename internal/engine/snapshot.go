@@ -98,7 +98,7 @@ func (e *Engine) checkAgent(ctx context.Context, saver SnapshotSaver, vm model.V
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return errdefs.Conflict("vm %q: its guest did not answer on banger's guest agent channel (%v): snapshots and forks need the agent in the guest to give each clone its own identity; images made by banger image build have it, debian and container images do not yet", vm.Name, err)
+		return errdefs.Conflict("vm %q: its guest did not answer on banger's guest agent channel (%v): snapshots and forks need the agent in the guest to give each clone its own identity; images built or pulled by this banger have it, older ones do not (build or pull them again)", vm.Name, err)
 	}
 	e.agentAnswered(vm.ID, h)
 	return nil
