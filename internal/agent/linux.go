@@ -204,10 +204,16 @@ func (l *Linux) installOpenSSHKey(dropbear []byte) error {
 	if err != nil {
 		return err
 	}
-	key := l.path(OpenSSHRuntimeKeyPath)
+	return writeKeyFile(l.path(OpenSSHRuntimeKeyPath), priv)
+}
+
+// writeKeyFile replaces the host key file key with data (mode 0600)
+// through a temporary file beside it, so the SSH server never reads a
+// partial key.
+func writeKeyFile(key string, data []byte) error {
 	tmp := key + ".new"
 	os.Remove(tmp)
-	if err := os.WriteFile(tmp, priv, 0o600); err != nil {
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		return fmt.Errorf("cannot write the key: %w", err)
 	}
 	if err := os.Rename(tmp, key); err != nil {
@@ -240,14 +246,8 @@ func (l *Linux) installDropbearKey(dropbear []byte, runtime bool) error {
 	if !runtime {
 		key = l.path(DiskKeyPath)
 	}
-	tmp := key + ".new"
-	os.Remove(tmp)
-	if err := os.WriteFile(tmp, dropbear, 0o600); err != nil {
-		return fmt.Errorf("cannot write the key: %w", err)
-	}
-	if err := os.Rename(tmp, key); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("cannot write the key: %w", err)
+	if err := writeKeyFile(key, dropbear); err != nil {
+		return err
 	}
 	if !runtime {
 		for _, k := range []string{"rsa", "ecdsa", "dss"} {

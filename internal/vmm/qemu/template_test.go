@@ -48,6 +48,22 @@ func (w *streamWriter) page(block string, addr uint64, data []byte) {
 
 func (w *streamWriter) footer(id uint32) { w.u8(secFooter); w.be32(id) }
 
+// oneBlockSetup is a stream's header and the start of its ram section,
+// listing one block of one page, before the setup's end marker.
+func oneBlockSetup() *streamWriter {
+	var w streamWriter
+	w.header()
+	w.u8(secStart)
+	w.be32(2)
+	w.str("ram")
+	w.be32(0)
+	w.be32(4)
+	w.be64(ramPage | ramFlagMemSize)
+	w.str(mainRAMBlock)
+	w.be64(ramPage)
+	return &w
+}
+
 func fill(b byte) []byte { return bytes.Repeat([]byte{b}, ramPage) }
 
 // loadModel applies a stream's RAM pages the way QEMU's loader does
@@ -227,30 +243,12 @@ func TestSplitRAMRefuses(t *testing.T) {
 			secSubsection, 4, 'u', 'u', 'i', 'd'), good[cfgEnd:]...),
 		"another iterative section": bytes.Replace(good, []byte("\x03ram"), []byte("\x03blk"), 1),
 		"compressed page": func() []byte {
-			var w streamWriter
-			w.header()
-			w.u8(secStart)
-			w.be32(2)
-			w.str("ram")
-			w.be32(0)
-			w.be32(4)
-			w.be64(ramPage | ramFlagMemSize)
-			w.str(mainRAMBlock)
-			w.be64(ramPage)
+			w := oneBlockSetup()
 			w.be64(0x100) // RAM_SAVE_FLAG_COMPRESS_PAGE
 			return w.Bytes()
 		}(),
 		"page beyond its block": func() []byte {
-			var w streamWriter
-			w.header()
-			w.u8(secStart)
-			w.be32(2)
-			w.str("ram")
-			w.be32(0)
-			w.be32(4)
-			w.be64(ramPage | ramFlagMemSize)
-			w.str(mainRAMBlock)
-			w.be64(ramPage)
+			w := oneBlockSetup()
 			w.page(mainRAMBlock, ramPage, fill(1))
 			return w.Bytes()
 		}(),
