@@ -389,11 +389,19 @@ func (e *Engine) identifyClone(ctx context.Context, r *run) error {
 	m := e.machine(*r.vm, r.im, r.rootDev, r.h)
 	ictx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	began := time.Now()
 	key, priv, err := saver.PrepareClone(ictx, m, vmm.CloneIdentity{MAC: r.vm.Runtime.GuestMAC, IP: r.vm.Runtime.GuestIP, PrefixLen: pfx,
 		Gateway: gw.String(), Hostname: r.vm.Name})
 	if err != nil {
 		return err
 	}
+	agentTook := time.Since(began)
+	// Where a slow identity step went: the guest's agent, or the host
+	// keeping the key (an fsync).
+	defer func() {
+		e.log.Info("clone identity", "vm", r.vm.Name, "agent", agentTook.Round(100*time.Microsecond),
+			"host_key", (time.Since(began) - agentTook).Round(100*time.Microsecond))
+	}()
 	// The guest keeps a key the host made on tmpfs only (a write to its
 	// disk's file system costs a clone just restored hundreds of ms of CPU
 	// under TCG): the host keeps it and writes it to the clone's disk
