@@ -113,6 +113,7 @@ snap)
   # Where a restored run's time goes: the start's steps (the restore is the
   # vmm step, the agent's part identify) and the wait for SSH after it.
   "$bt" logstats -log "$BANGER_STATE_DIR/bangerd.log" -msg "vm started" -vm "from-" -label "start steps (from-*)"
+  "$bt" logstats -log "$BANGER_STATE_DIR/bangerd.log" -msg "clone identity" -vm "from-" -label "identity: agent, host key (from-*)"
   "$bt" logstats -log "$BANGER_STATE_DIR/bangerd.log" -msg "guest ssh connected" -vm "from-" -label "start to ssh (from-*)"
   inns "$bt" time -n "$boots" -warmup 0 -label "vm fork warm --count 1" -save "$g/s_f1" \
     -after "bash $g/clean.sh" -- "$banger" vm fork warm --count 1

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/banger-dev/banger/internal/agent"
 )
 
@@ -43,7 +45,7 @@ func main() {
 	os.ReadFile("/proc/self/exe")
 	sys := agent.NewLinux()
 	sys.WarmUp()
-	s := agent.Server{Sys: sys, Wait: portWaiter(f)}
+	s := agent.Server{Sys: sys, Wait: portWaiter(f, maxWait)}
 	if c, err := os.OpenFile("/dev/console", os.O_WRONLY|os.O_APPEND, 0); err == nil {
 		s.Console = c
 		fmt.Fprintf(c, "banger-agent: ready on %s\n", port)
@@ -74,22 +76,30 @@ const maxWait = time.Second
 // then), instead of reading again every few ms. An idle guest's agent then
 // costs nothing: polling every 20 ms was about a third of an idle guest's
 // CPU under TCG. The port is in Go's poller (edge-triggered), so a wait
-// ends at the next wake-up, or after maxWait.
-func portWaiter(f *os.File) func(ctx context.Context) error {
+// ends at the next wake-up, or after limit.
+//
+// Go's RawRead forgets a wake-up that came before it (it resets the
+// descriptor's readiness, then calls the function): a request that
+// arrived between the empty read and the wait would wait for the limit.
+// So the function first asks the port itself (poll, no timeout) whether a
+// request is there to read, and waits only when none is. That happened to
+// whole snapshots: every clone of one saved in that window waited a
+// second for its identity.
+func portWaiter(f *os.File, limit time.Duration) func(ctx context.Context) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil // not pollable: Server polls
 	}
 	return func(ctx context.Context) error {
-		f.SetReadDeadline(time.Now().Add(maxWait))
+		f.SetReadDeadline(time.Now().Add(limit))
 		defer f.SetReadDeadline(time.Time{})
 		waited := false
-		err := rc.Read(func(uintptr) bool {
+		err := rc.Read(func(fd uintptr) bool {
 			if waited {
 				return true
 			}
 			waited = true
-			return false // wait for the port to become readable
+			return hasRequest(fd) // else wait for the port to be woken
 		})
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			// Not in the poller after all: poll, as Server would.
@@ -97,4 +107,14 @@ func portWaiter(f *os.File) func(ctx context.Context) error {
 		}
 		return nil
 	}
+}
+
+// hasRequest reports whether a read of fd would return data now. A port
+// whose host end is closed polls readable too (a read returns EOF at
+// once) and hung up: that is no request, and the wait goes on until the
+// host connects.
+func hasRequest(fd uintptr) bool {
+	p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(p, 0)
+	return err == nil && n > 0 && p[0].Revents&unix.POLLIN != 0 && p[0].Revents&unix.POLLHUP == 0
 }
