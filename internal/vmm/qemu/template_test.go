@@ -48,16 +48,21 @@ func (w *streamWriter) page(block string, addr uint64, data []byte) {
 
 func (w *streamWriter) footer(id uint32) { w.u8(secFooter); w.be32(id) }
 
-// oneBlockSetup is a stream's header and the start of its ram section,
-// listing one block of one page, before the setup's end marker.
-func oneBlockSetup() *streamWriter {
-	var w streamWriter
-	w.header()
+// ramStart opens the ram section (id 2, instance 0, version 4).
+func (w *streamWriter) ramStart() {
 	w.u8(secStart)
 	w.be32(2)
 	w.str("ram")
 	w.be32(0)
 	w.be32(4)
+}
+
+// oneBlockSetup is a stream's header and the start of its ram section,
+// listing one block of one page, before the setup's end marker.
+func oneBlockSetup() *streamWriter {
+	var w streamWriter
+	w.header()
+	w.ramStart()
 	w.be64(ramPage | ramFlagMemSize)
 	w.str(mainRAMBlock)
 	w.be64(ramPage)
@@ -141,11 +146,7 @@ func loadModel(t *testing.T, b []byte) (map[string][]byte, []byte) {
 func sampleStream() []byte {
 	var w streamWriter
 	w.header()
-	w.u8(secStart)
-	w.be32(2)
-	w.str("ram")
-	w.be32(0)
-	w.be32(4)
+	w.ramStart()
 	w.be64((16+2)*ramPage | ramFlagMemSize)
 	w.str(mainRAMBlock)
 	w.be64(16 * ramPage)
