@@ -73,7 +73,9 @@
 //	agent         banger's guest agent (BuildOptions.Agent), which init runs:
 //	              clones of the image's VMs get their identity through it
 //
-// The SSH host key (ed25519) is made on first boot in /etc/dropbear, where
+// Dropbear host keys the image carries in /etc/dropbear are removed (a key
+// baked into an image would be every VM's; the build's notes say so). The
+// SSH host key (ed25519) is made on first boot in /etc/dropbear, where
 // the daemon writes a clone's key before its next cold boot; dropbear
 // serves a copy on tmpfs (/run/banger), printed on the console for the
 // host to pin, and the only key it serves.

@@ -220,6 +220,13 @@ func buildRootfs(ctx context.Context, img *Image, unpackDir, out string, opts Bu
 	if err := writeFile(filepath.Join(gd, "image.sh"), script, 0o644); err != nil {
 		return nil, err
 	}
+	baked, err := removeBakedHostKeys(unpackDir)
+	if err != nil {
+		return nil, fmt.Errorf("removing the image's SSH host keys: %w", err)
+	}
+	if len(baked) > 0 {
+		notes = append(notes, "removed the image's "+strings.Join(baked, ", ")+": each VM makes its own host key")
+	}
 	made, err := ensureGuestPaths(unpackDir)
 	if err != nil {
 		return nil, err
@@ -645,4 +652,42 @@ func treeUsage(tree string) (bytes, files int64, err error) {
 		return nil
 	})
 	return bytes, files, err
+}
+
+// removeBakedHostKeys removes the dropbear host keys an image carries in
+// /etc/dropbear, where /.banger/init keeps the VM's own key (made at its
+// first boot, or written by the daemon for a clone): a key baked into the
+// image would be every VM's. It looks only into real directories, never
+// through a symlink, and returns the paths it removed.
+func removeBakedHostKeys(tree string) ([]string, error) {
+	dir := tree
+	for _, c := range []string{"etc", "dropbear"} {
+		dir = filepath.Join(dir, c)
+		fi, err := os.Lstat(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !fi.IsDir() {
+			return nil, nil // a link or a file: nothing of ours to look into
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasPrefix(n, "dropbear_") || !strings.HasSuffix(n, "_host_key") {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, n)); err != nil { // a link itself, never its target
+			return removed, err
+		}
+		removed = append(removed, "/etc/dropbear/"+n)
+	}
+	return removed, nil
 }

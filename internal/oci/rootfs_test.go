@@ -534,3 +534,52 @@ func TestGuestSetupUsesOwnShell(t *testing.T) {
 		t.Fatalf("guest-setup starts %q, want /.banger's shell", s[:min(len(s), 40)])
 	}
 }
+
+// removeBakedHostKeys removes the image's dropbear host keys (files and
+// links, never a link's target), keeps the rest of /etc/dropbear, and
+// never looks through a linked /etc or /etc/dropbear.
+func TestRemoveBakedHostKeys(t *testing.T) {
+	tree := t.TempDir()
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "target_key"), []byte("outside"), 0o600)
+	d := filepath.Join(tree, "etc", "dropbear")
+	os.MkdirAll(d, 0o755)
+	os.WriteFile(filepath.Join(d, "dropbear_ed25519_host_key"), []byte("baked"), 0o600)
+	os.WriteFile(filepath.Join(d, "dropbear_rsa_host_key"), []byte("baked"), 0o600)
+	os.WriteFile(filepath.Join(d, "config"), []byte("kept"), 0o644)
+	os.Symlink(filepath.Join(outside, "target_key"), filepath.Join(d, "dropbear_ecdsa_host_key"))
+	got, err := removeBakedHostKeys(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Errorf("removed %q, want the three key entries", got)
+	}
+	for _, k := range []string{"ed25519", "rsa", "ecdsa"} {
+		if _, err := os.Lstat(filepath.Join(d, "dropbear_"+k+"_host_key")); err == nil {
+			t.Errorf("the image's %s key is still there", k)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(d, "config")); string(b) != "kept" {
+		t.Error("another file in /etc/dropbear was removed")
+	}
+	if b, _ := os.ReadFile(filepath.Join(outside, "target_key")); string(b) != "outside" {
+		t.Error("a linked key's target outside the tree was removed")
+	}
+
+	// /etc/dropbear a link out of the tree: not looked into.
+	tree2 := t.TempDir()
+	os.MkdirAll(filepath.Join(tree2, "etc"), 0o755)
+	os.WriteFile(filepath.Join(outside, "dropbear_ed25519_host_key"), []byte("outside"), 0o600)
+	os.Symlink(outside, filepath.Join(tree2, "etc", "dropbear"))
+	if got, err := removeBakedHostKeys(tree2); err != nil || len(got) != 0 {
+		t.Errorf("through a linked /etc/dropbear: removed %q, %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(outside, "dropbear_ed25519_host_key")); err != nil {
+		t.Error("a key outside the tree was removed through a link")
+	}
+	// No /etc at all: nothing to do.
+	if got, err := removeBakedHostKeys(t.TempDir()); err != nil || got != nil {
+		t.Errorf("empty tree: %q, %v", got, err)
+	}
+}
