@@ -21,7 +21,7 @@ import (
 // ConverterVersion is part of every rootfs cache key: bump it when a change
 // to Unpack or the guest side's Go code (not its packages or embedded
 // scripts, which are hashed) changes the bytes of what BuildRootfs makes.
-const ConverterVersion = "1"
+const ConverterVersion = "2"
 
 // ConvertOptions configure Convert.
 type ConvertOptions struct {
